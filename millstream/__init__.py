@@ -1,0 +1,47 @@
+"""millstream: message consumers and an HTTP API in one Python service."""
+
+from __future__ import annotations
+
+from millstream.app import Millstream
+from millstream.brokers import connect
+from millstream.brokers.base import Broker, Capabilities, DeadLetter, Lag, Subscription
+from millstream.errors import (
+    AuthenticationError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    DecodeError,
+    FatalError,
+    MillstreamError,
+    RetryableError,
+)
+from millstream.message import Message, OutgoingMessage
+from millstream.retry import Retry, RetryPolicy
+from millstream.runtime import ConsumerRuntime, ConsumerState
+from millstream.settings import Settings
+
+__all__ = [
+    "AuthenticationError",
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "Capabilities",
+    "ConfigError",
+    "ConsumerRuntime",
+    "ConsumerState",
+    "DeadLetter",
+    "DecodeError",
+    "FatalError",
+    "Lag",
+    "Message",
+    "Millstream",
+    "MillstreamError",
+    "OutgoingMessage",
+    "Retry",
+    "RetryPolicy",
+    "RetryableError",
+    "Settings",
+    "Subscription",
+    "connect",
+]
+__version__ = "0.1.0"

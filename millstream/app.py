@@ -1,0 +1,243 @@
+"""``Millstream``: the consumer registry, the publisher, and the start/stop lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pydantic_core import to_json
+
+from millstream.brokers import connect
+from millstream.brokers.base import Broker, DeadLetterQueue
+from millstream.errors import ConfigError
+from millstream.message import OutgoingMessage
+from millstream.retry import RetryPolicy
+from millstream.runtime.consumer import ConsumerRuntime
+from millstream.runtime.handler import Handler, HandlerLink
+from millstream.runtime.spec import ConsumerSpec, KeySpec
+from millstream.settings import Settings, load_settings
+
+__all__ = ["Millstream", "encode"]
+
+log = logging.getLogger("millstream")
+
+H = TypeVar("H", bound=Handler)
+
+
+def encode(value: Any) -> bytes:
+    """The bytes published for ``value``: bytes as they are, str as UTF-8, anything else as JSON.
+
+    Pydantic models, dataclasses, dicts and lists serialise with pydantic's
+    JSON encoder, which is what consumers decode with.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return to_json(value)
+
+
+class Millstream:
+    """A service's consumers and publisher over one broker connection.
+
+    ``broker_url`` (or ``MILLSTREAM_BROKER_URL``) chooses the broker; other
+    keyword arguments are :class:`Settings` fields. ``async with ms:``
+    connects and starts every consumer, and on exit drains and stops them.
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        broker: Broker | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is not None and (overrides or broker_url):
+            raise ConfigError("pass either settings= or individual settings, not both")
+        self.settings = settings or load_settings(broker_url=broker_url, **overrides)
+        self.broker: Broker = broker if broker is not None else connect(self.settings.broker_url)
+        self._specs: dict[str, ConsumerSpec] = {}
+        self._consumers: dict[str, ConsumerRuntime] = {}
+        self._links: list[HandlerLink] = []
+        self._started = False
+
+    # -- declaring consumers -------------------------------------------------
+
+    def consumer(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        name: str | None = None,
+        concurrency: int = 1,
+        key: KeySpec = None,
+        retry: RetryPolicy | None = None,
+        retry_on: Sequence[type[BaseException]] = (),
+        dead_on: Sequence[type[BaseException]] = (),
+        timeout: float | None = None,
+        prefetch: int | None = None,
+        max_inflight: int | None = None,
+    ) -> Callable[[H], H]:
+        """Register the decorated function as the handler of ``topic`` in ``group``.
+
+        ``group`` defaults to the consumer's ``name``, which defaults to the
+        function's name. ``key`` orders messages: a payload field name, a
+        callable taking the ``Message``, or ``None`` for the key given to
+        ``publish``. The handler's signature is checked here, not at the
+        first message.
+        """
+
+        def register(handler: H) -> H:
+            consumer_name = name or getattr(handler, "__name__", None) or topic
+            if consumer_name in self._specs:
+                raise ConfigError(
+                    f"a consumer named {consumer_name!r} is already registered; "
+                    "give this one a different name= "
+                )
+            policy = (retry or RetryPolicy()).with_errors(retry_on, dead_on)
+            self._specs[consumer_name] = ConsumerSpec(
+                name=consumer_name,
+                topic=topic,
+                group=group or consumer_name,
+                handler=handler,
+                concurrency=concurrency,
+                key=key,
+                retry=policy,
+                timeout=timeout,
+                prefetch=prefetch,
+                max_inflight=max_inflight,
+            )
+            return handler
+
+        return register
+
+    def add_link(self, link: HandlerLink) -> None:
+        """Wrap every handler in ``link`` (outermost first); takes effect at start."""
+        self._links.append(link)
+
+    @property
+    def consumers(self) -> Mapping[str, ConsumerRuntime]:
+        """The running consumers by name (empty before start)."""
+        return self._consumers
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the broker and start every consumer."""
+        if self._started:
+            return
+        await self.broker.connect()
+        self._started = True
+        for spec in self._specs.values():
+            if self._links:
+                spec = ConsumerSpec(**{**spec.__dict__, "links": (*self._links, *spec.links)})
+            runtime = ConsumerRuntime(spec, self.broker, self.settings)
+            self._consumers[spec.name] = runtime
+        await asyncio.gather(*(c.start() for c in self._consumers.values()))
+
+    async def stop(self) -> None:
+        """Drain and stop every consumer, then close the broker."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await asyncio.gather(*(c.stop() for c in self._consumers.values()))
+        finally:
+            self._consumers = {}
+            await self.broker.close()
+
+    async def __aenter__(self) -> Millstream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def serve(self, until: Awaitable[Any] | None = None) -> None:
+        """Start, run until SIGINT/SIGTERM (or ``until`` completes), then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+        try:
+            async with self:
+                waiters = [asyncio.ensure_future(stop.wait())]
+                if until is not None:
+                    waiters.append(asyncio.ensure_future(until))
+                _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending:
+                    waiter.cancel()
+                log.info("stopping: draining in-flight messages")
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Publish one message and wait for the broker's confirmation; returns its id."""
+        out = OutgoingMessage(encode(value), key=key, headers=dict(headers or {}))
+        await self.broker.publish(topic, [out])
+        return out.id
+
+    async def publish_batch(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        *,
+        key_by: str | Callable[[Any], str | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Publish many messages in as few confirmed round trips as the broker allows.
+
+        ``key_by`` gives each message its key: a field name of the value
+        (attribute or dict key) or a callable of the value.
+        """
+        key_of = _key_reader(key_by)
+        shared = dict(headers or {})
+        batch = [
+            OutgoingMessage(encode(value), key=key_of(value), headers=dict(shared))
+            for value in values
+        ]
+        if batch:
+            await self.broker.publish(topic, batch)
+        return [out.id for out in batch]
+
+    async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue:
+        """The dead-letter queue of ``topic`` for ``group``."""
+        return await self.broker.dead_letters(topic, group)
+
+
+def _key_reader(key_by: str | Callable[[Any], str | None] | None) -> Callable[[Any], str | None]:
+    if key_by is None:
+        return lambda value: None
+    if callable(key_by):
+        return key_by
+    field_name = key_by
+
+    def read(value: Any) -> str | None:
+        found = value.get(field_name) if isinstance(value, dict) else getattr(value, field_name)
+        return None if found is None else str(found)
+
+    return read

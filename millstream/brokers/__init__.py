@@ -1,0 +1,66 @@
+"""Broker adapters, chosen by URL scheme with :func:`connect`."""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from millstream.brokers.base import (
+    Broker,
+    Capabilities,
+    DeadLetter,
+    DeadLetterQueue,
+    Lag,
+    Subscription,
+)
+from millstream.errors import ConfigError
+
+__all__ = [
+    "Broker",
+    "Capabilities",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "Lag",
+    "Subscription",
+    "connect",
+]
+
+# scheme -> (module, factory attribute). Imported lazily so that a user of one
+# broker never needs another's client library installed.
+_ADAPTERS: dict[str, tuple[str, str]] = {
+    "memory": ("millstream.brokers.memory", "MemoryBroker"),
+    "sqlite": ("millstream.brokers.sqlite", "SqliteBroker"),
+}
+
+_EXPECTED = (
+    "sqlite:///./.millstream/broker.db, memory://, redis://host:6379, "
+    "amqp://user:pass@host:5672/vhost, nats://host:4222 or kafka://host:9092"
+)
+
+
+def connect(url: str) -> Broker:
+    """The broker adapter for ``url``, not yet connected (call ``await broker.connect()``).
+
+    Raises ``ConfigError`` naming the URL and the accepted forms when the
+    scheme is unknown or its adapter is not installed.
+    """
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if not scheme:
+        raise ConfigError(f"broker URL {url!r} has no scheme; expected one of {_EXPECTED}")
+    entry = _ADAPTERS.get(scheme)
+    if entry is None:
+        raise ConfigError(
+            f"broker URL {url!r} has an unsupported scheme {scheme!r}; expected one of {_EXPECTED}"
+        )
+    module_name, attribute = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"broker URL {url!r} needs the {scheme} adapter, which could not be imported "
+            f"({exc}); install millstream with the matching extra, e.g. "
+            f"pip install 'millstream[{scheme}]'"
+        ) from exc
+    factory = getattr(module, attribute)
+    broker: Broker = factory.from_url(url)
+    return broker

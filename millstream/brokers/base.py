@@ -1,0 +1,147 @@
+"""The broker contract: what every adapter promises the runtime.
+
+The runtime talks to a broker only through these protocols. Adapters are the
+only modules that import a client library; they translate its exceptions
+into :mod:`millstream.errors` at their boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from millstream.message import Message, OutgoingMessage
+
+__all__ = [
+    "Broker",
+    "Capabilities",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "Lag",
+    "Subscription",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker can promise; the conformance suite skips what it cannot."""
+
+    native_delay: bool = False
+    """Delayed redelivery is the broker's own (not a client-side timer)."""
+    partitions: bool = False
+    """Messages carry a partition and offset."""
+    lag: bool = True
+    """``Subscription.lag`` reports a number."""
+    replay: bool = True
+    """Dead letters can be replayed into the group."""
+    durable: bool = True
+    """Messages survive the process that published them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """Messages of a group not yet acknowledged: waiting, in flight or retrying."""
+
+    total: int
+    partitions: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message parked in the dead-letter queue, with why and after how many attempts."""
+
+    id: str
+    message_id: str
+    topic: str
+    group: str
+    payload: bytes
+    key: str | None
+    headers: dict[str, str]
+    attempts: int
+    error: str
+    failed_at: float
+
+
+class DeadLetterQueue(Protocol):
+    """The dead letters of one topic and group.
+
+    ``list`` is newest first. ``replay`` puts letters back into the group as
+    fresh deliveries (attempt 1) and removes them from the queue; ``purge``
+    deletes them. Both take letter ids, or ``None`` for all, and return how
+    many they touched. Ids that are not (or no longer) there are skipped, so
+    both are safe to repeat.
+    """
+
+    async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]: ...
+
+    async def count(self) -> int: ...
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int: ...
+
+    async def purge(self, ids: Sequence[str] | None = None) -> int: ...
+
+
+class Subscription(Protocol):
+    """One group member's view of a topic.
+
+    A fetched message belongs to this member until it is settled or the
+    subscription closes; the broker holds it from other members (by lease,
+    unacked delivery or partition ownership). Nothing is acknowledged except
+    through ``settle``. Cancelling ``fetch`` loses nothing: whatever it had
+    taken is released by ``close``.
+    """
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to ``max_messages``, waiting at most ``timeout`` seconds for the first."""
+        ...
+
+    async def settle(
+        self,
+        acks: Sequence[Message],
+        retries: Sequence[tuple[Message, float]],
+        deads: Sequence[tuple[Message, str]],
+    ) -> None:
+        """Apply outcomes in as few round trips as the broker allows.
+
+        ``acks`` are done; ``retries`` come back as the next attempt after
+        their delay in seconds; ``deads`` go to the dead-letter queue with the
+        reason. Raises ``BrokerUnavailable`` if the broker cannot be reached,
+        in which case none of the outcomes may be assumed applied.
+        """
+        ...
+
+    async def lag(self) -> Lag | None:
+        """The group's backlog, or ``None`` where the broker cannot tell."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving and release every unsettled message for redelivery.
+
+        Released messages do not count an attempt. Safe to call twice, and
+        after the connection was lost (then the broker's own lease or
+        session expiry releases them).
+        """
+        ...
+
+
+class Broker(Protocol):
+    """A connection to one broker, shared by the publisher and every subscription.
+
+    ``connect`` is idempotent and is also how the supervisor reconnects after
+    ``BrokerUnavailable``. ``publish`` returns once the broker has confirmed
+    every message (durably where the broker is durable).
+    """
+
+    url: str
+    capabilities: Capabilities
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None: ...
+
+    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> Subscription: ...
+
+    async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue: ...

@@ -1,0 +1,424 @@
+"""The in-process broker: the reference behaviour of the contract, for logic tests.
+
+A topic is an in-memory log with a cursor per group, so each group sees
+every message (a new group starts at the oldest message still retained) and
+members of a group share them. Fetched messages are leased to their member;
+a lease that expires, or a connection that is cut, puts them back with the
+attempt counted. ``MemoryHub`` is the broker itself; each ``MemoryBroker`` is
+one connection to it, so tests can give two "processes" one hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from millstream.brokers.base import Capabilities, DeadLetter, Lag
+from millstream.errors import BrokerUnavailable, ConfigError
+from millstream.message import Message, OutgoingMessage
+
+__all__ = ["MemoryBroker", "MemoryHub"]
+
+_DEFAULT_LEASE = 30.0
+
+
+@dataclass(slots=True)
+class _Record:
+    offset: int
+    out: OutgoingMessage
+
+
+@dataclass(slots=True)
+class _Delivery:
+    record: _Record
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class _Lease:
+    delivery: _Delivery
+    owner: int
+    until: float
+
+
+@dataclass
+class _Group:
+    cursor: int
+    ready: deque[_Delivery] = field(default_factory=deque)
+    delayed: list[tuple[float, int, _Delivery]] = field(default_factory=list)
+    leases: dict[int, _Lease] = field(default_factory=dict)
+    dead: dict[str, DeadLetter] = field(default_factory=dict)
+    next_lease_check: float = 0.0
+
+
+@dataclass
+class _Topic:
+    log: deque[_Record] = field(default_factory=deque)
+    base: int = 0
+    groups: dict[str, _Group] = field(default_factory=dict)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class MemoryHub:
+    """The broker state shared by every :class:`MemoryBroker` connected to it."""
+
+    def __init__(self, lease: float = _DEFAULT_LEASE) -> None:
+        self.lease = lease
+        self._topics: dict[str, _Topic] = {}
+        self._receipts = itertools.count(1)
+        self._sequence = itertools.count(1)
+
+    def topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic()
+        return topic
+
+    def group(self, topic_name: str, group_name: str) -> _Group:
+        topic = self.topic(topic_name)
+        group = topic.groups.get(group_name)
+        if group is None:
+            group = topic.groups[group_name] = _Group(cursor=topic.base)
+        return group
+
+    def publish(self, topic_name: str, messages: Sequence[OutgoingMessage]) -> None:
+        topic = self.topic(topic_name)
+        offset = topic.base + len(topic.log)
+        topic.log.extend(_Record(offset + i, out) for i, out in enumerate(messages))
+        topic.wake()
+
+    def take(
+        self, topic_name: str, group_name: str, owner: int, limit: int
+    ) -> tuple[list[Message], float | None]:
+        """Lease up to ``limit`` deliveries; also returns when the next delayed one is due."""
+        topic = self.topic(topic_name)
+        group = self.group(topic_name, group_name)
+        now = time.monotonic()
+        if now >= group.next_lease_check and group.leases:
+            self._expire(group, now)
+        while group.delayed and group.delayed[0][0] <= now:
+            group.ready.append(heapq.heappop(group.delayed)[2])
+        taken: list[_Delivery] = []
+        while group.ready and len(taken) < limit:
+            taken.append(group.ready.popleft())
+        end = topic.base + len(topic.log)
+        if len(taken) < limit and group.cursor < end:
+            start = group.cursor - topic.base
+            count = min(limit - len(taken), end - group.cursor)
+            log = topic.log
+            taken.extend(_Delivery(log[start + i]) for i in range(count))
+            group.cursor += count
+            self._trim(topic)
+        until = now + self.lease
+        messages = []
+        for delivery in taken:
+            delivery.attempt += 1
+            receipt = next(self._receipts)
+            group.leases[receipt] = _Lease(delivery, owner, until)
+            out = delivery.record.out
+            messages.append(
+                Message(
+                    id=out.id,
+                    topic=topic_name,
+                    payload=out.payload,
+                    key=out.key,
+                    headers=dict(out.headers),
+                    attempt=delivery.attempt,
+                    published_at=out.published_at,
+                    offset=delivery.record.offset,
+                    receipt=receipt,
+                )
+            )
+        next_due = group.delayed[0][0] if group.delayed else None
+        return messages, next_due
+
+    def settle(
+        self,
+        topic_name: str,
+        group_name: str,
+        owner: int,
+        acks: Sequence[Message],
+        retries: Sequence[tuple[Message, float]],
+        deads: Sequence[tuple[Message, str]],
+    ) -> None:
+        group = self.group(topic_name, group_name)
+        leases = group.leases
+        for message in acks:
+            lease = leases.get(message.receipt)
+            if lease is not None and lease.owner == owner:
+                del leases[message.receipt]
+        now = time.monotonic()
+        for message, delay in retries:
+            lease = leases.get(message.receipt)
+            if lease is not None and lease.owner == owner:
+                del leases[message.receipt]
+                heapq.heappush(group.delayed, (now + delay, next(self._sequence), lease.delivery))
+        for message, reason in deads:
+            lease = leases.get(message.receipt)
+            if lease is not None and lease.owner == owner:
+                del leases[message.receipt]
+                self._bury(topic_name, group_name, group, lease.delivery, reason)
+        if retries:
+            self.topic(topic_name).wake()
+
+    def release(self, topic_name: str, group_name: str, owner: int, *, count_attempt: bool) -> None:
+        """Give back every delivery ``owner`` holds, oldest first."""
+        group = self.group(topic_name, group_name)
+        held = [(receipt, lease) for receipt, lease in group.leases.items() if lease.owner == owner]
+        if not held:
+            return
+        for receipt, _ in held:
+            del group.leases[receipt]
+        back = sorted((lease.delivery for _, lease in held), key=lambda d: d.record.offset)
+        for delivery in back:
+            if not count_attempt:
+                delivery.attempt -= 1
+        group.ready.extendleft(reversed(back))
+        self.topic(topic_name).wake()
+
+    def lag(self, topic_name: str, group_name: str) -> int:
+        topic = self.topic(topic_name)
+        group = self.group(topic_name, group_name)
+        unread = topic.base + len(topic.log) - group.cursor
+        return unread + len(group.ready) + len(group.delayed) + len(group.leases)
+
+    def dead_letters(self, topic_name: str, group_name: str) -> dict[str, DeadLetter]:
+        return self.group(topic_name, group_name).dead
+
+    def replay(self, topic_name: str, group_name: str, ids: Sequence[str] | None) -> int:
+        group = self.group(topic_name, group_name)
+        chosen = list(group.dead) if ids is None else [i for i in ids if i in group.dead]
+        for letter_id in chosen:
+            letter = group.dead.pop(letter_id)
+            out = OutgoingMessage(
+                payload=letter.payload,
+                key=letter.key,
+                headers=dict(letter.headers),
+                id=letter.message_id,
+            )
+            group.ready.append(_Delivery(_Record(-1, out)))
+        if chosen:
+            self.topic(topic_name).wake()
+        return len(chosen)
+
+    def _bury(
+        self, topic_name: str, group_name: str, group: _Group, delivery: _Delivery, reason: str
+    ) -> None:
+        out = delivery.record.out
+        letter_id = f"{out.id}-{next(self._sequence)}"
+        group.dead[letter_id] = DeadLetter(
+            id=letter_id,
+            message_id=out.id,
+            topic=topic_name,
+            group=group_name,
+            payload=out.payload,
+            key=out.key,
+            headers=dict(out.headers),
+            attempts=delivery.attempt,
+            error=reason,
+            failed_at=time.time(),
+        )
+
+    def _expire(self, group: _Group, now: float) -> None:
+        expired = [receipt for receipt, lease in group.leases.items() if lease.until <= now]
+        back = [group.leases.pop(receipt).delivery for receipt in expired]
+        back.sort(key=lambda d: d.record.offset)
+        group.ready.extendleft(reversed(back))
+        group.next_lease_check = now + self.lease / 4
+
+    def _trim(self, topic: _Topic) -> None:
+        """Drop log records every group has read past."""
+        lowest = min(group.cursor for group in topic.groups.values())
+        drop = lowest - topic.base
+        if drop > 4096:
+            for _ in range(drop):
+                topic.log.popleft()
+            topic.base = lowest
+
+
+class MemoryBroker:
+    """One connection to a :class:`MemoryHub`. ``memory://?lease=SECONDS``."""
+
+    capabilities = Capabilities(native_delay=True, durable=False)
+
+    def __init__(self, hub: MemoryHub | None = None, *, url: str = "memory://") -> None:
+        self.url = url
+        self.hub = hub if hub is not None else MemoryHub()
+        self._connected = False
+        self._epoch = 0
+        self._owners = itertools.count(1)
+        self._subscriptions: list[MemorySubscription] = []
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBroker:
+        query = parse_qs(urlsplit(url).query)
+        lease = _DEFAULT_LEASE
+        if "lease" in query:
+            raw = query["lease"][0]
+            try:
+                lease = float(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"broker URL {url!r}: lease={raw!r} is not a number of seconds; "
+                    "expected e.g. memory://?lease=30"
+                ) from None
+            if lease <= 0:
+                raise ConfigError(f"broker URL {url!r}: lease must be more than 0 seconds")
+        return cls(MemoryHub(lease=lease), url=url)
+
+    async def connect(self) -> None:
+        if not self._connected:
+            self._connected = True
+            self._epoch += 1
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        self._connected = False
+
+    def cut(self) -> None:
+        """Drop the connection as a network failure would: held messages go back, counted."""
+        self._connected = False
+        for subscription in self._subscriptions:
+            subscription.lost()
+        self._subscriptions.clear()
+
+    def abandon(self) -> None:
+        """Vanish as a crashed process would: nothing is released, leases run out."""
+        self._connected = False
+        self._subscriptions.clear()
+
+    def check(self, epoch: int | None = None) -> None:
+        if not self._connected or (epoch is not None and epoch != self._epoch):
+            raise BrokerUnavailable(f"{self.url}: not connected")
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        self.check()
+        self.hub.publish(topic, messages)
+
+    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
+        self.check()
+        self.hub.group(topic, group)
+        subscription = MemorySubscription(self, topic, group, next(self._owners), self._epoch)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def dead_letters(self, topic: str, group: str) -> MemoryDeadLetters:
+        self.check()
+        return MemoryDeadLetters(self, topic, group)
+
+    def forget(self, subscription: MemorySubscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+
+class MemorySubscription:
+    """A group member on the memory broker."""
+
+    def __init__(
+        self, broker: MemoryBroker, topic: str, group: str, owner: int, epoch: int
+    ) -> None:
+        self._broker = broker
+        self._hub = broker.hub
+        self.topic = topic
+        self.group = group
+        self._owner = owner
+        self._epoch = epoch
+        self._closed = False
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._check()
+            messages, next_due = self._hub.take(self.topic, self.group, self._owner, max_messages)
+            remaining = deadline - loop.time()
+            if messages or remaining <= 0:
+                return messages
+            if next_due is not None:
+                remaining = min(remaining, max(0.0, next_due - time.monotonic()))
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._hub.topic(self.topic).waiters.append(waiter)
+            timer = loop.call_later(remaining, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+
+    async def settle(
+        self,
+        acks: Sequence[Message],
+        retries: Sequence[tuple[Message, float]],
+        deads: Sequence[tuple[Message, str]],
+    ) -> None:
+        self._check()
+        self._hub.settle(self.topic, self.group, self._owner, acks, retries, deads)
+
+    async def lag(self) -> Lag:
+        self._check()
+        return Lag(total=self._hub.lag(self.topic, self.group))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._broker.forget(self)
+        self._hub.release(self.topic, self.group, self._owner, count_attempt=False)
+
+    def lost(self) -> None:
+        """The connection dropped: what this member held goes back with the attempt counted."""
+        self._closed = True
+        self._hub.release(self.topic, self.group, self._owner, count_attempt=True)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(f"{self._broker.url}: subscription to {self.topic!r} is closed")
+        self._broker.check(self._epoch)
+
+
+class MemoryDeadLetters:
+    """The dead-letter queue of one topic and group on the memory broker."""
+
+    def __init__(self, broker: MemoryBroker, topic: str, group: str) -> None:
+        self._broker = broker
+        self._topic = topic
+        self._group = group
+
+    async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        self._broker.check()
+        letters = self._broker.hub.dead_letters(self._topic, self._group)
+        newest_first = list(reversed(letters.values()))
+        return newest_first[offset : offset + limit]
+
+    async def count(self) -> int:
+        self._broker.check()
+        return len(self._broker.hub.dead_letters(self._topic, self._group))
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        self._broker.check()
+        return self._broker.hub.replay(self._topic, self._group, ids)
+
+    async def purge(self, ids: Sequence[str] | None = None) -> int:
+        self._broker.check()
+        letters = self._broker.hub.dead_letters(self._topic, self._group)
+        chosen = list(letters) if ids is None else [i for i in ids if i in letters]
+        for letter_id in chosen:
+            del letters[letter_id]
+        return len(chosen)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

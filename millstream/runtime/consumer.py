@@ -1,0 +1,226 @@
+"""``ConsumerRuntime``: one consumer's supervisor, with its states and controls.
+
+The supervisor connects, subscribes and runs a :class:`Session` until the
+consumer stops. A lost connection sends it to ``RECONNECTING`` with capped
+exponential backoff and jitter; an authentication failure ends it as
+``FAILED`` without retrying. ``pause``, ``resume`` and ``set_concurrency``
+act on the running session and lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from millstream.brokers.base import Broker, Lag
+from millstream.errors import AuthenticationError, BrokerError
+from millstream.message import Message
+from millstream.retry import RetryPolicy
+from millstream.runtime.handler import Invoke, bind_handler, with_timeout
+from millstream.runtime.session import Session
+from millstream.runtime.spec import ConsumerSpec, key_function
+from millstream.settings import Settings
+
+__all__ = ["ConsumerRuntime", "ConsumerState", "ConsumerStats"]
+
+log = logging.getLogger("millstream.runtime")
+
+
+class ConsumerState(enum.StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    RECONNECTING = "RECONNECTING"
+    PAUSED = "PAUSED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+@dataclass
+class ConsumerStats:
+    """Plain counters, cheap to bump on the hot path and read by metrics and health."""
+
+    consumed: int = 0
+    acked: int = 0
+    retried: int = 0
+    dead: int = 0
+    reconnects: int = 0
+    last_poll: float | None = None
+    last_error: str | None = None
+
+
+class ConsumerRuntime:
+    """Runs one :class:`ConsumerSpec` against a broker."""
+
+    def __init__(self, spec: ConsumerSpec, broker: Broker, settings: Settings) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.broker = broker
+        self.settings = settings
+        self.retry: RetryPolicy = spec.retry
+        self.key_of: Callable[[Message], str | None] = key_function(spec.key)
+        self.prefetch = spec.prefetch or settings.prefetch
+        self.concurrency = spec.concurrency
+        self._explicit_inflight = spec.max_inflight or settings.max_inflight
+        self.state = ConsumerState.STOPPED
+        self.stats = ConsumerStats()
+        self.paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._stopping = asyncio.Event()
+        self._settled_first = asyncio.Event()
+        self._session: Session | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        invoke = bind_handler(spec.handler, self._thread_pool)
+        for link in reversed((*spec.links, with_timeout(spec.timeout or settings.handler_timeout))):
+            invoke = link(invoke)
+        self.invoke: Invoke = invoke
+
+    @property
+    def max_inflight(self) -> int:
+        """Messages held at once: the explicit bound, or enough to keep every worker busy."""
+        return self._explicit_inflight or max(self.prefetch, 2 * self.concurrency)
+
+    @property
+    def inflight(self) -> int:
+        session = self._session
+        return session.held if session is not None else 0
+
+    async def start(self) -> None:
+        """Start supervising; returns once the first connection attempt has an outcome."""
+        if self._task is not None:
+            return
+        self._stopping.clear()
+        self._settled_first.clear()
+        self._set_state(ConsumerState.STARTING)
+        self._task = asyncio.create_task(self._supervise(), name=f"millstream:{self.name}")
+        stopped = asyncio.ensure_future(self._task)
+        waiter = asyncio.ensure_future(self._settled_first.wait())
+        await asyncio.wait({stopped, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    async def stop(self) -> None:
+        """Stop fetching, drain in-flight work, flush outcomes, release the rest."""
+        task = self._task
+        if task is None:
+            return
+        if self.state not in (ConsumerState.FAILED, ConsumerState.STOPPED):
+            self._set_state(ConsumerState.STOPPING)
+        self._stopping.set()
+        self._resumed.set()
+        try:
+            await task
+        finally:
+            self._task = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+            if self.state is not ConsumerState.FAILED:
+                self._set_state(ConsumerState.STOPPED)
+
+    def pause(self) -> None:
+        """Stop fetching; in-flight messages finish and settle."""
+        self.paused = True
+        self._resumed.clear()
+        if self.state is ConsumerState.RUNNING:
+            self._set_state(ConsumerState.PAUSED)
+
+    def resume(self) -> None:
+        self.paused = False
+        self._resumed.set()
+        if self.state is ConsumerState.PAUSED:
+            self._set_state(ConsumerState.RUNNING)
+
+    async def wait_resumed(self) -> None:
+        await self._resumed.wait()
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Change the number of workers now; messages in flight are unaffected."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
+        if self._executor is not None:
+            old, self._executor = self._executor, None
+            old.shutdown(wait=False)
+        if self._session is not None:
+            self._session.dispatcher.set_concurrency(concurrency)
+
+    async def lag(self) -> Lag | None:
+        """The group's backlog, or ``None`` when not connected or not known."""
+        session = self._session
+        if session is None:
+            return None
+        try:
+            return await session.subscription.lag()
+        except BrokerError:
+            return None
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix=f"millstream-{self.name}"
+            )
+        return self._executor
+
+    def _set_state(self, state: ConsumerState) -> None:
+        if state is not self.state:
+            log.info("consumer %s: %s -> %s", self.name, self.state.value, state.value)
+            self.state = state
+        if state is not ConsumerState.STARTING:
+            self._settled_first.set()
+
+    async def _supervise(self) -> None:
+        spec = self.spec
+        backoff = RetryPolicy(
+            attempts=1_000_000,
+            backoff=self.settings.reconnect_backoff,
+            max_backoff=self.settings.reconnect_max_backoff,
+            jitter=0.5,
+        )
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if failures:
+                    await self.broker.connect()
+                subscription = await self.broker.subscribe(
+                    spec.topic, spec.group, prefetch=self.prefetch
+                )
+                failures = 0
+                self._session = Session(self, subscription)
+                self._set_state(ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING)
+                await self._session.run(self._stopping)
+            except AuthenticationError as exc:
+                self.stats.last_error = str(exc)
+                log.error(
+                    "consumer %s: the broker refused access, not retrying: %s", self.name, exc
+                )
+                self._set_state(ConsumerState.FAILED)
+                return
+            except Exception as exc:
+                failures += 1
+                self.stats.reconnects += 1
+                self.stats.last_error = str(exc)
+                delay = backoff.delay(failures)
+                if isinstance(exc, BrokerError):
+                    log.warning(
+                        "consumer %s: broker connection lost (%s); reconnecting in %.2fs",
+                        self.name,
+                        exc,
+                        delay,
+                    )
+                else:
+                    log.exception(
+                        "consumer %s: unexpected error; restarting in %.2fs", self.name, delay
+                    )
+                self._set_state(ConsumerState.RECONNECTING)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
+            finally:
+                self._session = None

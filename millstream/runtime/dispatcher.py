@@ -1,0 +1,182 @@
+"""Worker lanes: bounded concurrency with per-key order.
+
+Messages wait in one ready queue that ``concurrency`` long-lived workers
+drain. A keyed message whose key is already being handled waits behind it in
+that key's queue and becomes ready when its predecessor finishes, so
+messages with one key are handled one at a time in fetch order while other
+keys proceed; a slow key never blocks an unrelated one. No task, lock or
+future is made per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+
+from millstream.message import Message
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("millstream.runtime")
+
+Process = Callable[[Message], Awaitable[None]]
+KeyOf = Callable[[Message], str | None]
+
+# A worker yields to the loop after this many messages that did not suspend,
+# so a burst of instant handlers cannot starve the HTTP side.
+_YIELD_EVERY = 64
+
+
+class _Worker:
+    __slots__ = ("retired", "task")
+
+    def __init__(self) -> None:
+        self.retired = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class Dispatcher:
+    """Runs ``process`` over submitted messages on ``concurrency`` workers.
+
+    ``process`` must not raise for a handler failure (it settles the outcome
+    itself); if it does, the error is logged and the message left unsettled.
+    ``inflight`` counts messages submitted and not yet processed.
+    """
+
+    def __init__(self, process: Process, key_of: KeyOf, concurrency: int, name: str) -> None:
+        self._process = process
+        self._key_of = key_of
+        self._name = name
+        self._ready: deque[tuple[Message, str | None]] = deque()
+        self._waiting: dict[str, deque[Message]] = {}
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._workers: list[_Worker] = []
+        self._drained: asyncio.Event = asyncio.Event()
+        self._drained.set()
+        self.inflight = 0
+        self.concurrency = 0
+        self._on_done: Callable[[], None] = lambda: None
+        self.set_concurrency(concurrency)
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time a message finishes processing."""
+        self._on_done = callback
+
+    def submit(self, messages: Iterable[Message]) -> None:
+        """Queue messages for processing, in order. Never blocks."""
+        key_of = self._key_of
+        waiting = self._waiting
+        ready = self._ready
+        added = 0
+        for message in messages:
+            key = key_of(message)
+            added += 1
+            if key is None:
+                ready.append((message, None))
+            elif key in waiting:
+                waiting[key].append(message)
+            else:
+                waiting[key] = deque()
+                ready.append((message, key))
+        if added:
+            self.inflight += added
+            self._drained.clear()
+            self._wake(len(ready))
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Grow or shrink the worker pool; a retired worker finishes its message first."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        active = [w for w in self._workers if not w.retired]
+        for worker in active[concurrency:]:
+            worker.retired = True
+        for _ in range(concurrency - len(active)):
+            worker = _Worker()
+            worker.task = asyncio.get_running_loop().create_task(
+                self._work(worker), name=f"millstream:{self._name}:worker"
+            )
+            self._workers.append(worker)
+        self.concurrency = concurrency
+        self._workers = [w for w in self._workers if not w.retired or not _finished(w)]
+        self._wake(len(self._idle))
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; ``False`` if ``timeout`` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> list[Message]:
+        """Cancel the workers; returns the messages that were never started."""
+        tasks = [w.task for w in self._workers if w.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+        unstarted = [message for message, _ in self._ready]
+        for queue in self._waiting.values():
+            unstarted.extend(queue)
+        self._ready.clear()
+        self._waiting.clear()
+        return unstarted
+
+    def _wake(self, count: int) -> None:
+        idle = self._idle
+        while count > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    async def _work(self, worker: _Worker) -> None:
+        ready = self._ready
+        process = self._process
+        since_yield = 0
+        loop = asyncio.get_running_loop()
+        while not worker.retired:
+            if not ready:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                since_yield = 0
+                continue
+            message, key = ready.popleft()
+            try:
+                await process(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("consumer %s: processing message %s failed", self._name, message.id)
+            finally:
+                self._finish(key)
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+        # A retired worker may have been woken for work it will not take.
+        self._wake(len(ready))
+
+    def _finish(self, key: str | None) -> None:
+        if key is not None:
+            followers = self._waiting[key]
+            if followers:
+                self._ready.append((followers.popleft(), key))
+                self._wake(1)
+            else:
+                del self._waiting[key]
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._drained.set()
+        self._on_done()
+
+
+def _finished(worker: _Worker) -> bool:
+    return worker.task is not None and worker.task.done()

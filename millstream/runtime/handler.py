@@ -1,0 +1,199 @@
+"""The handler chain: decode the payload by the handler's type hint and call it.
+
+A consumer's handler is wrapped once, at start, into an ``Invoke``: a
+coroutine function taking a ``Message``. Links (timeout here; tracing and
+metrics in the service layer) each wrap an ``Invoke`` into another, so every
+concern is small and testable alone and the per-message path is a few nested
+calls, not a branchy loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from millstream.errors import DecodeError, HandlerSignatureError
+from millstream.message import Message
+
+__all__ = ["Handler", "HandlerLink", "Invoke", "bind_handler", "with_timeout"]
+
+Handler = Callable[..., Any]
+Invoke = Callable[[Message], Awaitable[None]]
+Decoder = Callable[[Message], Any]
+
+_ACCEPTED = "a pydantic model, dict, list, bytes, str or Message"
+
+
+class HandlerLink(Protocol):
+    """Wraps an ``Invoke`` in one concern. Must re-raise what the inner call raises."""
+
+    def __call__(self, inner: Invoke) -> Invoke: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    decoder: Decoder
+    wants_envelope: bool
+
+
+def _decode_bytes(message: Message) -> bytes:
+    return message.payload
+
+
+def _decode_str(message: Message) -> str:
+    try:
+        return message.payload.decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"payload is not UTF-8 text: {exc}") from None
+
+
+def _decode_envelope(message: Message) -> Message:
+    return message
+
+
+def _json_decoder(hint: Any) -> Decoder:
+    adapter: TypeAdapter[Any] = TypeAdapter(hint)
+    validate = adapter.validate_json
+    name = getattr(hint, "__name__", repr(hint))
+
+    def decode(message: Message) -> Any:
+        try:
+            return validate(message.payload)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}"
+                for err in exc.errors(include_url=False)[:5]
+            )
+            raise DecodeError(f"payload does not validate as {name}: {problems}") from None
+
+    return decode
+
+
+def _decoder_for(hint: Any) -> Decoder:
+    if hint is bytes:
+        return _decode_bytes
+    if hint is str:
+        return _decode_str
+    if hint is Message:
+        return _decode_envelope
+    return _json_decoder(hint)
+
+
+def _inspect(handler: Handler) -> _Signature:
+    name = getattr(handler, "__qualname__", repr(handler))
+    try:
+        parameters = list(inspect.signature(handler).parameters.values())
+        hints = typing.get_type_hints(handler)
+    except (TypeError, ValueError, NameError) as exc:
+        raise HandlerSignatureError(f"handler {name}: cannot read its signature ({exc})") from exc
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required_extra = [
+        p.name
+        for p in parameters[2:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if not positional:
+        raise HandlerSignatureError(
+            f"handler {name} takes no parameters; give it one for the payload, "
+            f"annotated with {_ACCEPTED}, e.g. `async def {name}(payment: Payment) -> None`"
+        )
+    if required_extra:
+        raise HandlerSignatureError(
+            f"handler {name} has required parameters {required_extra} the runtime cannot fill; "
+            "a handler takes the payload and optionally `msg: Message`"
+        )
+    first = positional[0]
+    if first.name not in hints:
+        raise HandlerSignatureError(
+            f"handler {name}: parameter {first.name!r} has no type hint; "
+            f"annotate it with {_ACCEPTED} so the payload can be decoded"
+        )
+    wants_envelope = False
+    if len(positional) > 1:
+        second = positional[1]
+        second_hint = hints.get(second.name)
+        if second_hint is Message:
+            wants_envelope = True
+        elif second.default is second.empty:
+            raise HandlerSignatureError(
+                f"handler {name}: second parameter {second.name!r} must be annotated "
+                f"`{second.name}: Message` (the envelope) or have a default"
+            )
+    try:
+        decoder = _decoder_for(hints[first.name])
+    except Exception as exc:
+        raise HandlerSignatureError(
+            f"handler {name}: cannot decode into {hints[first.name]!r} ({exc}); use {_ACCEPTED}"
+        ) from exc
+    return _Signature(decoder, wants_envelope)
+
+
+def check_handler(handler: Handler) -> None:
+    """Raise ``HandlerSignatureError`` now if the runtime could not call ``handler``."""
+    _inspect(handler)
+
+
+def bind_handler(handler: Handler, executor: Callable[[], Executor]) -> Invoke:
+    """The innermost link: decode, then call ``handler``.
+
+    A plain ``def`` runs (decode included) on ``executor()``, never on the
+    event loop; the executor is looked up per call so it can be resized.
+    """
+    signature = _inspect(handler)
+    decode = signature.decoder
+    if inspect.iscoroutinefunction(handler):
+        if signature.wants_envelope:
+
+            async def invoke_async_envelope(message: Message) -> None:
+                await handler(decode(message), message)
+
+            return invoke_async_envelope
+
+        async def invoke_async(message: Message) -> None:
+            await handler(decode(message))
+
+        return invoke_async
+
+    def run(message: Message) -> None:
+        if signature.wants_envelope:
+            handler(decode(message), message)
+        else:
+            handler(decode(message))
+
+    async def invoke_sync(message: Message) -> None:
+        await asyncio.get_running_loop().run_in_executor(executor(), run, message)
+
+    return invoke_sync
+
+
+def with_timeout(seconds: float | None) -> HandlerLink:
+    """A link failing the handler with ``TimeoutError`` after ``seconds``.
+
+    A sync handler cannot be interrupted; its thread runs on, but the message
+    is classified as failed and retried.
+    """
+
+    def link(inner: Invoke) -> Invoke:
+        if seconds is None:
+            return inner
+
+        async def invoke(message: Message) -> None:
+            deadline = asyncio.timeout(seconds)
+            try:
+                async with deadline:
+                    await inner(message)
+            except TimeoutError:
+                if deadline.expired():
+                    raise TimeoutError(f"handler took longer than {seconds}s") from None
+                raise
+
+        return invoke
+
+    return link

@@ -1,0 +1,102 @@
+"""Batches outcomes into as few ``Subscription.settle`` round trips as possible."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from millstream.brokers.base import Subscription
+from millstream.message import Message
+
+__all__ = ["Settler"]
+
+
+class Settler:
+    """Collects acks, retries and dead letters; flushes every ``interval`` or ``batch``.
+
+    Only ``run`` talks to the subscription, so batches never overlap. If
+    ``settle`` raises, the error is kept in ``failure`` and the batch is
+    dropped: the broker still holds those messages and redelivers them, which
+    is at-least-once.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        batch: int,
+        interval: float,
+        on_settled: Callable[[int], None],
+    ) -> None:
+        self._subscription = subscription
+        self._batch = batch
+        self._interval = interval
+        self._on_settled = on_settled
+        self._acks: list[Message] = []
+        self._retries: list[tuple[Message, float]] = []
+        self._deads: list[tuple[Message, str]] = []
+        self.pending = 0
+        self._has_items = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self.failure: BaseException | None = None
+
+    def ack(self, message: Message) -> None:
+        self._acks.append(message)
+        self._added()
+
+    def retry(self, message: Message, delay: float) -> None:
+        self._retries.append((message, delay))
+        self._added()
+
+    def dead(self, message: Message, reason: str) -> None:
+        self._deads.append((message, reason))
+        self._added()
+
+    def flush_now(self) -> None:
+        """Ask ``run`` to flush without waiting for the interval (the fetch loop is starved)."""
+        if self.pending:
+            self._full.set()
+
+    def _added(self) -> None:
+        self.pending += 1
+        if self.pending == 1:
+            self._has_items.set()
+        if self.pending >= self._batch:
+            self._full.set()
+
+    async def run(self) -> None:
+        """Flush until ``close``; raises what ``settle`` raised, after recording it."""
+        while True:
+            await self._has_items.wait()
+            if not self._closing and self.pending < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._full.wait()
+            await self._flush()
+            if self._closing and not self.pending:
+                return
+
+    def close(self) -> None:
+        """Make ``run`` flush what is pending and return; no more outcomes may arrive."""
+        self._closing = True
+        self._has_items.set()
+        self._full.set()
+
+    async def _flush(self) -> None:
+        acks, retries, deads = self._acks, self._retries, self._deads
+        count = self.pending
+        self._acks, self._retries, self._deads = [], [], []
+        self.pending = 0
+        self._has_items.clear()
+        self._full.clear()
+        if not count:
+            return
+        try:
+            await self._subscription.settle(acks, retries, deads)
+        except Exception as exc:
+            self.failure = exc
+            raise
+        finally:
+            self._on_settled(count)

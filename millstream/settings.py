@@ -1,0 +1,72 @@
+"""One frozen settings object: arguments, then ``MILLSTREAM_*`` variables, then defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from millstream.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Everything a millstream service is configured by.
+
+    Each field can be set as an argument (``Settings(prefetch=64)``) or as an
+    environment variable named ``MILLSTREAM_`` plus the field name in upper
+    case (``MILLSTREAM_PREFETCH=64``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MILLSTREAM_", frozen=True, extra="forbid")
+
+    broker_url: str = Field(
+        "sqlite:///./.millstream/broker.db",
+        description="where messages live: sqlite:///path, memory://, redis://, amqp://, ...",
+    )
+    drain_timeout: float = Field(
+        30.0, gt=0, description="seconds a stop waits for in-flight handlers to finish"
+    )
+    prefetch: int = Field(256, ge=1, le=65536, description="messages fetched per round trip")
+    max_inflight: int | None = Field(
+        None, ge=1, description="messages held per consumer at once (default: prefetch)"
+    )
+    settle_batch: int = Field(256, ge=1, description="outcomes settled per round trip at most")
+    settle_interval: float = Field(
+        0.005, gt=0, le=5, description="seconds an outcome may wait to join a batch"
+    )
+    poll_timeout: float = Field(1.0, gt=0, description="seconds one fetch waits for messages")
+    handler_timeout: float | None = Field(
+        None, gt=0, description="seconds a handler may run before it counts as failed"
+    )
+    reconnect_backoff: float = Field(0.2, gt=0, description="first reconnect delay, seconds")
+    reconnect_max_backoff: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build ``Settings``; a bad value raises ``ConfigError`` naming the setting and the fix."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; "
+            f"known settings are {', '.join(sorted(Settings.model_fields))}"
+        )
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            env = f"MILLSTREAM_{field.upper()}"
+            hint = (
+                Settings.model_fields[field].description if field in Settings.model_fields else ""
+            )
+            lines.append(
+                f"setting {field} (argument {field}= or {env}) = {error.get('input')!r}: "
+                f"{error['msg']}" + (f"; expected {hint}" if hint else "")
+            )
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
