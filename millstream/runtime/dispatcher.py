@@ -43,7 +43,8 @@ class Dispatcher:
 
     ``process`` must not raise for a handler failure (it settles the outcome
     itself); if it does, the error is logged and the message left unsettled.
-    ``inflight`` counts messages submitted and not yet processed.
+    ``inflight`` counts messages submitted and not yet processed, ``running``
+    those whose handler has started.
     """
 
     def __init__(self, process: Process, key_of: KeyOf, concurrency: int, name: str) -> None:
@@ -54,16 +55,13 @@ class Dispatcher:
         self._waiting: dict[str, deque[Message]] = {}
         self._idle: deque[asyncio.Future[None]] = deque()
         self._workers: list[_Worker] = []
-        self._drained: asyncio.Event = asyncio.Event()
-        self._drained.set()
+        self._settled: asyncio.Event = asyncio.Event()
+        self._settled.set()
+        self._draining = False
+        self.running = 0  # handlers started and not finished
         self.inflight = 0
         self.concurrency = 0
-        self._on_done: Callable[[], None] = lambda: None
         self.set_concurrency(concurrency)
-
-    def on_done(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` each time a message finishes processing."""
-        self._on_done = callback
 
     def submit(self, messages: Iterable[Message]) -> None:
         """Queue messages for processing, in order. Never blocks."""
@@ -83,7 +81,6 @@ class Dispatcher:
                 ready.append((message, key))
         if added:
             self.inflight += added
-            self._drained.clear()
             self._wake(len(ready))
 
     def set_concurrency(self, concurrency: int) -> None:
@@ -104,10 +101,19 @@ class Dispatcher:
         self._wake(len(self._idle))
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until nothing is in flight; ``False`` if ``timeout`` passed first."""
+        """Start nothing new and wait for running handlers; ``False`` if ``timeout`` passed.
+
+        Messages not yet started stay queued for ``stop`` to hand back: on a
+        stop they are released to the broker rather than handled late.
+        """
+        self._draining = True
+        self._wake(len(self._idle))
+        if not self.running:
+            return True
+        self._settled.clear()
         try:
             async with asyncio.timeout(timeout):
-                await self._drained.wait()
+                await self._settled.wait()
         except TimeoutError:
             return False
         return True
@@ -141,7 +147,7 @@ class Dispatcher:
         process = self._process
         since_yield = 0
         loop = asyncio.get_running_loop()
-        while not worker.retired:
+        while not worker.retired and not self._draining:
             if not ready:
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle.append(waiter)
@@ -149,6 +155,7 @@ class Dispatcher:
                 since_yield = 0
                 continue
             message, key = ready.popleft()
+            self.running += 1
             try:
                 await process(message)
             except asyncio.CancelledError:
@@ -156,6 +163,7 @@ class Dispatcher:
             except Exception:
                 log.exception("consumer %s: processing message %s failed", self._name, message.id)
             finally:
+                self.running -= 1
                 self._finish(key)
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
@@ -173,9 +181,8 @@ class Dispatcher:
             else:
                 del self._waiting[key]
         self.inflight -= 1
-        if self.inflight == 0:
-            self._drained.set()
-        self._on_done()
+        if self._draining and not self.running:
+            self._settled.set()
 
 
 def _finished(worker: _Worker) -> bool:

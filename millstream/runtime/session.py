@@ -74,12 +74,12 @@ class Session:
     async def _finish(self, settle: asyncio.Task[None], *, graceful: bool) -> None:
         consumer = self.consumer
         timeout = consumer.settings.drain_timeout
-        if self.dispatcher.inflight and not await self.dispatcher.drain(timeout):
+        if not await self.dispatcher.drain(timeout):
             log.warning(
                 "consumer %s: %d handler(s) still running after drain_timeout=%ss; "
                 "cancelling them, their messages will be redelivered",
                 consumer.name,
-                self.dispatcher.inflight,
+                self.dispatcher.running,
                 timeout,
             )
         await self.dispatcher.stop()

@@ -223,11 +223,12 @@ async def test_per_key_order_holds_at_concurrency(brokers: BrokerFactory, topic:
         active.discard(key)
 
     async with ms:
-        await ms.publish_batch(topic, [{"k": f"key-{i % 20}", "n": i} for i in range(600)])
-        await _until(lambda: sum(map(len, seen.values())) >= 600)
+        await ms.publish_batch(topic, [{"k": f"key-{i % 100}", "n": i} for i in range(1500)])
+        await _until(lambda: sum(map(len, seen.values())) >= 1500)
 
     assert overlaps == 0
-    assert sum(map(len, seen.values())) == 600
+    assert len(seen) == 100
+    assert sum(map(len, seen.values())) == 1500
     for key, numbers in seen.items():
         assert numbers == sorted(numbers), f"{key} out of order"
 

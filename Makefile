@@ -1,0 +1,40 @@
+# millstream — the commands a newcomer and CI run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[fast]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[fast,test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## make demo: the order-payments demo on the embedded SQLite broker
+demo: install
+	$(BIN)/millstream demo
+
+## make test: lint, type-check and the whole test suite
+test: install-test lint
+	$(BIN)/pytest
+
+lint: install-test
+	$(BIN)/ruff check millstream tests bench
+	$(BIN)/mypy millstream
+
+## make bench: throughput and memory, printed as a table
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .millstream .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""One benchmark scenario per process, so each row's peak memory is its own.
+
+``python -m bench.scenarios NAME N DIR`` prints one JSON object: the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.events import OrderEvent, order_events
+from millstream import ConsumerRuntime, Millstream
+
+Row = dict[str, Any]
+PUBLISH_CHUNK = 5000
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def publish_all(ms: Millstream, topic: str, n: int) -> float:
+    """Publish ``n`` events in chunks; returns msgs/s."""
+    started = time.perf_counter()
+    for start in range(0, n, PUBLISH_CHUNK):
+        await ms.publish_batch(topic, order_events(start, min(PUBLISH_CHUNK, n - start)))
+    return n / (time.perf_counter() - started)
+
+
+async def consume_all(url: str, n: int, *, key: str | None, concurrency: int) -> Row:
+    """Publish ``n`` events, then time a pydantic handler consuming them at-least-once."""
+    ms = Millstream(url)
+    done = asyncio.Event()
+    count = 0
+    totals: dict[str, int] = {}
+    await ms.broker.connect()
+    publish_rate = await publish_all(ms, "orders", n)
+
+    @ms.consumer("orders", group="bench", concurrency=concurrency, key=key)
+    async def handle(event: OrderEvent) -> None:
+        nonlocal count
+        totals[event.status] = totals.get(event.status, 0) + event.amount
+        count += 1
+        if count >= n:
+            done.set()
+
+    started = time.perf_counter()
+    async with ms:
+        await done.wait()
+        elapsed = time.perf_counter() - started
+        await settled(ms.consumers["handle"])  # the acks are part of the job
+        with_acks = time.perf_counter() - started
+    return {
+        "publish_msgs_s": publish_rate,
+        "consume_msgs_s": n / with_acks,
+        "handled_msgs_s": n / elapsed,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+async def backlog(url: str, n: int) -> Row:
+    """With ``n`` messages waiting, memory while consuming must stay flat."""
+    ms = Millstream(url)
+    count = 0
+    samples: list[float] = []
+    checkpoints = {n // 10 * k for k in range(1, 10)}
+    finished = asyncio.Event()
+
+    @ms.consumer("orders", group="bench", concurrency=8)
+    async def handle(event: OrderEvent) -> None:
+        nonlocal count
+        count += 1
+        if count in checkpoints:
+            samples.append(current_rss_mb())
+        if count >= n:
+            finished.set()
+
+    await ms.broker.connect()
+    publish_rate = await publish_all(ms, "orders", n)
+    started = time.perf_counter()
+    async with ms:
+        await finished.wait()
+    elapsed = time.perf_counter() - started
+    return {
+        "publish_msgs_s": publish_rate,
+        "consume_msgs_s": count / elapsed,
+        "rss_at_10pct_mb": samples[0],
+        "rss_at_90pct_mb": samples[-1],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+async def settled(consumer: ConsumerRuntime) -> None:
+    """Wait until every outcome has been settled with the broker."""
+    while consumer.inflight:  # noqa: ASYNC110 - polling a counter, no event to wait on
+        await asyncio.sleep(0.001)
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 1024 / 1024
+
+
+def scenarios(workdir: Path) -> dict[str, Callable[[int], Awaitable[Row]]]:
+    sqlite = f"sqlite:///{workdir}/bench.db"
+    return {
+        "memory": lambda n: consume_all("memory://", n, key=None, concurrency=8),
+        "memory-keyed": lambda n: consume_all("memory://", n, key="order_id", concurrency=8),
+        "sqlite": lambda n: consume_all(sqlite, n, key=None, concurrency=8),
+        "sqlite-backlog": lambda n: backlog(sqlite, n),
+    }
+
+
+def main() -> None:
+    name, n, workdir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    row = asyncio.run(scenarios(workdir)[name](n))
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The runtime's promises, on the memory broker: backpressure, controls, stop, failure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from millstream import AuthenticationError, ConfigError, Message, Millstream, Retry
+from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
+from millstream.errors import BrokerUnavailable
+from millstream.runtime import ConsumerState
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.005)
+
+
+def app(hub: MemoryHub | None = None, **settings: object) -> Millstream:
+    return Millstream(broker=MemoryBroker(hub or MemoryHub()), **settings)
+
+
+async def test_no_message_is_acked_before_its_handler_finishes() -> None:
+    ms = app()
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    @ms.consumer("t", concurrency=2)
+    async def slow(event: dict[str, int]) -> None:
+        entered.set()
+        await release.wait()
+
+    async with ms:
+        await ms.publish("t", {"n": 1})
+        await entered.wait()
+        await asyncio.sleep(0.05)  # several settle intervals
+        consumer = ms.consumers["slow"]
+        lag = await consumer.lag()
+        assert lag is not None and lag.total == 1
+        release.set()
+        await until(lambda: consumer.stats.acked == 1)
+        await until(lambda: consumer.inflight == 0)
+        lag = await consumer.lag()
+        assert lag is not None and lag.total == 0
+
+
+async def test_fetching_stops_when_max_inflight_is_reached() -> None:
+    ms = app()
+    release = asyncio.Event()
+    started = 0
+
+    @ms.consumer("t", concurrency=50, max_inflight=10, prefetch=4)
+    async def blocked(event: dict[str, int]) -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+
+    async with ms:
+        await ms.publish_batch("t", [{"n": i} for i in range(100)])
+        await until(lambda: started == 10)
+        await asyncio.sleep(0.1)
+        assert started == 10
+        assert ms.consumers["blocked"].inflight == 10
+        release.set()
+        await until(lambda: ms.consumers["blocked"].stats.acked == 100)
+
+
+async def test_pause_stops_fetching_and_resume_loses_nothing() -> None:
+    ms = app(poll_timeout=0.05)
+    handled: list[int] = []
+
+    @ms.consumer("t", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        handled.append(event["n"])
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        consumer.pause()
+        await asyncio.sleep(0.1)  # let a fetch that was in progress return
+        before = len(handled)
+        await ms.publish_batch("t", [{"n": i} for i in range(200)])
+        await asyncio.sleep(0.2)
+        assert consumer.state is ConsumerState.PAUSED
+        assert len(handled) == before == 0
+        consumer.resume()
+        assert consumer.state is ConsumerState.RUNNING
+        await until(lambda: len(handled) == 200)
+
+    assert sorted(handled) == list(range(200))
+
+
+async def test_set_concurrency_while_consuming_handles_each_message_once() -> None:
+    ms = app()
+    counts: Counter[int] = Counter()
+    active = 0
+    peak: list[int] = []
+
+    @ms.consumer("t", concurrency=2, max_inflight=64)
+    async def handle(event: dict[str, int]) -> None:
+        nonlocal active
+        active += 1
+        peak.append(active)
+        await asyncio.sleep(0.002)
+        counts[event["n"]] += 1
+        active -= 1
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        await ms.publish_batch("t", [{"n": i} for i in range(1500)])
+        await until(lambda: len(counts) >= 200)
+        assert max(peak) <= 2
+        consumer.set_concurrency(16)
+        peak.clear()
+        await until(lambda: len(counts) >= 800)
+        assert max(peak) > 2
+        consumer.set_concurrency(1)
+        await asyncio.sleep(0.05)  # retired workers finish what they hold
+        peak.clear()
+        await until(lambda: len(counts) >= 1500)
+        assert max(peak) == 1
+
+    assert set(counts) == set(range(1500))
+    assert set(counts.values()) == {1}
+
+
+async def test_stop_drains_in_flight_handlers_and_flushes_their_acks() -> None:
+    hub = MemoryHub()
+    ms = app(hub)
+    done: list[int] = []
+
+    @ms.consumer("t", concurrency=8)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.2)
+        done.append(event["n"])
+
+    await ms.start()
+    await ms.publish_batch("t", [{"n": i} for i in range(8)])
+    await until(lambda: ms.consumers["handle"].inflight == 8)
+    await ms.stop()
+
+    assert sorted(done) == list(range(8))
+    assert hub.lag("t", "handle") == 0
+
+
+async def test_stop_releases_what_outlives_the_drain_timeout_without_counting_it() -> None:
+    hub = MemoryHub()
+    ms = app(hub, drain_timeout=0.2)
+
+    @ms.consumer("t", concurrency=1)
+    async def stuck(event: dict[str, int]) -> None:
+        await asyncio.sleep(60)
+
+    await ms.start()
+    await ms.publish_batch("t", [{"n": 1}, {"n": 2}])
+    await until(lambda: ms.consumers["stuck"].inflight == 2)
+    started = time.monotonic()
+    await ms.stop()
+    assert time.monotonic() - started < 2
+
+    broker = MemoryBroker(hub)
+    await broker.connect()
+    sub = await broker.subscribe("t", "stuck", prefetch=8)
+    again = await sub.fetch(8, timeout=1)
+    assert [m.payload for m in again] == [b'{"n":1}', b'{"n":2}']
+    assert [m.attempt for m in again] == [1, 1]
+
+
+async def test_handler_timeout_counts_as_a_failure_and_retries() -> None:
+    ms = app()
+    attempts: list[int] = []
+
+    @ms.consumer("t", timeout=0.05, retry=Retry(attempts=3, backoff=0.01, jitter=0))
+    async def handle(event: dict[str, int], msg: Message) -> None:
+        attempts.append(msg.attempt)
+        if msg.attempt == 1:
+            await asyncio.sleep(10)
+
+    async with ms:
+        await ms.publish("t", {"n": 1})
+        await until(lambda: ms.consumers["handle"].stats.acked == 1)
+
+    assert attempts == [1, 2]
+    assert ms.consumers == {}
+
+
+class RefusingBroker(MemoryBroker):
+    """A memory broker whose server refuses this client, for the supervisor's sake."""
+
+    def __init__(self, error: Exception, failures: int) -> None:
+        super().__init__(MemoryHub())
+        self.error = error
+        self.failures = failures
+        self.subscribe_calls = 0
+
+    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
+        self.subscribe_calls += 1
+        if self.subscribe_calls <= self.failures:
+            raise self.error
+        return await super().subscribe(topic, group, prefetch=prefetch)
+
+
+async def test_authentication_failure_stops_the_consumer_without_retrying() -> None:
+    broker = RefusingBroker(AuthenticationError("bad password for user 'orders'"), failures=99)
+    ms = Millstream(broker=broker, reconnect_backoff=0.01)
+
+    @ms.consumer("t")
+    async def handle(event: dict[str, int]) -> None: ...
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        await asyncio.sleep(0.3)
+        assert consumer.state is ConsumerState.FAILED
+        assert consumer.stats.last_error == "bad password for user 'orders'"
+        assert broker.subscribe_calls == 1
+
+
+async def test_unreachable_broker_is_retried_with_backoff_until_it_answers() -> None:
+    broker = RefusingBroker(BrokerUnavailable("connection refused"), failures=3)
+    ms = Millstream(broker=broker, reconnect_backoff=0.02, reconnect_max_backoff=0.05)
+    handled: list[int] = []
+
+    @ms.consumer("t")
+    async def handle(event: dict[str, int]) -> None:
+        handled.append(event["n"])
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        assert consumer.state is ConsumerState.RECONNECTING
+        await until(lambda: consumer.state is ConsumerState.RUNNING)
+        await ms.publish("t", {"n": 7})
+        await until(lambda: handled == [7])
+        assert broker.subscribe_calls == 4
+        assert consumer.stats.reconnects == 3
+
+
+def test_bad_configuration_fails_at_construction_naming_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"'kafak://x'.*unsupported scheme 'kafak'"):
+        Millstream("kafak://x")
+    with pytest.raises(ConfigError, match="prefetch"):
+        Millstream("memory://", prefetch=0)
+    ms = app()
+    with pytest.raises(ConfigError, match="concurrency=0"):
+
+        @ms.consumer("t", concurrency=0)
+        async def handle(event: dict[str, int]) -> None: ...
+
+
+async def test_publish_batch_keys_by_field_and_sync_handlers_work() -> None:
+    ms = app()
+    seen: list[tuple[str | None, object]] = []
+
+    @ms.consumer("t", concurrency=4)
+    def handle(event: dict[str, object], msg: Message) -> None:
+        seen.append((msg.key, event["n"]))
+
+    async with ms:
+        ids: Sequence[str] = await ms.publish_batch(
+            "t", [{"order_id": f"o-{i}", "n": i} for i in range(5)], key_by="order_id"
+        )
+        await until(lambda: len(seen) == 5)
+
+    assert len(set(ids)) == 5
+    assert sorted(seen) == [(f"o-{i}", i) for i in range(5)]
