@@ -14,7 +14,7 @@ from pydantic_core import to_json
 
 from millstream.brokers import connect
 from millstream.brokers.base import Broker, DeadLetterQueue
-from millstream.errors import ConfigError
+from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.message import OutgoingMessage
 from millstream.retry import RetryPolicy
 from millstream.runtime.consumer import ConsumerRuntime
@@ -129,10 +129,20 @@ class Millstream:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the broker and start every consumer."""
+        """Connect the broker and start every consumer.
+
+        An unreachable broker does not stop the start: consumers keep
+        reconnecting (state RECONNECTING) until it answers. Refused
+        credentials do, with ``AuthenticationError``.
+        """
         if self._started:
             return
-        await self.broker.connect()
+        try:
+            await self.broker.connect()
+        except BrokerUnavailable as exc:
+            log.warning(
+                "broker %s is unreachable (%s); consumers will keep trying", self.broker.url, exc
+            )
         self._started = True
         for spec in self._specs.values():
             if self._links:

@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import pytest
+from pydantic import BaseModel
 
-from millstream import AuthenticationError, ConfigError, Message, Millstream, Retry
+from millstream import AuthenticationError, ConfigError, FatalError, Message, Millstream, Retry
 from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
 from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
@@ -268,3 +269,39 @@ async def test_publish_batch_keys_by_field_and_sync_handlers_work() -> None:
 
     assert len(set(ids)) == 5
     assert sorted(seen) == [(f"o-{i}", i) for i in range(5)]
+
+
+class Payment(BaseModel):
+    order_id: str
+    amount: int
+
+
+async def test_poison_messages_reach_the_dead_letter_queue_with_their_reasons() -> None:
+    ms = app()
+    handled: list[str] = []
+
+    @ms.consumer("payments", group="orders", retry=Retry(attempts=5, backoff=0.01))
+    async def on_payment(payment: Payment) -> None:
+        if payment.amount < 0:
+            raise FatalError(f"negative amount {payment.amount}")
+        handled.append(payment.order_id)
+
+    async with ms:
+        await ms.publish("payments", b"{not json")
+        await ms.publish("payments", {"order_id": "o-1", "amount": "lots"})
+        await ms.publish("payments", {"order_id": "o-2", "amount": -5})
+        await ms.publish("payments", {"order_id": "o-3", "amount": 5})
+        dlq = await ms.dead_letters("payments", "orders")
+        await until(lambda: ms.consumers["on_payment"].stats.dead == 3)
+        await until(lambda: ms.consumers["on_payment"].inflight == 0)
+        letters = {letter.payload: letter for letter in await dlq.list()}
+
+    assert handled == ["o-3"]
+    assert "DecodeError" in letters[b"{not json"].error
+    assert "Invalid JSON" in letters[b"{not json"].error
+    assert (
+        "amount: Input should be a valid integer"
+        in letters[b'{"order_id":"o-1","amount":"lots"}'].error
+    )
+    assert letters[b'{"order_id":"o-2","amount":-5}'].error == "FatalError: negative amount -5"
+    assert {letter.attempts for letter in letters.values()} == {1}

@@ -91,7 +91,12 @@ def _inspect(handler: Handler) -> _Signature:
     try:
         parameters = list(inspect.signature(handler).parameters.values())
         hints = typing.get_type_hints(handler)
-    except (TypeError, ValueError, NameError) as exc:
+    except NameError as exc:
+        raise HandlerSignatureError(
+            f"handler {name}: cannot resolve its type hints ({exc}); define the types it "
+            "names at module level, where annotations are resolved"
+        ) from exc
+    except (TypeError, ValueError) as exc:
         raise HandlerSignatureError(f"handler {name}: cannot read its signature ({exc})") from exc
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required_extra = [
