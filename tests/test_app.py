@@ -305,3 +305,24 @@ async def test_poison_messages_reach_the_dead_letter_queue_with_their_reasons() 
     )
     assert letters[b'{"order_id":"o-2","amount":-5}'].error == "FatalError: negative amount -5"
     assert {letter.attempts for letter in letters.values()} == {1}
+
+
+async def test_a_slow_handler_keeps_its_messages_past_the_lease_while_the_loop_is_full() -> None:
+    hub = MemoryHub(lease=0.8)
+    ms = app(hub)
+    other = MemoryBroker(hub)
+    await other.connect()
+    handled: list[int] = []
+
+    @ms.consumer("t", concurrency=2, max_inflight=2)
+    async def slow(event: dict[str, int]) -> None:
+        await asyncio.sleep(2.0)
+        handled.append(event["n"])
+
+    async with ms:
+        rival = await other.subscribe("t", "slow", prefetch=8)
+        await ms.publish_batch("t", [{"n": 1}, {"n": 2}])
+        await until(lambda: ms.consumers["slow"].inflight == 2)
+        stolen = await rival.fetch(8, timeout=1.6)
+        assert stolen == [], "a live member's messages were handed to another"
+        await until(lambda: len(handled) == 2)

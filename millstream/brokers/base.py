@@ -93,7 +93,11 @@ class Subscription(Protocol):
     """
 
     async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
-        """Up to ``max_messages``, waiting at most ``timeout`` seconds for the first."""
+        """Up to ``max_messages``, waiting at most ``timeout`` seconds for the first.
+
+        Every call also keeps what this member holds from expiring where the
+        broker leases messages; ``fetch(0, 0)`` does only that.
+        """
         ...
 
     async def settle(

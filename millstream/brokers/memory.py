@@ -55,6 +55,7 @@ class _Group:
     leases: dict[int, _Lease] = field(default_factory=dict)
     dead: dict[str, DeadLetter] = field(default_factory=dict)
     next_lease_check: float = 0.0
+    extended_at: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +80,11 @@ class MemoryHub:
         self._topics: dict[str, _Topic] = {}
         self._receipts = itertools.count(1)
         self._sequence = itertools.count(1)
+        self._owners = itertools.count(1)
+
+    def new_owner(self) -> int:
+        """An id for a new group member, unique across every connection to this hub."""
+        return next(self._owners)
 
     def topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
@@ -108,6 +114,7 @@ class MemoryHub:
         now = time.monotonic()
         if now >= group.next_lease_check and group.leases:
             self._expire(group, now)
+        self._extend(group, owner, now)
         while group.delayed and group.delayed[0][0] <= now:
             group.ready.append(heapq.heappop(group.delayed)[2])
         taken: list[_Delivery] = []
@@ -231,6 +238,17 @@ class MemoryHub:
             failed_at=time.time(),
         )
 
+    def _extend(self, group: _Group, owner: int, now: float) -> None:
+        """Push out ``owner``'s leases every quarter lease: it is alive and calling."""
+        if now - group.extended_at.get(owner, 0.0) < self.lease / 4:
+            return
+        group.extended_at[owner] = now
+        half = now + self.lease / 2
+        extended = now + self.lease
+        for lease in group.leases.values():
+            if lease.owner == owner and lease.until < half:
+                lease.until = extended
+
     def _expire(self, group: _Group, now: float) -> None:
         expired = [receipt for receipt, lease in group.leases.items() if lease.until <= now]
         back = [group.leases.pop(receipt).delivery for receipt in expired]
@@ -258,7 +276,6 @@ class MemoryBroker:
         self.hub = hub if hub is not None else MemoryHub()
         self._connected = False
         self._epoch = 0
-        self._owners = itertools.count(1)
         self._subscriptions: list[MemorySubscription] = []
 
     @classmethod
@@ -311,7 +328,7 @@ class MemoryBroker:
     async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
         self.check()
         self.hub.group(topic, group)
-        subscription = MemorySubscription(self, topic, group, next(self._owners), self._epoch)
+        subscription = MemorySubscription(self, topic, group, self.hub.new_owner(), self._epoch)
         self._subscriptions.append(subscription)
         return subscription
 

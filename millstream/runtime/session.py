@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from millstream.brokers.base import Subscription
 from millstream.errors import BrokerError
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("millstream.runtime")
+
+# How often a fetch loop that is not fetching (paused, or full) still calls
+# fetch(0, 0), so leases of messages in slow handlers do not run out.
+_KEEPALIVE = 0.25
 
 
 class Session:
@@ -99,13 +104,13 @@ class Session:
         fetch = self.subscription.fetch
         while True:
             if consumer.paused:
-                await consumer.wait_resumed()
+                await self._idle(consumer.wait_resumed())
                 continue
             room = consumer.max_inflight - self.held
             if room <= 0:
                 self.settler.flush_now()
                 self._room.clear()
-                await self._room.wait()
+                await self._idle(self._room.wait())
                 continue
             messages = await fetch(min(room, consumer.prefetch), settings.poll_timeout)
             consumer.stats.last_poll = time.time()
@@ -113,6 +118,22 @@ class Session:
                 self.held += len(messages)
                 consumer.stats.consumed += len(messages)
                 self.dispatcher.submit(messages)
+
+    async def _idle(self, until: Coroutine[Any, Any, Any]) -> None:
+        """Wait for ``until`` while not fetching, keeping held messages alive.
+
+        Brokers with leases extend them on every fetch; ``fetch(0, 0)`` takes
+        nothing and only does that, so slow handlers keep their messages
+        while the loop is paused or full.
+        """
+        waiter = asyncio.ensure_future(until)
+        try:
+            while not waiter.done():
+                done, _ = await asyncio.wait({waiter}, timeout=_KEEPALIVE)
+                if not done:
+                    await self.subscription.fetch(0, 0)
+        finally:
+            waiter.cancel()
 
     async def _process(self, message: Message) -> None:
         consumer = self.consumer

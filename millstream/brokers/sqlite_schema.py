@@ -1,0 +1,437 @@
+"""The tables of the embedded SQLite broker and the transactions that read and write them.
+
+Everything here is synchronous and runs on the broker's one worker thread
+(see :mod:`millstream.brokers.sqlite`); each public function is one
+operation of the broker and at most one write transaction.
+
+Three tables::
+
+    messages    seq (publish order) | topic | id | key | payload | headers (orjson) | published_at
+    groups      gid | topic | name
+    deliveries  one row per message per group, keyed (gid, seq):
+                state       'ready' | 'leased' | 'dead'
+                visible_at  when the row may next be fetched: now or a retry's due
+                            time for 'ready'; the lease deadline for 'leased'
+                attempt     deliveries so far (a fetch adds one)
+                lease_owner, lease_token   which member holds it, from which fetch
+                deaths, error, failed_at   dead-letter bookkeeping
+
+An expired lease is a 'leased' row whose ``visible_at`` has passed, so "may
+be fetched now" is the single test ``state <> 'dead' AND visible_at <= now``.
+A message row is deleted with the last delivery that refers to it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+
+import orjson
+
+from millstream.brokers.base import DeadLetter
+from millstream.errors import BrokerError
+from millstream.message import Message, OutgoingMessage
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "count_dead",
+    "count_live",
+    "ensure_group",
+    "extend",
+    "find_group",
+    "list_dead",
+    "open_database",
+    "publish",
+    "purge_dead",
+    "release",
+    "replay_dead",
+    "settle",
+    "take",
+    "transaction",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    # AUTOINCREMENT so a seq is never reused after its row is deleted: receipts
+    # and dead-letter ids name a seq and must never come to mean another message.
+    """CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        id TEXT NOT NULL,
+        key TEXT,
+        payload BLOB NOT NULL,
+        headers BLOB,
+        published_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS groups (
+        gid INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        UNIQUE (topic, name))""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        gid INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        key TEXT,
+        state TEXT NOT NULL DEFAULT 'ready',
+        visible_at REAL NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        lease_owner INTEGER,
+        lease_token INTEGER,
+        deaths INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        failed_at REAL,
+        PRIMARY KEY (gid, seq)) WITHOUT ROWID""",
+    # Fetch walks this in publish order; dead rows are left out so a long
+    # dead-letter queue costs fetch nothing.
+    """CREATE INDEX IF NOT EXISTS deliveries_live
+        ON deliveries (gid, seq, visible_at) WHERE state <> 'dead'""",
+    # Only what is in flight: the per-key order check, lease extension and release.
+    """CREATE INDEX IF NOT EXISTS deliveries_leased
+        ON deliveries (gid, key, seq) WHERE state = 'leased'""",
+    """CREATE INDEX IF NOT EXISTS deliveries_dead
+        ON deliveries (gid, failed_at, seq) WHERE state = 'dead'""",
+)
+
+# The planner has no statistics for the partial indexes and would otherwise
+# walk the primary key, so the hot queries name their index.
+_PROBE = """SELECT 1 FROM deliveries INDEXED BY deliveries_live
+    WHERE gid = ? AND state <> 'dead' AND visible_at <= ? LIMIT 1"""
+
+# A keyed message waits while an earlier message with its key is leased, unexpired,
+# by another member: that is what keeps per-key order across the members of a group.
+_TAKE = """UPDATE deliveries
+    SET state = 'leased', attempt = attempt + 1, visible_at = :until,
+        lease_owner = :owner, lease_token = :token
+    WHERE gid = :gid AND seq IN (
+        SELECT d.seq FROM deliveries AS d INDEXED BY deliveries_live
+        WHERE d.gid = :gid AND d.state <> 'dead' AND d.visible_at <= :now
+          AND (d.key IS NULL OR NOT EXISTS (
+              SELECT 1 FROM deliveries AS b INDEXED BY deliveries_leased
+              WHERE b.gid = :gid AND b.key = d.key AND b.state = 'leased'
+                AND b.seq < d.seq AND b.visible_at > :now AND b.lease_owner <> :owner))
+        ORDER BY d.seq LIMIT :limit)
+    RETURNING seq, attempt"""
+
+_MESSAGES = """SELECT seq, id, key, payload, headers, published_at FROM messages
+    WHERE seq IN (SELECT value FROM json_each(?))"""
+
+_EXTEND = """UPDATE deliveries INDEXED BY deliveries_leased SET visible_at = ?
+    WHERE gid = ? AND state = 'leased' AND lease_owner = ?"""
+
+# Settling is guarded by owner and token: a receipt whose lease expired and was
+# taken by another member no longer matches, so it is ignored.
+_HELD = "gid = ? AND seq = ? AND state = 'leased' AND lease_owner = ? AND lease_token = ?"
+_ACK = f"DELETE FROM deliveries WHERE {_HELD}"
+_RETRY = f"""UPDATE deliveries SET state = 'ready', visible_at = ?,
+    lease_owner = NULL, lease_token = NULL WHERE {_HELD}"""
+_DEAD = f"""UPDATE deliveries SET state = 'dead', visible_at = 0, lease_owner = NULL,
+    lease_token = NULL, deaths = deaths + 1, error = ?, failed_at = ? WHERE {_HELD}"""
+
+_RELEASE = """UPDATE deliveries INDEXED BY deliveries_leased
+    SET state = 'ready', visible_at = 0, attempt = attempt - ?,
+        lease_owner = NULL, lease_token = NULL
+    WHERE gid = ? AND state = 'leased' AND lease_owner = ?"""
+
+# A message goes once no group of its topic has a delivery of it left.
+_FORGET = """DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?))
+    AND NOT EXISTS (SELECT 1 FROM deliveries AS d
+        WHERE d.gid IN (SELECT gid FROM groups WHERE topic = ?) AND d.seq = messages.seq)"""
+
+_INSERT = """INSERT INTO messages (topic, id, key, payload, headers, published_at)
+    VALUES (?, ?, ?, ?, ?, ?)"""
+_FAN_OUT = """INSERT INTO deliveries (gid, seq, key)
+    SELECT g.gid, m.seq, m.key FROM messages AS m, groups AS g
+    WHERE m.seq > ? AND g.topic = ?"""
+
+_DEAD_LETTERS = """SELECT d.seq, d.deaths, m.id, m.key, m.payload, m.headers,
+        d.attempt, d.error, d.failed_at
+    FROM deliveries AS d INDEXED BY deliveries_dead JOIN messages AS m ON m.seq = d.seq
+    WHERE d.gid = ? AND d.state = 'dead'
+    ORDER BY d.failed_at DESC, d.seq DESC LIMIT ? OFFSET ?"""
+_REPLAY = """UPDATE deliveries SET state = 'ready', visible_at = 0, attempt = 0,
+    error = NULL, failed_at = NULL WHERE gid = ? AND state = 'dead'"""
+_PURGE = "DELETE FROM deliveries WHERE gid = ? AND state = 'dead'"
+
+
+def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open (creating if needed) the broker file in WAL mode; call on the worker thread."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, cached_statements=64)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise BrokerError(f"{path}: SQLite refused WAL mode ({mode}); use a local disk")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        # Bound the WAL file after a burst instead of keeping its high-water size.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        with transaction(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise BrokerError(
+                    f"{path} has broker schema version {version}, newer than this "
+                    f"millstream understands ({SCHEMA_VERSION}); upgrade millstream"
+                )
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction; ``IMMEDIATE`` takes the write lock up front so two
+    processes never both read and then fail to upgrade."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def publish(conn: sqlite3.Connection, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+    """Store ``messages`` and give each existing group of ``topic`` a delivery of each."""
+    rows = [
+        (
+            topic,
+            m.id,
+            m.key,
+            m.payload,
+            orjson.dumps(m.headers) if m.headers else None,
+            m.published_at,
+        )
+        for m in messages
+    ]
+    with transaction(conn):
+        before = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0]
+        conn.executemany(_INSERT, rows)
+        conn.execute(_FAN_OUT, (before, topic))
+
+
+def find_group(conn: sqlite3.Connection, topic: str, group: str) -> int | None:
+    """The id of an existing group, without creating it."""
+    row = conn.execute("SELECT gid FROM groups WHERE topic = ? AND name = ?", (topic, group))
+    found = row.fetchone()
+    return None if found is None else int(found[0])
+
+
+def ensure_group(conn: sqlite3.Connection, topic: str, group: str) -> int:
+    """The group's id; a new group gets every message of the topic still retained."""
+    with transaction(conn):
+        gid = find_group(conn, topic, group)
+        if gid is not None:
+            return gid
+        cursor = conn.execute("INSERT INTO groups (topic, name) VALUES (?, ?)", (topic, group))
+        gid = int(cursor.lastrowid or 0)
+        conn.execute(
+            "INSERT INTO deliveries (gid, seq, key) SELECT ?, seq, key FROM messages "
+            "WHERE topic = ?",
+            (gid, topic),
+        )
+        return gid
+
+
+def take(
+    conn: sqlite3.Connection,
+    topic: str,
+    gid: int,
+    owner: int,
+    token: int,
+    limit: int,
+    now: float,
+    until: float,
+    extend_held: bool,
+) -> list[Message]:
+    """Lease up to ``limit`` fetchable deliveries to ``owner``, in publish order.
+
+    Reads first without the write lock, so an idle poller does not queue
+    behind other processes' writers; ``extend_held`` also pushes out the
+    leases ``owner`` already holds, in the same transaction.
+    """
+    if limit <= 0 and not extend_held:
+        return []
+    if not extend_held and conn.execute(_PROBE, (gid, now)).fetchone() is None:
+        return []
+    with transaction(conn):
+        if extend_held:
+            conn.execute(_EXTEND, (until, gid, owner))
+        if limit <= 0:
+            return []
+        params = {
+            "gid": gid,
+            "owner": owner,
+            "token": token,
+            "now": now,
+            "until": until,
+            "limit": limit,
+        }
+        attempts = dict(conn.execute(_TAKE, params).fetchall())
+        if not attempts:
+            return []
+        rows = conn.execute(_MESSAGES, (orjson.dumps(list(attempts)),)).fetchall()
+    rows.sort()
+    return [
+        Message(
+            id=message_id,
+            topic=topic,
+            payload=payload,
+            key=key,
+            headers=orjson.loads(headers) if headers else {},
+            attempt=attempts[seq],
+            published_at=published_at,
+            receipt=(seq, token),
+        )
+        for seq, message_id, key, payload, headers, published_at in rows
+    ]
+
+
+def settle(
+    conn: sqlite3.Connection,
+    topic: str,
+    gid: int,
+    owner: int,
+    acks: Sequence[tuple[int, int]],
+    retries: Sequence[tuple[int, int, float]],
+    deads: Sequence[tuple[int, int, str]],
+    now: float,
+    extend_until: float | None,
+) -> None:
+    """Apply a batch of outcomes, given as (seq, token, ...), in one transaction."""
+    with transaction(conn):
+        if acks:
+            conn.executemany(_ACK, [(gid, seq, owner, token) for seq, token in acks])
+            _forget(conn, topic, [seq for seq, _ in acks])
+        if retries:
+            conn.executemany(
+                _RETRY,
+                [(now + max(0.0, delay), gid, seq, owner, token) for seq, token, delay in retries],
+            )
+        if deads:
+            conn.executemany(
+                _DEAD, [(error, now, gid, seq, owner, token) for seq, token, error in deads]
+            )
+        if extend_until is not None:
+            conn.execute(_EXTEND, (extend_until, gid, owner))
+
+
+def extend(conn: sqlite3.Connection, gid: int, owner: int, until: float) -> None:
+    """Push out every lease ``owner`` holds to ``until``."""
+    with transaction(conn):
+        conn.execute(_EXTEND, (until, gid, owner))
+
+
+def release(
+    conn: sqlite3.Connection, members: Sequence[tuple[int, int]], *, count_attempt: bool
+) -> int:
+    """Make what each (gid, owner) holds fetchable again; returns how many went back.
+
+    A member that closes gives its messages back uncounted; one whose
+    connection was lost counts the attempt, as if its lease had run out.
+    """
+    undo = 0 if count_attempt else 1
+    with transaction(conn):
+        before = conn.total_changes
+        conn.executemany(_RELEASE, [(undo, gid, owner) for gid, owner in members])
+        return conn.total_changes - before
+
+
+def count_live(conn: sqlite3.Connection, gid: int) -> int:
+    """The group's deliveries not yet acked and not dead."""
+    row = conn.execute(
+        "SELECT count(*) FROM deliveries INDEXED BY deliveries_live "
+        "WHERE gid = ? AND state <> 'dead'",
+        (gid,),
+    ).fetchone()
+    return int(row[0])
+
+
+def list_dead(
+    conn: sqlite3.Connection, topic: str, group: str, limit: int, offset: int
+) -> list[DeadLetter]:
+    """Dead letters of one group, newest first."""
+    gid = find_group(conn, topic, group)
+    if gid is None:
+        return []
+    rows = conn.execute(_DEAD_LETTERS, (gid, limit, offset)).fetchall()
+    return [
+        DeadLetter(
+            id=f"{seq}-{deaths}",
+            message_id=message_id,
+            topic=topic,
+            group=group,
+            payload=payload,
+            key=key,
+            headers=orjson.loads(headers) if headers else {},
+            attempts=attempt,
+            error=error or "",
+            failed_at=failed_at,
+        )
+        for seq, deaths, message_id, key, payload, headers, attempt, error, failed_at in rows
+    ]
+
+
+def count_dead(conn: sqlite3.Connection, topic: str, group: str) -> int:
+    """How many dead letters one group has."""
+    gid = find_group(conn, topic, group)
+    if gid is None:
+        return 0
+    row = conn.execute(
+        "SELECT count(*) FROM deliveries INDEXED BY deliveries_dead "
+        "WHERE gid = ? AND state = 'dead'",
+        (gid,),
+    ).fetchone()
+    return int(row[0])
+
+
+def replay_dead(conn: sqlite3.Connection, topic: str, group: str, ids: Sequence[str] | None) -> int:
+    """Dead letters back to 'ready' with the attempt count restarted."""
+    return _dead_letter_change(conn, topic, group, ids, _REPLAY)
+
+
+def purge_dead(conn: sqlite3.Connection, topic: str, group: str, ids: Sequence[str] | None) -> int:
+    """Delete dead letters, and their messages when no other group needs them."""
+    return _dead_letter_change(conn, topic, group, ids, _PURGE)
+
+
+def _dead_letter_change(
+    conn: sqlite3.Connection, topic: str, group: str, ids: Sequence[str] | None, sql: str
+) -> int:
+    with transaction(conn):
+        gid = find_group(conn, topic, group)
+        if gid is None:
+            return 0
+        if ids is None:
+            rows = conn.execute(f"{sql} RETURNING seq", (gid,)).fetchall()
+            seqs = [seq for (seq,) in rows]
+        else:
+            # The death count in the id keeps a repeated call from touching a
+            # letter that was replayed and has died again since.
+            seqs = []
+            for seq, deaths in _parse_letter_ids(ids):
+                row = conn.execute(
+                    f"{sql} AND seq = ? AND deaths = ? RETURNING seq", (gid, seq, deaths)
+                ).fetchone()
+                if row is not None:
+                    seqs.append(seq)
+        if sql is _PURGE and seqs:
+            _forget(conn, topic, seqs)
+        return len(seqs)
+
+
+def _parse_letter_ids(ids: Sequence[str]) -> Iterator[tuple[int, int]]:
+    """(seq, deaths) of each well-formed id; anything else cannot be there, so is skipped."""
+    for letter_id in dict.fromkeys(ids):
+        seq, _, deaths = letter_id.partition("-")
+        if seq.isdigit() and deaths.isdigit():
+            yield int(seq), int(deaths)
+
+
+def _forget(conn: sqlite3.Connection, topic: str, seqs: Sequence[int]) -> None:
+    conn.execute(_FORGET, (orjson.dumps(list(seqs)), topic))

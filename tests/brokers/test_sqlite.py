@@ -1,0 +1,328 @@
+"""The SQLite broker beyond the shared conformance suite: one file shared by
+several connections and processes, durability, cleanup, leases and URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from millstream.brokers import connect
+from millstream.brokers.sqlite import SqliteBroker, SqliteSubscription
+from millstream.errors import BrokerUnavailable, ConfigError
+from millstream.message import Message, OutgoingMessage
+
+TOPIC = "payments"
+
+
+def url_of(path: Path, **params: object) -> str:
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[SqliteBroker]:
+    broker = SqliteBroker.from_url(url)
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+def outgoing(*payloads: str, key: str | None = None) -> list[OutgoingMessage]:
+    return [OutgoingMessage(payload=p.encode(), key=key) for p in payloads]
+
+
+def payloads(messages: list[Message]) -> list[str]:
+    return [m.payload.decode() for m in messages]
+
+
+async def drain(subscription: SqliteSubscription, *, timeout: float = 0.2) -> list[Message]:
+    """Fetch until a fetch comes back empty, acking everything."""
+    taken: list[Message] = []
+    while batch := await subscription.fetch(100, timeout):
+        await subscription.settle(batch, [], [])
+        taken.extend(batch)
+    return taken
+
+
+def table_counts(path: Path) -> tuple[int, int]:
+    """(messages, deliveries) rows in the broker file, read by an outside connection."""
+    with sqlite3.connect(path) as conn:
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        deliveries = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+    return messages, deliveries
+
+
+async def test_two_connections_to_one_file_share_a_group_without_duplicates(
+    tmp_path: Path,
+) -> None:
+    url = url_of(tmp_path / "broker.db")
+    async with opened(url) as first, opened(url) as second:
+        one = await first.subscribe(TOPIC, "billing", prefetch=10)
+        two = await second.subscribe(TOPIC, "billing", prefetch=10)
+        await first.publish(TOPIC, outgoing(*(f"m{i}" for i in range(200))))
+
+        seen: list[str] = []
+        while len(seen) < 200:
+            for member in (one, two):
+                batch = await member.fetch(7, 0.5)
+                await member.settle(batch, [], [])
+                seen.extend(payloads(batch))
+
+        assert sorted(seen) == sorted(f"m{i}" for i in range(200))
+        assert (await one.lag()).total == 0
+
+
+async def test_a_member_that_dies_has_its_messages_redelivered_after_the_lease(
+    tmp_path: Path,
+) -> None:
+    url = url_of(tmp_path / "broker.db", lease=0.5)
+    async with opened(url) as doomed, opened(url) as survivor:
+        dying = await doomed.subscribe(TOPIC, "billing", prefetch=10)
+        living = await survivor.subscribe(TOPIC, "billing", prefetch=10)
+        await doomed.publish(TOPIC, outgoing("a", "b", "c"))
+        assert payloads(await dying.fetch(10, 1.0)) == ["a", "b", "c"]
+        # `dying` is abandoned from here on: no settle, no fetch, no close.
+
+        assert await living.fetch(10, 0.2) == []
+        started = time.monotonic()
+        redelivered = await living.fetch(10, 2.0)
+
+        assert payloads(redelivered) == ["a", "b", "c"]
+        assert [m.attempt for m in redelivered] == [2, 2, 2]
+        assert time.monotonic() - started < 1.5
+        # The dead member's late ack is ignored: the survivor holds them now.
+        await dying.settle(redelivered, [], [])
+        assert (await living.lag()).total == 3
+        await living.settle(redelivered, [], [])
+        assert (await living.lag()).total == 0
+
+
+@pytest.mark.slow
+async def test_messages_published_by_another_process_are_consumed(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from millstream.brokers.sqlite import SqliteBroker
+        from millstream.message import OutgoingMessage
+
+        async def main() -> None:
+            broker = SqliteBroker.from_url(sys.argv[1])
+            await broker.connect()
+            for batch in range(5):
+                await broker.publish("payments", [
+                    OutgoingMessage(payload=f"{batch}-{i}".encode(), headers={"from": "child"})
+                    for i in range(20)
+                ])
+            await broker.close()
+
+        asyncio.run(main())
+        """
+    )
+    async with opened(url_of(path)) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=100)
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, url_of(path))
+        received: list[Message] = []
+        deadline = time.monotonic() + 30
+        while len(received) < 100 and time.monotonic() < deadline:
+            batch = await subscription.fetch(100, 1.0)
+            await subscription.settle(batch, [], [])
+            received.extend(batch)
+        assert await child.wait() == 0
+
+    assert len(received) == 100
+    assert {m.headers["from"] for m in received} == {"child"}
+    # Publish order is kept even though the publisher was another process.
+    assert payloads(received) == [f"{b}-{i}" for b in range(5) for i in range(20)]
+
+
+async def test_message_rows_go_once_every_group_is_done_with_them(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    async with opened(url_of(path)) as broker:
+        billing = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        audit = await broker.subscribe(TOPIC, "audit", prefetch=10)
+        # Looking at the dead letters of a group no one consumes must not create
+        # it, or it would keep every message of the topic forever.
+        assert await (await broker.dead_letters(TOPIC, "nobody")).count() == 0
+        await broker.publish(TOPIC, outgoing(*(f"m{i}" for i in range(10))))
+        assert table_counts(path) == (10, 20)
+
+        assert len(await drain(billing)) == 10
+        assert table_counts(path) == (10, 10)  # audit still needs them
+
+        batch = await audit.fetch(10, 1.0)
+        await audit.settle(batch[:9], [], [(batch[9], "poison")])
+        assert table_counts(path) == (1, 1)  # a dead letter keeps its payload
+
+        await (await broker.dead_letters(TOPIC, "audit")).purge()
+        assert table_counts(path) == (0, 0)
+
+
+async def test_per_key_order_holds_across_members(tmp_path: Path) -> None:
+    url = url_of(tmp_path / "broker.db")
+    async with opened(url) as first, opened(url) as second:
+        one = await first.subscribe(TOPIC, "billing", prefetch=10)
+        two = await second.subscribe(TOPIC, "billing", prefetch=10)
+        await first.publish(TOPIC, outgoing("a1", "a2", key="order-a"))
+        await first.publish(TOPIC, outgoing("b1", key="order-b"))
+        await first.publish(TOPIC, outgoing("a3", key="order-a"))
+
+        head = await one.fetch(1, 1.0)
+        assert payloads(head) == ["a1"]
+        # a2 and a3 must wait while another member holds a1; other keys need not.
+        assert payloads(await two.fetch(10, 0.2)) == ["b1"]
+        assert await two.fetch(10, 0.1) == []
+
+        # A message waiting for a delayed retry does not hold its followers back.
+        await one.settle([], [(head[0], 30.0)], [])
+        assert payloads(await two.fetch(10, 1.0)) == ["a2", "a3"]
+
+
+@pytest.mark.parametrize("keep_fetching", [10, 0], ids=["fetch", "fetch-nothing"])
+async def test_lease_is_extended_while_the_member_keeps_fetching(
+    tmp_path: Path, keep_fetching: int
+) -> None:
+    url = url_of(tmp_path / "broker.db", lease=0.5)
+    async with opened(url) as slow_side, opened(url) as other_side:
+        slow = await slow_side.subscribe(TOPIC, "billing", prefetch=10)
+        other = await other_side.subscribe(TOPIC, "billing", prefetch=10)
+        await slow_side.publish(TOPIC, outgoing("x", "y"))
+        held = await slow.fetch(10, 1.0)
+        assert payloads(held) == ["x", "y"]
+
+        # A slow handler runs for four lease periods; the runtime keeps fetching.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert await slow.fetch(keep_fetching, 0.1) == []
+            assert await other.fetch(10, 0.0) == []
+
+        await slow.settle(held, [], [])
+        assert (await slow.lag()).total == 0
+
+
+async def test_after_a_cut_everything_is_unavailable_until_connect(tmp_path: Path) -> None:
+    async with opened(url_of(tmp_path / "broker.db")) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        await broker.publish(TOPIC, outgoing("a", "b", "c"))
+        held = await subscription.fetch(2, 1.0)
+
+        broker.cut()
+
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(TOPIC, outgoing("d"))
+        with pytest.raises(BrokerUnavailable):
+            await subscription.fetch(10, 0.1)
+        with pytest.raises(BrokerUnavailable):
+            await subscription.settle(held, [], [])
+        with pytest.raises(BrokerUnavailable):
+            await broker.subscribe(TOPIC, "billing", prefetch=10)
+        with pytest.raises(BrokerUnavailable):
+            await broker.dead_letters(TOPIC, "billing")
+        await subscription.close()  # after a cut: must not raise
+
+        await broker.connect()
+        await broker.connect()  # idempotent
+        with pytest.raises(BrokerUnavailable):
+            await subscription.fetch(10, 0.1)  # the old member is gone for good
+        again = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        back = await again.fetch(10, 1.0)
+
+        # What the cut member held is back at once, the lost attempt counted.
+        assert [(m.payload, m.attempt) for m in back] == [(b"a", 2), (b"b", 2), (b"c", 1)]
+        await again.settle(back, [], [])
+        assert (await again.lag()).total == 0
+
+
+async def test_messages_and_dead_letters_survive_reopening_the_file(tmp_path: Path) -> None:
+    url = url_of(tmp_path / "broker.db")
+    async with opened(url) as broker:
+        # Published before any group exists: kept for the first group.
+        await broker.publish(TOPIC, outgoing("a", "b", "c", "d"))
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        batch = await subscription.fetch(3, 1.0)
+        await subscription.settle([batch[0]], [], [(batch[1], "bad amount")])
+        # batch[2] is still held when the broker closes: released, not counted.
+
+    async with opened(url) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        rest = await subscription.fetch(10, 1.0)
+        assert [(m.payload, m.attempt) for m in rest] == [(b"c", 1), (b"d", 1)]
+        letters = await (await broker.dead_letters(TOPIC, "billing")).list()
+        assert [(d.payload, d.error, d.attempts) for d in letters] == [(b"b", "bad amount", 1)]
+
+
+async def test_a_dead_letter_id_never_comes_to_mean_a_later_death(tmp_path: Path) -> None:
+    async with opened(url_of(tmp_path / "broker.db")) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        queue = await broker.dead_letters(TOPIC, "billing")
+        await broker.publish(TOPIC, outgoing("poison"))
+        first = await subscription.fetch(1, 1.0)
+        await subscription.settle([], [], [(first[0], "once")])
+        [letter] = await queue.list()
+
+        assert await queue.replay([letter.id, letter.id, "not-an-id"]) == 1
+        again = await subscription.fetch(1, 1.0)
+        assert again[0].attempt == 1
+        await subscription.settle([], [], [(again[0], "twice")])
+
+        assert await queue.replay([letter.id]) == 0
+        assert await queue.purge([letter.id]) == 0
+        [second] = await queue.list()
+        assert (second.id != letter.id, second.error) == (True, "twice")
+        assert await queue.purge([second.id]) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite://x", "has no path"),
+        ("sqlite://", "has no path"),
+        ("sqlite:///", "has no path"),
+        ("sqlite://host/broker.db", "has no path"),
+        ("sqlite:///:memory:", "memory://"),
+        ("sqlite:///./data/", "names a directory"),
+        ("sqlite:///./b.db?lease=soon", "lease='soon'"),
+        ("sqlite:///./b.db?lease=0", "lease='0'"),
+        ("sqlite:///./b.db?synchronous=OFF", "synchronous='OFF'"),
+        ("sqlite:///./b.db?leese=5", "unknown parameter(s) leese"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong_and_what_is_expected(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        connect(url)
+    assert expected in str(raised.value)
+    assert repr(url) in str(raised.value)
+    assert "sqlite:///" in str(raised.value).replace(repr(url), "")
+
+
+async def test_relative_and_absolute_paths_create_their_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = connect("sqlite:///./.millstream/nested/broker.db?lease=5&synchronous=full")
+    absolute = connect(f"sqlite:///{tmp_path}/elsewhere/broker.db")
+    assert absolute.url == f"sqlite:////{str(tmp_path).lstrip('/')}/elsewhere/broker.db"
+    for broker in (relative, absolute):
+        await broker.connect()
+        await broker.publish(TOPIC, outgoing("a"))
+        await broker.close()
+    assert (tmp_path / ".millstream" / "nested" / "broker.db").is_file()
+    assert (tmp_path / "elsewhere" / "broker.db").is_file()
+
+
+async def test_a_path_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    broker = connect(url_of(tmp_path / "taken" / "broker.db"))
+    with pytest.raises(ConfigError, match="cannot create directory"):
+        await broker.connect()
+    await broker.close()
