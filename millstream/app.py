@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,6 +19,7 @@ from millstream.runtime.consumer import ConsumerRuntime
 from millstream.runtime.handler import Handler, HandlerLink
 from millstream.runtime.spec import ConsumerSpec, KeySpec
 from millstream.settings import Settings, load_settings
+from millstream.signals import stop_on_signals
 
 __all__ = ["Millstream", "encode"]
 
@@ -123,7 +122,7 @@ class Millstream:
 
     @property
     def consumers(self) -> Mapping[str, ConsumerRuntime]:
-        """The running consumers by name (empty before start)."""
+        """The consumers by name: empty before the first start, STOPPED (stats kept) after stop."""
         return self._consumers
 
     # -- lifecycle ---------------------------------------------------------
@@ -144,6 +143,7 @@ class Millstream:
                 "broker %s is unreachable (%s); consumers will keep trying", self.broker.url, exc
             )
         self._started = True
+        self._consumers = {}
         for spec in self._specs.values():
             if self._links:
                 spec = ConsumerSpec(**{**spec.__dict__, "links": (*self._links, *spec.links)})
@@ -159,7 +159,6 @@ class Millstream:
         try:
             await asyncio.gather(*(c.stop() for c in self._consumers.values()))
         finally:
-            self._consumers = {}
             await self.broker.close()
 
     async def __aenter__(self) -> Millstream:
@@ -176,14 +175,8 @@ class Millstream:
 
     async def serve(self, until: Awaitable[Any] | None = None) -> None:
         """Start, run until SIGINT/SIGTERM (or ``until`` completes), then stop gracefully."""
-        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-        try:
+        with stop_on_signals(stop.set):
             async with self:
                 waiters = [asyncio.ensure_future(stop.wait())]
                 if until is not None:
@@ -192,9 +185,6 @@ class Millstream:
                 for waiter in pending:
                     waiter.cancel()
                 log.info("stopping: draining in-flight messages")
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
     # -- publishing ----------------------------------------------------------
 
@@ -222,12 +212,16 @@ class Millstream:
         """Publish many messages in as few confirmed round trips as the broker allows.
 
         ``key_by`` gives each message its key: a field name of the value
-        (attribute or dict key) or a callable of the value.
+        (attribute or dict key) or a callable of the value. An
+        ``OutgoingMessage`` among ``values`` is published as it is, with its
+        own key and headers.
         """
         key_of = _key_reader(key_by)
         shared = dict(headers or {})
         batch = [
-            OutgoingMessage(encode(value), key=key_of(value), headers=dict(shared))
+            value
+            if isinstance(value, OutgoingMessage)
+            else OutgoingMessage(encode(value), key=key_of(value), headers=dict(shared))
             for value in values
         ]
         if batch:

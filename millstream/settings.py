@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     )
     reconnect_backoff: float = Field(0.2, gt=0, description="first reconnect delay, seconds")
     reconnect_max_backoff: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
 
 def load_settings(**overrides: Any) -> Settings:

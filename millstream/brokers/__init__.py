@@ -44,9 +44,13 @@ def connect(url: str) -> Broker:
     Raises ``ConfigError`` naming the URL and the accepted forms when the
     scheme is unknown or its adapter is not installed.
     """
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    scheme = urlsplit(url).scheme.lower()
     if not scheme:
         raise ConfigError(f"broker URL {url!r} has no scheme; expected one of {_EXPECTED}")
+    if "://" not in url:
+        raise ConfigError(
+            f"broker URL {url!r} lacks '//' after '{scheme}:'; expected one of {_EXPECTED}"
+        )
     entry = _ADAPTERS.get(scheme)
     if entry is None:
         raise ConfigError(
