@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[fast]'
+	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[fast,test]'
+	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

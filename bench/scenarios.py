@@ -120,12 +120,6 @@ def scenarios(workdir: Path) -> dict[str, Callable[[int], Awaitable[Row]]]:
 
 def main() -> None:
     name, n, workdir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
     row = asyncio.run(scenarios(workdir)[name](n))
     print(json.dumps(row))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 from pydantic import BaseModel
@@ -14,14 +14,7 @@ from millstream import AuthenticationError, ConfigError, FatalError, Message, Mi
 from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
 from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.005)
+from tests.support import until
 
 
 def app(hub: MemoryHub | None = None, **settings: object) -> Millstream:

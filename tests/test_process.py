@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from millstream import Millstream, connect
+from tests.support import until
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def spawn(url: str, log: Path, sleep: float, concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.procs.consumer", url, TOPIC, GROUP, str(log),
-         str(sleep), str(concurrency)],
+        [
+            sys.executable,
+            "-m",
+            "tests.procs.consumer",
+            url,
+            TOPIC,
+            GROUP,
+            str(log),
+            str(sleep),
+            str(concurrency),
+        ],
         cwd=ROOT,
         stderr=subprocess.PIPE,
     )
@@ -31,18 +41,7 @@ def spawn(url: str, log: Path, sleep: float, concurrency: int) -> subprocess.Pop
 def events(log: Path, kind: str) -> list[int]:
     if not log.exists():
         return []
-    return [
-        int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(kind)
-    ]
-
-
-async def wait_for(condition: object, within: float) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within}s")
-        await asyncio.sleep(0.02)
+    return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(kind)]
 
 
 async def publish(url: str, count: int) -> None:
@@ -74,7 +73,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_redelivers_only_the_unacked(
     await publish(url, total)
 
     first = spawn(url, log, sleep=0.002, concurrency=8)
-    await wait_for(lambda: len(events(log, "end")) >= total // 3, within=30)
+    await until(lambda: len(events(log, "end")) >= total // 3, within=30)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     handled_before = set(events(log, "end"))
@@ -89,7 +88,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_redelivers_only_the_unacked(
     log.write_text("")
     second = spawn(url, log, sleep=0.0, concurrency=8)
     try:
-        await wait_for(lambda: len(events(log, "end")) >= len(pending), within=30)
+        await until(lambda: len(events(log, "end")) >= len(pending), within=30)
         await asyncio.sleep(0.3)
     finally:
         second.send_signal(signal.SIGTERM)
@@ -107,7 +106,7 @@ async def test_sigterm_drains_in_flight_handlers_and_exits_cleanly(tmp_path: Pat
     await publish(url, 400)
 
     proc = spawn(url, log, sleep=0.3, concurrency=8)
-    await wait_for(lambda: len(events(log, "start")) >= 16, within=30)
+    await until(lambda: len(events(log, "start")) >= 16, within=30)
     proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     code = proc.wait(timeout=15)

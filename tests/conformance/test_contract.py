@@ -9,6 +9,7 @@ from collections import defaultdict
 from millstream import Message, Millstream, OutgoingMessage, Retry
 from millstream.brokers.base import Subscription
 from millstream.runtime import ConsumerState
+from tests.support import until, until_equal
 
 from .conftest import BrokerFactory
 
@@ -224,7 +225,7 @@ async def test_per_key_order_holds_at_concurrency(brokers: BrokerFactory, topic:
 
     async with ms:
         await ms.publish_batch(topic, [{"k": f"key-{i % 100}", "n": i} for i in range(1500)])
-        await _until(lambda: sum(map(len, seen.values())) >= 1500)
+        await until(lambda: sum(map(len, seen.values())) >= 1500)
 
     assert overlaps == 0
     assert len(seen) == 100
@@ -247,12 +248,12 @@ async def test_consumer_recovers_after_the_connection_drops(
     async with ms:
         consumer = ms.consumers["handle"]
         await ms.publish_batch(topic, [{"n": i} for i in range(50)])
-        await _until(lambda: len(set(handled)) >= 50)
+        await until(lambda: len(set(handled)) >= 50)
         brokers.cut(broker)
-        await _until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-        await _until(lambda: consumer.state is ConsumerState.RUNNING, within=10)
+        await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+        await until(lambda: consumer.state is ConsumerState.RUNNING, within=10)
         await ms.publish_batch(topic, [{"n": i} for i in range(50, 100)])
-        await _until(lambda: len(set(handled)) >= 100, within=10)
+        await until(lambda: len(set(handled)) >= 100, within=10)
 
     assert set(handled) == set(range(100))
     assert consumer.stats.reconnects >= 1
@@ -274,32 +275,14 @@ async def test_runtime_dead_letters_exhausted_messages_and_replays_them(
     async with ms:
         await ms.publish(topic, {"n": 1})
         dlq = await ms.dead_letters(topic, GROUP)
-        await _until(lambda: len(attempts) >= 3)
-        await _until_async(lambda: dlq.count(), 1)
+        await until(lambda: len(attempts) >= 3)
+        await until_equal(lambda: dlq.count(), 1)
         [letter] = await dlq.list()
         assert letter.attempts == 3
         assert "attempts exhausted (3 of 3)" in letter.error
         assert "ConnectionError: downstream is down" in letter.error
         healed = True
         assert await dlq.replay() == 1
-        await _until(lambda: len(attempts) >= 4)
+        await until(lambda: len(attempts) >= 4)
 
     assert attempts == [1, 2, 3, 1]
-
-
-async def _until(condition: object, within: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
-
-
-async def _until_async(read: object, expected: object, within: float = 10.0) -> None:
-    assert callable(read)
-    deadline = time.monotonic() + within
-    while (value := await read()) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {expected!r}, still {value!r} after {within}s")
-        await asyncio.sleep(0.02)

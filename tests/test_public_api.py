@@ -1,0 +1,43 @@
+"""The public surface is a promise: changing it should be a decision, not an accident."""
+
+from __future__ import annotations
+
+import millstream
+
+
+def test_public_names() -> None:
+    assert sorted(millstream.__all__) == [
+        "AuthenticationError",
+        "Broker",
+        "BrokerError",
+        "BrokerUnavailable",
+        "Capabilities",
+        "ConfigError",
+        "ConsumerRuntime",
+        "ConsumerState",
+        "DeadLetter",
+        "DecodeError",
+        "FatalError",
+        "Lag",
+        "Message",
+        "Millstream",
+        "MillstreamError",
+        "OutgoingMessage",
+        "Retry",
+        "RetryPolicy",
+        "RetryableError",
+        "Settings",
+        "Subscription",
+        "connect",
+    ]
+    for name in millstream.__all__:
+        assert getattr(millstream, name) is not None
+
+
+def test_the_exception_tree_is_the_one_errors_py_draws() -> None:
+    assert issubclass(millstream.ConfigError, millstream.MillstreamError)
+    assert issubclass(millstream.BrokerUnavailable, millstream.BrokerError)
+    assert issubclass(millstream.AuthenticationError, millstream.BrokerError)
+    assert issubclass(millstream.DecodeError, millstream.FatalError)
+    assert millstream.BrokerUnavailable.retriable and not millstream.AuthenticationError.retriable
+    assert millstream.Retry is millstream.RetryPolicy
