@@ -30,6 +30,8 @@ __all__ = [
 _ADAPTERS: dict[str, tuple[str, str]] = {
     "memory": ("millstream.brokers.memory", "MemoryBroker"),
     "sqlite": ("millstream.brokers.sqlite", "SqliteBroker"),
+    "redis": ("millstream.brokers.redis", "RedisBroker"),
+    "rediss": ("millstream.brokers.redis", "RedisBroker"),
 }
 
 _EXPECTED = (
