@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic_core import to_json
 
@@ -21,11 +21,19 @@ from millstream.runtime.spec import ConsumerSpec, KeySpec
 from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
 
-__all__ = ["Millstream", "encode"]
+__all__ = ["Millstream", "Publish", "PublishLink", "encode"]
 
 log = logging.getLogger("millstream")
 
 H = TypeVar("H", bound=Handler)
+
+Publish = Callable[[str, Sequence[OutgoingMessage]], Awaitable[None]]
+
+
+class PublishLink(Protocol):
+    """Wraps the publish call in one concern (trace context, metrics). Must re-raise."""
+
+    def __call__(self, inner: Publish) -> Publish: ...
 
 
 def encode(value: Any) -> bytes:
@@ -64,6 +72,7 @@ class Millstream:
         self._specs: dict[str, ConsumerSpec] = {}
         self._consumers: dict[str, ConsumerRuntime] = {}
         self._links: list[HandlerLink] = []
+        self._publish: Publish = self.broker.publish
         self._started = False
 
     # -- declaring consumers -------------------------------------------------
@@ -119,6 +128,10 @@ class Millstream:
     def add_link(self, link: HandlerLink) -> None:
         """Wrap every handler in ``link`` (outermost first); takes effect at start."""
         self._links.append(link)
+
+    def add_publish_link(self, link: PublishLink) -> None:
+        """Wrap every publish in ``link``; the one added last runs first."""
+        self._publish = link(self._publish)
 
     @property
     def consumers(self) -> Mapping[str, ConsumerRuntime]:
@@ -198,7 +211,7 @@ class Millstream:
     ) -> str:
         """Publish one message and wait for the broker's confirmation; returns its id."""
         out = OutgoingMessage(encode(value), key=key, headers=dict(headers or {}))
-        await self.broker.publish(topic, [out])
+        await self._publish(topic, [out])
         return out.id
 
     async def publish_batch(
@@ -225,7 +238,7 @@ class Millstream:
             for value in values
         ]
         if batch:
-            await self.broker.publish(topic, batch)
+            await self._publish(topic, batch)
         return [out.id for out in batch]
 
     async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue:

@@ -79,7 +79,7 @@ class ConsumerRuntime:
         self._executor: ThreadPoolExecutor | None = None
         invoke = bind_handler(spec.handler, self._thread_pool)
         for link in reversed((*spec.links, with_timeout(spec.timeout or settings.handler_timeout))):
-            invoke = link(invoke)
+            invoke = link(spec, invoke)
         self.invoke: Invoke = invoke
 
     @property

@@ -15,12 +15,15 @@ import typing
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
 from millstream.errors import DecodeError, HandlerSignatureError
 from millstream.message import Message
+
+if TYPE_CHECKING:
+    from millstream.runtime.spec import ConsumerSpec
 
 __all__ = ["Handler", "HandlerLink", "Invoke", "bind_handler", "with_timeout"]
 
@@ -32,9 +35,14 @@ _ACCEPTED = "a pydantic model, dict, list, bytes, str or Message"
 
 
 class HandlerLink(Protocol):
-    """Wraps an ``Invoke`` in one concern. Must re-raise what the inner call raises."""
+    """Wraps a consumer's ``Invoke`` in one concern, once, at start.
 
-    def __call__(self, inner: Invoke) -> Invoke: ...
+    Gets the consumer's spec (name, topic, group) so it can bind labels and
+    names up front rather than per message. The returned ``Invoke`` must
+    re-raise what the inner call raises: the runtime classifies it.
+    """
+
+    def __call__(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +193,7 @@ def with_timeout(seconds: float | None) -> HandlerLink:
     is classified as failed and retried.
     """
 
-    def link(inner: Invoke) -> Invoke:
+    def link(consumer: ConsumerSpec, inner: Invoke) -> Invoke:
         if seconds is None:
             return inner
 

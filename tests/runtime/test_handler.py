@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from millstream import DecodeError, Message
 from millstream.errors import HandlerSignatureError
 from millstream.runtime.handler import bind_handler, check_handler, with_timeout
+from millstream.runtime.spec import ConsumerSpec
 
 
 class Payment(BaseModel):
@@ -95,7 +96,8 @@ async def test_timeout_fails_a_slow_handler_but_not_its_own_timeout_errors() -> 
         raise TimeoutError("upstream timed out")
 
     link = with_timeout(0.05)
+    spec = ConsumerSpec(name="c", topic="t", group="g", handler=slow)
     with pytest.raises(TimeoutError, match=r"longer than 0\.05s"):
-        await link(bind_handler(slow, lambda: POOL))(msg(b""))
+        await link(spec, bind_handler(slow, lambda: POOL))(msg(b""))
     with pytest.raises(TimeoutError, match="upstream timed out"):
-        await link(bind_handler(own, lambda: POOL))(msg(b""))
+        await link(spec, bind_handler(own, lambda: POOL))(msg(b""))
