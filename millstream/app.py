@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic_core import to_json
 
@@ -22,6 +23,11 @@ from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
 
 __all__ = ["Millstream", "Publish", "PublishLink", "encode"]
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter, FastAPI
+
+    from millstream.web.service import Service
 
 log = logging.getLogger("millstream")
 
@@ -74,6 +80,7 @@ class Millstream:
         self._links: list[HandlerLink] = []
         self._publish: Publish = self.broker.publish
         self._started = False
+        self._web: Any = None
 
     # -- declaring consumers -------------------------------------------------
 
@@ -132,6 +139,38 @@ class Millstream:
     def add_publish_link(self, link: PublishLink) -> None:
         """Wrap every publish in ``link``; the one added last runs first."""
         self._publish = link(self._publish)
+
+    # -- the web side (imported lazily: nothing below millstream.web needs FastAPI) --
+
+    @property
+    def web(self) -> Service:
+        """The web layer of this app: health, metrics, auth, lifespan (made on first use)."""
+        if self._web is None:
+            from millstream.web.service import Service
+
+            self._web = Service(self)
+        service: Service = self._web
+        return service
+
+    def fastapi(self, app: FastAPI | None = None, **kwargs: Any) -> FastAPI:
+        """A FastAPI app whose lifespan runs these consumers, with health, metrics and admin."""
+        from millstream.web import create_app
+
+        return create_app(self, app, **kwargs)
+
+    @property
+    def lifespan(self) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+        """For ``FastAPI(lifespan=ms.lifespan)``: start with the server, drain on shutdown."""
+        return self.web.lifespan
+
+    @property
+    def router(self) -> APIRouter:
+        """Health, metrics and admin routes, for an app you compose yourself."""
+        return self.web.router
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     @property
     def consumers(self) -> Mapping[str, ConsumerRuntime]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from millstream.errors import ConfigError
@@ -43,6 +43,25 @@ class Settings(BaseSettings):
     )
     reconnect_backoff: float = Field(0.2, gt=0, description="first reconnect delay, seconds")
     reconnect_max_backoff: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
+    health_max_lag: int | None = Field(
+        None, ge=0, description="readiness turns DOWN when a consumer's lag exceeds this"
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret verifying bearer tokens (or set jwt_public_key)"
+    )
+    jwt_public_key: str | None = Field(
+        None, description="PEM public key verifying RS256 bearer tokens"
+    )
+    jwt_audience: str | None = Field(None, description="required `aud` claim, if any")
+    jwt_issuer: str | None = Field(None, description="required `iss` claim, if any")
+    rate_limit: float | None = Field(
+        None, gt=0, description="requests per second per client on API routes (off when unset)"
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="requests a client may burst")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="largest request body accepted")
+    dlq_replay_rate: float = Field(
+        500.0, gt=0, description="dead letters replayed per second at most"
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

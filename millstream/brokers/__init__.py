@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from millstream.brokers.base import (
     Broker,
@@ -23,6 +23,7 @@ __all__ = [
     "Lag",
     "Subscription",
     "connect",
+    "redact",
 ]
 
 # scheme -> (module, factory attribute). Imported lazily so that a user of one
@@ -70,3 +71,15 @@ def connect(url: str) -> Broker:
     factory = getattr(module, attribute)
     broker: Broker = factory.from_url(url)
     return broker
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and health pages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -12,11 +12,11 @@ from typing import Annotated
 
 import typer
 
-from millstream.cli import consume, dlq, produce
+from millstream.cli import consume, dlq, produce, serve
 from millstream.cli.common import BrokerOption, app, run, stdout
 from millstream.demo import run_demo, summary
 
-__all__ = ["app", "consume", "dlq", "main", "produce"]
+__all__ = ["app", "consume", "dlq", "main", "produce", "serve"]
 
 
 @app.command()

@@ -1,0 +1,128 @@
+"""The health model: what ``/health/ready`` and ``/actuator/health`` answer.
+
+Pure functions of the service's state, so the rules are testable without
+HTTP. Statuses are the ones operators know from Spring Boot's actuator:
+``UP``, ``DOWN`` and ``OUT_OF_SERVICE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from millstream.brokers.base import Lag
+from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
+
+__all__ = ["ConsumerReport", "Health", "collect", "consumer_status"]
+
+UP, DOWN, OUT_OF_SERVICE = "UP", "DOWN", "OUT_OF_SERVICE"
+
+_STATUS = {
+    ConsumerState.RUNNING: UP,
+    ConsumerState.PAUSED: UP,  # paused on purpose: the service is still doing its job
+    ConsumerState.STARTING: DOWN,
+    ConsumerState.RECONNECTING: DOWN,
+    ConsumerState.FAILED: DOWN,
+    ConsumerState.STOPPING: OUT_OF_SERVICE,
+    ConsumerState.STOPPED: OUT_OF_SERVICE,
+}
+
+
+@dataclass(frozen=True)
+class ConsumerReport:
+    """One consumer at one moment, with its lag if the broker could tell."""
+
+    consumer: ConsumerRuntime
+    lag: Lag | None
+
+
+def consumer_status(report: ConsumerReport, max_lag: int | None) -> str:
+    status = _STATUS[report.consumer.state]
+    lag = report.lag
+    if status == UP and max_lag is not None and lag is not None and lag.total > max_lag:
+        return DOWN
+    return status
+
+
+async def collect(consumers: list[ConsumerRuntime], timeout: float = 1.0) -> list[ConsumerReport]:
+    """Each consumer with its lag; a broker that does not answer in time leaves lag unknown."""
+
+    async def one(consumer: ConsumerRuntime) -> ConsumerReport:
+        lag = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                lag = await consumer.lag()
+        return ConsumerReport(consumer, lag)
+
+    return list(await asyncio.gather(*(one(c) for c in consumers)))
+
+
+@dataclass(frozen=True)
+class Health:
+    """The whole service: broker, consumers, and whether it is shutting down."""
+
+    broker_url: str
+    started: bool
+    draining: bool
+    reports: list[ConsumerReport]
+    max_lag: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == UP
+
+    @property
+    def status(self) -> str:
+        if self.draining or not self.started:
+            return OUT_OF_SERVICE
+        statuses = {self.broker_status(), *self._consumer_statuses().values()}
+        return UP if statuses <= {UP} else DOWN
+
+    def broker_status(self) -> str:
+        """DOWN when no consumer can reach the broker; UP otherwise."""
+        if not self.started:
+            return OUT_OF_SERVICE
+        states = [r.consumer.state for r in self.reports]
+        lost = (ConsumerState.RECONNECTING, ConsumerState.FAILED, ConsumerState.STARTING)
+        if states and all(state in lost for state in states):
+            return DOWN
+        return UP
+
+    def _consumer_statuses(self) -> dict[str, str]:
+        return {r.consumer.name: consumer_status(r, self.max_lag) for r in self.reports}
+
+    def document(self) -> dict[str, Any]:
+        """The ``/actuator/health`` body."""
+        statuses = self._consumer_statuses()
+        consumers: dict[str, Any] = {}
+        for report in self.reports:
+            consumer = report.consumer
+            details: dict[str, Any] = {
+                "state": consumer.state.value,
+                "topic": consumer.spec.topic,
+                "group": consumer.spec.group,
+                "lag": report.lag.total if report.lag is not None else None,
+                "partitionCount": len(report.lag.partitions) if report.lag is not None else None,
+                "lastPollMs": _millis(consumer.stats.last_poll),
+                "inflight": consumer.inflight,
+                "concurrency": consumer.concurrency,
+            }
+            if report.lag is not None and report.lag.partitions:
+                details["partitions"] = {str(p): n for p, n in report.lag.partitions.items()}
+            if consumer.stats.last_error and statuses[consumer.name] != UP:
+                details["error"] = consumer.stats.last_error
+            consumers[consumer.name] = {"status": statuses[consumer.name], "details": details}
+        aggregate = UP if set(statuses.values()) <= {UP} else DOWN
+        return {
+            "status": self.status,
+            "components": {
+                "broker": {"status": self.broker_status(), "details": {"url": self.broker_url}},
+                "consumers": {"status": aggregate, "components": consumers},
+            },
+        }
+
+
+def _millis(timestamp: float | None) -> int | None:
+    return None if timestamp is None else int(timestamp * 1000)

@@ -1,0 +1,188 @@
+"""Prometheus metrics for consumers, publishing and the event loop.
+
+Counters the runtime already keeps (``ConsumerStats``) are read at scrape
+time by a collector, so the hot path bumps plain ints. Handler duration and
+publish latency are histograms observed by a handler link and a publish link.
+Each ``Metrics`` owns its registry: no global state, two apps in one process
+do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from millstream.message import Message, OutgoingMessage
+from millstream.runtime.consumer import ConsumerState
+from millstream.runtime.handler import Invoke
+from millstream.runtime.spec import ConsumerSpec
+
+if TYPE_CHECKING:
+    from millstream.app import Millstream, Publish
+    from millstream.observability.health import ConsumerReport
+
+__all__ = ["Metrics"]
+
+_HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The service's metrics; ``instrument`` wires them into a ``Millstream``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.handler_seconds = Histogram(
+            "millstream_handler_duration_seconds",
+            "Time a handler took, by consumer, topic and outcome (ok or error).",
+            ["consumer", "topic", "outcome"],
+            buckets=_HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "millstream_published_messages",
+            "Messages published (confirmed by the broker), by topic.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "millstream_publish_duration_seconds",
+            "Time from publish call to broker confirmation, per call (a batch is one call).",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.loop_lag = Gauge(
+            "millstream_event_loop_lag_seconds",
+            "How late the event loop ran a timer at the last check.",
+            registry=self.registry,
+        )
+        self.last_loop_lag = 0.0
+        self._lags: dict[str, ConsumerReport] = {}
+        self._ms: Millstream | None = None
+        self.registry.register(_ConsumerCollector(self))
+
+    def instrument(self, ms: Millstream) -> None:
+        """Observe ``ms``: its handlers, its publishes and its consumers' counters."""
+        self._ms = ms
+        ms.add_link(self._handler_link)
+        ms.add_publish_link(self._publish_link)
+
+    def remember(self, reports: Sequence[ConsumerReport]) -> None:
+        """Keep the latest lag readings for the next scrape."""
+        self._lags = {report.consumer.name: report for report in reports}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def watch_loop(self, interval: float = 0.5) -> None:
+        """Measure event-loop lag forever: how late a sleep of ``interval`` wakes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(interval)
+            self.last_loop_lag = max(0.0, loop.time() - started - interval)
+            self.loop_lag.set(self.last_loop_lag)
+
+    def _handler_link(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke:
+        ok = self.handler_seconds.labels(consumer.name, consumer.topic, "ok")
+        error = self.handler_seconds.labels(consumer.name, consumer.topic, "error")
+        clock = time.perf_counter
+
+        async def timed(message: Message) -> None:
+            started = clock()
+            try:
+                await inner(message)
+            except BaseException:
+                error.observe(clock() - started)
+                raise
+            ok.observe(clock() - started)
+
+        return timed
+
+    def _publish_link(self, inner: Publish) -> Publish:
+        async def timed(topic: str, messages: Sequence[OutgoingMessage]) -> None:
+            started = time.perf_counter()
+            await inner(topic, messages)
+            self.publish_seconds.labels(topic).observe(time.perf_counter() - started)
+            self.published.labels(topic).inc(len(messages))
+
+        return timed
+
+    def consumer_families(self) -> Iterator[Metric]:
+        ms = self._ms
+        if ms is None:
+            return
+        labels = ["consumer", "topic", "group"]
+        families = {
+            "consumed": CounterMetricFamily(
+                "millstream_messages_consumed", "Deliveries received.", labels=labels
+            ),
+            "acked": CounterMetricFamily(
+                "millstream_messages_acked", "Messages handled and acknowledged.", labels=labels
+            ),
+            "retried": CounterMetricFamily(
+                "millstream_messages_retried", "Failures scheduled for retry.", labels=labels
+            ),
+            "dead": CounterMetricFamily(
+                "millstream_messages_dead_lettered",
+                "Messages sent to the dead-letter queue.",
+                labels=labels,
+            ),
+            "reconnects": CounterMetricFamily(
+                "millstream_consumer_reconnects",
+                "Times the consumer lost its connection.",
+                labels=labels,
+            ),
+        }
+        inflight = GaugeMetricFamily(
+            "millstream_messages_inflight", "Messages fetched and not yet settled.", labels=labels
+        )
+        concurrency = GaugeMetricFamily(
+            "millstream_consumer_concurrency", "Workers of the consumer.", labels=labels
+        )
+        state = GaugeMetricFamily(
+            "millstream_consumer_state",
+            "1 for the consumer's current state.",
+            labels=[*labels, "state"],
+        )
+        lag = GaugeMetricFamily(
+            "millstream_consumer_lag",
+            "Messages of the group not yet acknowledged, per partition (-1: whole topic).",
+            labels=[*labels, "partition"],
+        )
+        for consumer in ms.consumers.values():
+            values = [consumer.name, consumer.spec.topic, consumer.spec.group]
+            stats = consumer.stats
+            families["consumed"].add_metric(values, stats.consumed)
+            families["acked"].add_metric(values, stats.acked)
+            families["retried"].add_metric(values, stats.retried)
+            families["dead"].add_metric(values, stats.dead)
+            families["reconnects"].add_metric(values, stats.reconnects)
+            inflight.add_metric(values, consumer.inflight)
+            concurrency.add_metric(values, consumer.concurrency)
+            for each in ConsumerState:
+                state.add_metric([*values, each.value], 1.0 if consumer.state is each else 0.0)
+            report = self._lags.get(consumer.name)
+            if report is not None and report.lag is not None:
+                if report.lag.partitions:
+                    for partition, count in report.lag.partitions.items():
+                        lag.add_metric([*values, str(partition)], count)
+                else:
+                    lag.add_metric([*values, "-1"], report.lag.total)
+        yield from families.values()
+        yield from (inflight, concurrency, state, lag)
+
+
+class _ConsumerCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        with contextlib.suppress(RuntimeError):  # consumers changing under a scrape
+            yield from self._metrics.consumer_families()
