@@ -110,6 +110,11 @@ class Millstream:
 
         def register(handler: H) -> H:
             consumer_name = name or getattr(handler, "__name__", None) or topic
+            if self._started:
+                raise ConfigError(
+                    f"consumer {consumer_name!r} was registered after start(); "
+                    "register every consumer before starting the app"
+                )
             if consumer_name in self._specs:
                 raise ConfigError(
                     f"a consumer named {consumer_name!r} is already registered; "
@@ -209,7 +214,13 @@ class Millstream:
             return
         self._started = False
         try:
-            await asyncio.gather(*(c.stop() for c in self._consumers.values()))
+            # Every consumer drains even if another fails to: the broker closes after all.
+            results = await asyncio.gather(
+                *(c.stop() for c in self._consumers.values()), return_exceptions=True
+            )
+            for consumer, result in zip(self._consumers.values(), results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("consumer %s did not stop cleanly: %r", consumer.name, result)
         finally:
             await self.broker.close()
 
@@ -250,6 +261,8 @@ class Millstream:
     ) -> str:
         """Publish one message and wait for the broker's confirmation; returns its id."""
         out = OutgoingMessage(encode(value), key=key, headers=dict(headers or {}))
+        if not self._started:
+            await self.broker.connect()  # a publisher needs no start(); connect is idempotent
         await self._publish(topic, [out])
         return out.id
 
@@ -277,6 +290,8 @@ class Millstream:
             for value in values
         ]
         if batch:
+            if not self._started:
+                await self.broker.connect()
             await self._publish(topic, batch)
         return [out.id for out in batch]
 

@@ -90,11 +90,12 @@ class RetryPolicy:
         )
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait before the delivery after ``attempt``."""
-        base: float = min(self.max_backoff, self.backoff * 2.0 ** max(0, attempt - 1))
+        """Seconds to wait before the delivery after ``attempt``; never above ``max_backoff``."""
+        exponent = min(max(0, attempt - 1), 64)  # 2.0 ** 1024 overflows; the cap wins long before
+        base: float = min(self.max_backoff, self.backoff * 2.0**exponent)
         if self.jitter:
             base *= 1.0 + random.uniform(-self.jitter, self.jitter)
-        return max(0.0, base)
+        return max(0.0, min(self.max_backoff, base))
 
     def classify(self, exc: BaseException, attempt: int) -> Requeue | Dead:
         """Turn a handler's exception on delivery ``attempt`` into what happens next."""

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     )
     prefetch: int = Field(256, ge=1, le=65536, description="messages fetched per round trip")
     max_inflight: int | None = Field(
-        None, ge=1, description="messages held per consumer at once (default: prefetch)"
+        None,
+        ge=1,
+        description="messages held per consumer at once (default: max(prefetch, 2 x concurrency))",
     )
     settle_batch: int = Field(256, ge=1, description="outcomes settled per round trip at most")
     settle_interval: float = Field(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from pydantic import BaseModel
@@ -13,8 +16,9 @@ from pydantic import BaseModel
 from millstream import AuthenticationError, ConfigError, FatalError, Message, Millstream, Retry
 from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
 from millstream.errors import BrokerUnavailable
+from millstream.message import OutgoingMessage
 from millstream.runtime import ConsumerState
-from tests.support import until
+from tests.support import until, until_equal
 
 
 def app(hub: MemoryHub | None = None, **settings: object) -> Millstream:
@@ -321,3 +325,139 @@ async def test_a_slow_handler_keeps_its_messages_past_the_lease_while_the_loop_i
         stolen = await rival.fetch(8, timeout=1.6)
         assert stolen == [], "a live member's messages were handed to another"
         await until(lambda: len(handled) == 2)
+
+
+async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_dead_worker() -> None:
+    ms = app()
+    handled: list[int] = []
+
+    @ms.consumer("t", concurrency=1, retry=Retry(attempts=2, backoff=0.01, jitter=0))
+    async def handle(event: dict[str, int], msg: Message) -> None:
+        if event["n"] == 0 and msg.attempt == 1:
+            raise asyncio.CancelledError  # e.g. awaiting a task someone else cancelled
+        handled.append(event["n"])
+
+    async with ms:
+        await ms.publish_batch("t", [{"n": i} for i in range(3)])
+        await until(lambda: sorted(handled) == [0, 1, 2])
+        assert ms.consumers["handle"].stats.retried == 1
+
+
+def logged(handler: Callable[..., object]) -> Callable[..., object]:
+    """A plain decorator, as tracing and retry libraries write them."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: object) -> object:
+        return handler(*args)
+
+    return wrapper
+
+
+async def test_an_async_handler_under_a_plain_decorator_is_awaited() -> None:
+    ms = app()
+    handled: list[int] = []
+
+    @ms.consumer("t")
+    @logged
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0)
+        handled.append(event["n"])
+
+    async with ms:
+        await ms.publish("t", {"n": 1})
+        await until(lambda: handled == [1])
+
+
+async def test_a_key_function_that_fails_dead_letters_only_that_message() -> None:
+    ms = app()
+    handled: list[str] = []
+
+    @ms.consumer("t", key=lambda m: m.headers["tenant"])
+    async def handle(event: dict[str, str]) -> None:
+        handled.append(event["v"])
+
+    async with ms:
+        await ms.publish("t", {"v": "a"}, headers={"tenant": "x"})
+        await ms.publish("t", {"v": "no tenant"})
+        await ms.publish("t", {"v": "b"}, headers={"tenant": "y"})
+        await until(lambda: handled == ["a", "b"])
+        dlq = await ms.dead_letters("t", "handle")
+        await until_equal(dlq.count, 1)
+        [letter] = await dlq.list()
+        assert letter.error == "key function failed: KeyError: 'tenant'"
+        assert ms.consumers["handle"].state is ConsumerState.RUNNING
+
+
+async def test_a_hung_sync_handler_does_not_starve_the_messages_behind_it() -> None:
+    ms = app()
+    release = threading.Event()
+    handled: list[str] = []
+
+    @ms.consumer("t", concurrency=1, timeout=0.2, retry=Retry(attempts=2, backoff=0.01))
+    def handle(event: dict[str, str]) -> None:
+        if event["v"] == "hang":
+            release.wait(10)
+        handled.append(event["v"])
+
+    try:
+        async with ms:
+            await ms.publish_batch("t", [{"v": "hang"}, {"v": "ok-1"}, {"v": "ok-2"}])
+            await until(lambda: {"ok-1", "ok-2"} <= set(handled), within=5)
+            dlq = await ms.dead_letters("t", "handle")
+            await until_equal(dlq.count, 1)
+            assert [json.loads(x.payload)["v"] for x in await dlq.list()] == ["hang"]
+    finally:
+        release.set()
+
+
+async def test_a_message_that_keeps_killing_its_process_is_dead_lettered() -> None:
+    hub = MemoryHub(lease=0.2)
+    crashed = MemoryBroker(hub)
+    await crashed.connect()
+    await crashed.publish("t", [OutgoingMessage(b'{"n": 1}')])
+    for _ in range(2):  # two members die holding it
+        sub = await crashed.subscribe("t", "handle", prefetch=1)
+        assert await sub.fetch(1, timeout=1)
+        crashed.abandon()
+        await crashed.connect()
+        await asyncio.sleep(0.25)
+    ms = app(hub)
+    calls: list[int] = []
+
+    @ms.consumer("t", retry=Retry(attempts=2))
+    async def handle(event: dict[str, int]) -> None:
+        calls.append(event["n"])
+
+    async with ms:
+        dlq = await ms.dead_letters("t", "handle")
+        await until_equal(dlq.count, 1)
+        [letter] = await dlq.list()
+
+    assert calls == []
+    assert "delivered 3 times without an outcome" in letter.error
+
+
+async def test_a_cancelled_stop_still_releases_what_it_held() -> None:
+    hub = MemoryHub()
+    ms = app(hub)
+    finished: list[int] = []
+
+    @ms.consumer("t", concurrency=2)
+    async def slow(event: dict[str, int]) -> None:
+        await asyncio.sleep(5)
+        finished.append(event["n"])
+
+    await ms.start()
+    await ms.publish_batch("t", [{"n": i} for i in range(4)])
+    await until(lambda: ms.consumers["slow"].inflight == 4)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await ms.consumers["slow"].stop()
+    await asyncio.sleep(0.1)
+    assert finished == []
+    assert [t.get_name() for t in asyncio.all_tasks() if "millstream:slow" in t.get_name()] == []
+    other = MemoryBroker(hub)
+    await other.connect()
+    sub = await other.subscribe("t", "slow", prefetch=8)
+    assert len(await sub.fetch(8, timeout=1)) == 4
+    await ms.stop()

@@ -48,3 +48,9 @@ def test_retry_on_and_dead_on_add_exception_types() -> None:
 def test_invalid_policy_names_the_setting(kwargs: dict[str, float], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_backoff_stays_capped_for_any_attempt_and_with_jitter() -> None:
+    policy = RetryPolicy(attempts=10**9, backoff=0.5, max_backoff=30.0, jitter=0.5)
+    assert all(0 <= policy.delay(n) <= 30.0 for n in (1, 10, 1025, 10**6))
+    assert isinstance(policy.classify(RuntimeError("x"), 5000), Requeue)

@@ -37,6 +37,12 @@ class Capabilities:
     """Dead letters can be replayed into the group."""
     durable: bool = True
     """Messages survive the process that published them."""
+    key_order: bool = False
+    """Members of a group never handle two messages with one publish key at once.
+
+    Within one member the runtime orders by key on every broker; across
+    members only brokers with this flag do (by partition or by lease).
+    """
 
 
 @dataclass(frozen=True, slots=True)

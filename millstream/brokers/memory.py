@@ -269,7 +269,7 @@ class MemoryHub:
 class MemoryBroker:
     """One connection to a :class:`MemoryHub`. ``memory://?lease=SECONDS``."""
 
-    capabilities = Capabilities(native_delay=True, durable=False)
+    capabilities = Capabilities(native_delay=True, durable=False, key_order=False)
 
     def __init__(self, hub: MemoryHub | None = None, *, url: str = "memory://") -> None:
         self.url = url
@@ -367,12 +367,15 @@ class MemorySubscription:
             if next_due is not None:
                 remaining = min(remaining, max(0.0, next_due - time.monotonic()))
             waiter: asyncio.Future[None] = loop.create_future()
-            self._hub.topic(self.topic).waiters.append(waiter)
+            waiters = self._hub.topic(self.topic).waiters
+            waiters.append(waiter)
             timer = loop.call_later(remaining, _resolve, waiter)
             try:
                 await waiter
             finally:
                 timer.cancel()
+                if waiter in waiters:  # timed out: no publish came to take it away
+                    waiters.remove(waiter)
 
     async def settle(
         self,

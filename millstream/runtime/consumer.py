@@ -50,6 +50,7 @@ class ConsumerStats:
     retried: int = 0
     dead: int = 0
     reconnects: int = 0
+    abandoned_threads: int = 0
     last_poll: float | None = None
     last_error: str | None = None
 
@@ -77,7 +78,7 @@ class ConsumerRuntime:
         self._session: Session | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        invoke = bind_handler(spec.handler, self._thread_pool)
+        invoke = bind_handler(spec.handler, self._thread_pool, self._replace_thread_pool)
         for link in reversed((*spec.links, with_timeout(spec.timeout or settings.handler_timeout))):
             invoke = link(spec, invoke)
         self.invoke: Invoke = invoke
@@ -113,7 +114,6 @@ class ConsumerRuntime:
         if self.state not in (ConsumerState.FAILED, ConsumerState.STOPPED):
             self._set_state(ConsumerState.STOPPING)
         self._stopping.set()
-        self._resumed.set()
         try:
             await task
         finally:
@@ -161,6 +161,19 @@ class ConsumerRuntime:
         except BrokerError:
             return None
 
+    def _replace_thread_pool(self) -> None:
+        """A timed-out sync handler keeps its thread: give new calls fresh threads."""
+        self.stats.abandoned_threads += 1
+        log.warning(
+            "consumer %s: a sync handler timed out and its thread runs on "
+            "(%d so far); new calls get a fresh thread pool",
+            self.name,
+            self.stats.abandoned_threads,
+        )
+        if self._executor is not None:
+            old, self._executor = self._executor, None
+            old.shutdown(wait=False)
+
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
@@ -187,11 +200,10 @@ class ConsumerRuntime:
         while not self._stopping.is_set():
             try:
                 if failures:
-                    await self.broker.connect()
+                    await self.broker.connect()  # reconnect after a failure
                 subscription = await self.broker.subscribe(
                     spec.topic, spec.group, prefetch=self.prefetch
                 )
-                failures = 0
                 self._session = Session(self, subscription)
                 self._set_state(ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING)
                 await self._session.run(self._stopping)
@@ -203,7 +215,10 @@ class ConsumerRuntime:
                 self._set_state(ConsumerState.FAILED)
                 return
             except Exception as exc:
-                failures += 1
+                # Backoff starts over only after a session that got outcomes
+                # through; one that fails before that keeps backing off.
+                progressed = self._session is not None and self._session.proved_itself()
+                failures = 1 if progressed else failures + 1
                 self.stats.reconnects += 1
                 self.stats.last_error = str(exc)
                 delay = backoff.delay(failures)

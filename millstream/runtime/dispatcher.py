@@ -47,9 +47,17 @@ class Dispatcher:
     those whose handler has started.
     """
 
-    def __init__(self, process: Process, key_of: KeyOf, concurrency: int, name: str) -> None:
+    def __init__(
+        self,
+        process: Process,
+        key_of: KeyOf,
+        concurrency: int,
+        name: str,
+        unkeyable: Callable[[Message, Exception], None],
+    ) -> None:
         self._process = process
         self._key_of = key_of
+        self._unkeyable = unkeyable
         self._name = name
         self._ready: deque[tuple[Message, str | None]] = deque()
         self._waiting: dict[str, deque[Message]] = {}
@@ -70,7 +78,11 @@ class Dispatcher:
         ready = self._ready
         added = 0
         for message in messages:
-            key = key_of(message)
+            try:
+                key = key_of(message)
+            except Exception as exc:
+                self._unkeyable(message, exc)  # settles it: it never enters a lane
+                continue
             added += 1
             if key is None:
                 ready.append((message, None))
@@ -116,7 +128,11 @@ class Dispatcher:
                 await self._settled.wait()
         except TimeoutError:
             return False
-        return True
+        return not self.running
+
+    def abandon_drain(self) -> None:
+        """End a ``drain`` in progress now, as if its timeout had passed."""
+        self._settled.set()
 
     async def stop(self) -> list[Message]:
         """Cancel the workers; returns the messages that were never started."""

@@ -109,8 +109,10 @@ def _inspect(handler: Handler) -> _Signature:
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required_extra = [
         p.name
-        for p in parameters[2:]
-        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in parameters
+        if p not in positional[:2]
+        and p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if not positional:
         raise HandlerSignatureError(
@@ -153,15 +155,23 @@ def check_handler(handler: Handler) -> None:
     _inspect(handler)
 
 
-def bind_handler(handler: Handler, executor: Callable[[], Executor]) -> Invoke:
+def bind_handler(
+    handler: Handler,
+    executor: Callable[[], Executor],
+    on_abandoned: Callable[[], None] = lambda: None,
+) -> Invoke:
     """The innermost link: decode, then call ``handler``.
 
     A plain ``def`` runs (decode included) on ``executor()``, never on the
-    event loop; the executor is looked up per call so it can be resized.
+    event loop; the executor is looked up per call so it can be resized or
+    replaced. If waiting for such a call is cancelled (a timeout), its thread
+    runs on: ``on_abandoned`` is told, so the pool can be replaced rather
+    than starve. A plain ``def`` that returns an awaitable (a sync decorator
+    around an async function) has it awaited on the loop, never dropped.
     """
     signature = _inspect(handler)
     decode = signature.decoder
-    if inspect.iscoroutinefunction(handler):
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(inspect.unwrap(handler)):
         if signature.wants_envelope:
 
             async def invoke_async_envelope(message: Message) -> None:
@@ -174,16 +184,27 @@ def bind_handler(handler: Handler, executor: Callable[[], Executor]) -> Invoke:
 
         return invoke_async
 
-    def run(message: Message) -> None:
+    def run(message: Message, loop: asyncio.AbstractEventLoop) -> None:
         if signature.wants_envelope:
-            handler(decode(message), message)
+            result = handler(decode(message), message)
         else:
-            handler(decode(message))
+            result = handler(decode(message))
+        if inspect.isawaitable(result):
+            asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
     async def invoke_sync(message: Message) -> None:
-        await asyncio.get_running_loop().run_in_executor(executor(), run, message)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor(), run, message, loop)
+        except asyncio.CancelledError:
+            on_abandoned()
+            raise
 
     return invoke_sync
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> None:
+    await awaitable
 
 
 def with_timeout(seconds: float | None) -> HandlerLink:

@@ -14,10 +14,11 @@ __all__ = ["OffsetTracker"]
 
 
 class _Partition:
-    __slots__ = ("committed", "done", "order")
+    __slots__ = ("committed", "done", "order", "outstanding")
 
     def __init__(self) -> None:
         self.order: deque[int] = deque()
+        self.outstanding: set[int] = set()
         self.done: set[int] = set()
         self.committed: int | None = None
 
@@ -38,11 +39,16 @@ class OffsetTracker:
                 f"partition {partition}: offset {offset} arrived after {state.order[-1]}"
             )
         state.order.append(offset)
+        state.outstanding.add(offset)
 
     def finished(self, partition: int, offset: int) -> None:
-        """Mark an offset done (acked, retried elsewhere or dead-lettered)."""
+        """Mark an offset done (acked, retried elsewhere or dead-lettered).
+
+        An offset that was never started (or whose partition was forgotten)
+        is ignored: it must not count as done if it is fetched again later.
+        """
         state = self._partitions.get(partition)
-        if state is not None:
+        if state is not None and offset in state.outstanding:
             state.done.add(offset)
 
     def committable(self) -> dict[int, int]:
@@ -57,6 +63,7 @@ class OffsetTracker:
             while order and order[0] in done:
                 last = order.popleft()
                 done.discard(last)
+                state.outstanding.discard(last)
             if last is not None:
                 state.committed = last + 1
                 advanced[partition] = last + 1

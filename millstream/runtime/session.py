@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from millstream.brokers.base import Subscription
 from millstream.errors import BrokerError
 from millstream.message import Message
-from millstream.retry import Requeue
+from millstream.retry import Dead, Requeue, describe
 from millstream.runtime.dispatcher import Dispatcher
 from millstream.runtime.settler import Settler
 
@@ -42,6 +42,8 @@ class Session:
         self.consumer = consumer
         self.subscription = subscription
         self.held = 0  # fetched and not yet settled: what max_inflight bounds
+        self.settled = 0  # outcomes the broker accepted: proof the session works
+        self.started_at = time.monotonic()
         self._room = asyncio.Event()
         self.settler = Settler(
             subscription,
@@ -50,53 +52,81 @@ class Session:
             on_settled=self._settled,
         )
         self.dispatcher = Dispatcher(
-            self._process, consumer.key_of, consumer.concurrency, consumer.name
+            self._process, consumer.key_of, consumer.concurrency, consumer.name, self._unkeyable
         )
 
+    def proved_itself(self) -> bool:
+        """The broker accepted outcomes, or the session outlived a full reconnect backoff."""
+        lived = time.monotonic() - self.started_at
+        return self.settled > 0 or lived > self.consumer.settings.reconnect_max_backoff
+
     async def run(self, stopping: asyncio.Event) -> None:
-        """Consume until ``stopping`` is set (drain and return) or the broker fails (raise)."""
-        fetch = asyncio.create_task(
-            self._fetch_loop(), name=f"millstream:{self.consumer.name}:fetch"
-        )
-        settle = asyncio.create_task(
-            self.settler.run(), name=f"millstream:{self.consumer.name}:settle"
-        )
+        """Consume until ``stopping`` is set (drain and return) or the broker fails (raise).
+
+        Cancelled from outside (a cancelled ``stop()``), it still cleans up:
+        running handlers are cancelled rather than drained, outcomes are
+        flushed and the subscription is closed, then the cancellation goes on.
+        """
+        name = self.consumer.name
+        fetch = asyncio.create_task(self._fetch_loop(), name=f"millstream:{name}:fetch")
+        settle = asyncio.create_task(self.settler.run(), name=f"millstream:{name}:settle")
         stop = asyncio.create_task(stopping.wait())
+        cancelled = False
         try:
             await asyncio.wait({fetch, settle, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            await _cancel(fetch)
+        except asyncio.CancelledError:
+            cancelled = True
+        stop.cancel()
+        await _cancel(fetch)
         failure = None
         if settle.done() and not settle.cancelled():
             failure = settle.exception()
         if fetch.done() and not fetch.cancelled() and fetch.exception() is not None:
             failure = fetch.exception()
-        await self._finish(settle, graceful=failure is None)
+        finish = asyncio.ensure_future(self._finish(settle, drain=not cancelled))
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            cancelled = True
+            self.dispatcher.abandon_drain()
+            await asyncio.shield(finish)
+        if cancelled:
+            raise asyncio.CancelledError
         if failure is not None:
             raise failure
 
-    async def _finish(self, settle: asyncio.Task[None], *, graceful: bool) -> None:
+    async def _finish(self, settle: asyncio.Task[None], *, drain: bool) -> None:
         consumer = self.consumer
-        timeout = consumer.settings.drain_timeout
-        if not await self.dispatcher.drain(timeout):
-            log.warning(
-                "consumer %s: %d handler(s) still running after drain_timeout=%ss; "
-                "cancelling them, their messages will be redelivered",
-                consumer.name,
-                self.dispatcher.running,
-                timeout,
-            )
-        await self.dispatcher.stop()
-        self.settler.close()
-        if not settle.done():
-            try:
-                await settle
-            except Exception as exc:
-                level = logging.WARNING if graceful else logging.DEBUG
-                log.log(level, "consumer %s: final settle failed: %s", consumer.name, exc)
-        with contextlib.suppress(BrokerError):
-            await self.subscription.close()
+        timeout = consumer.settings.drain_timeout if drain else 0.0
+        # Leases must outlive the drain, or a slow handler's message goes to
+        # another member while it still runs.
+        keepalive = asyncio.create_task(self._keepalive())
+        try:
+            if not await self.dispatcher.drain(timeout) and drain:
+                log.warning(
+                    "consumer %s: %d handler(s) still running after drain_timeout=%ss; "
+                    "cancelling them, their messages will be redelivered",
+                    consumer.name,
+                    self.dispatcher.running,
+                    timeout,
+                )
+            await self.dispatcher.stop()
+            self.settler.close()
+            if not settle.done():
+                try:
+                    await settle
+                except Exception as exc:
+                    log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
+        finally:
+            await _cancel(keepalive)
+            with contextlib.suppress(BrokerError):
+                await self.subscription.close()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(_KEEPALIVE)
+            with contextlib.suppress(BrokerError):
+                await self.subscription.fetch(0, 0)
 
     async def _fetch_loop(self) -> None:
         consumer = self.consumer
@@ -137,39 +167,68 @@ class Session:
 
     async def _process(self, message: Message) -> None:
         consumer = self.consumer
+        if message.attempt > consumer.retry.attempts:
+            # Delivered more often than it may be tried without ever getting an
+            # outcome: whatever handles it takes the process down with it.
+            self._bury(
+                message,
+                f"delivered {message.attempt} times without an outcome; the process "
+                "handling it may have crashed or been killed each time",
+            )
+            return
         try:
             await consumer.invoke(message)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the runtime is stopping this worker
+            self._failed(message, exc)  # the handler's own business: a failure like any other
         except Exception as exc:
-            outcome = consumer.retry.classify(exc, message.attempt)
-            if isinstance(outcome, Requeue):
-                consumer.stats.retried += 1
-                log.warning(
-                    "consumer %s: message %s failed on attempt %d, retrying in %.2fs: %s",
-                    consumer.name,
-                    message.id,
-                    message.attempt,
-                    outcome.delay,
-                    exc,
-                )
-                self.settler.retry(message, outcome.delay)
-            else:
-                consumer.stats.dead += 1
-                log.error(
-                    "consumer %s: message %s dead-lettered on attempt %d: %s",
-                    consumer.name,
-                    message.id,
-                    message.attempt,
-                    outcome.reason,
-                )
-                self.settler.dead(message, outcome.reason)
+            self._failed(message, exc)
         else:
             consumer.stats.acked += 1
             self.settler.ack(message)
 
-    def _settled(self, count: int) -> None:
+    def _failed(self, message: Message, exc: BaseException) -> None:
+        consumer = self.consumer
+        try:
+            outcome = consumer.retry.classify(exc, message.attempt)
+        except Exception as error:  # a broken retry_on/dead_on must not strand the message
+            outcome = Dead(f"retry policy failed ({error!r}) on {describe(exc)}")
+        if isinstance(outcome, Requeue):
+            consumer.stats.retried += 1
+            log.warning(
+                "consumer %s: message %s failed on attempt %d, retrying in %.2fs: %s",
+                consumer.name,
+                message.id,
+                message.attempt,
+                outcome.delay,
+                exc,
+            )
+            self.settler.retry(message, outcome.delay)
+        else:
+            self._bury(message, outcome.reason)
+
+    def _bury(self, message: Message, reason: str) -> None:
+        consumer = self.consumer
+        consumer.stats.dead += 1
+        log.error(
+            "consumer %s: message %s dead-lettered on attempt %d: %s",
+            consumer.name,
+            message.id,
+            message.attempt,
+            reason,
+        )
+        self.settler.dead(message, reason)
+
+    def _unkeyable(self, message: Message, exc: Exception) -> None:
+        """The consumer's ``key=`` failed on this message: it can never be ordered."""
+        self._bury(message, f"key function failed: {describe(exc)}")
+
+    def _settled(self, count: int, ok: bool) -> None:
         self.held -= count
+        if ok:
+            self.settled += count
         self._room.set()
 
 

@@ -27,7 +27,7 @@ class Settler:
         *,
         batch: int,
         interval: float,
-        on_settled: Callable[[int], None],
+        on_settled: Callable[[int, bool], None],
     ) -> None:
         self._subscription = subscription
         self._batch = batch
@@ -95,8 +95,8 @@ class Settler:
             return
         try:
             await self._subscription.settle(acks, retries, deads)
-        except Exception as exc:
+        except BaseException as exc:
             self.failure = exc
+            self._on_settled(count, False)
             raise
-        finally:
-            self._on_settled(count)
+        self._on_settled(count, True)

@@ -35,3 +35,12 @@ def test_rejects_offsets_that_go_backwards_and_forgets_revoked_partitions() -> N
     assert tracker.pending(3) == 0
     tracker.finished(3, 5)
     assert tracker.committable() == {}
+
+
+def test_an_offset_finished_before_it_was_started_does_not_count() -> None:
+    tracker = OffsetTracker()
+    tracker.finished(0, 4)  # e.g. an outcome from before the partition was revoked
+    tracker.started(0, 4)
+    assert tracker.committable() == {}
+    tracker.finished(0, 4)
+    assert tracker.committable() == {0: 5}
