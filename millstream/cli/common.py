@@ -141,6 +141,8 @@ def configure(
 ) -> None:
     """Run, feed and inspect millstream consumers."""
     ctx.obj = log_level
+    if ctx.invoked_subcommand == "run":
+        return  # a service logs through configure_logging, in text or JSON
     ctx.call_on_close(_log_to_stderr((log_level or LogLevel.WARNING).value))
 
 

@@ -7,17 +7,25 @@ the consumers and flushes their acks; the process exits 0.
 
 from __future__ import annotations
 
+import enum
 from types import FrameType
 from typing import Annotated, Any
 
+import click
 import typer
 import uvicorn
 from uvicorn.importer import ImportFromStringError, import_from_string
 
 from millstream.cli.common import app, fail
+from millstream.observability.logs import configure_logging
 from millstream.settings import load_settings
 
 __all__ = ["run_command"]
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class _DrainingServer(uvicorn.Server):
@@ -41,8 +49,19 @@ def run_command(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     reload: Annotated[bool, typer.Option(help="Restart when code changes (development).")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar="MILLSTREAM_LOG_FORMAT",
+            case_sensitive=False,
+            help="text, or json: one object per line with trace_id and span_id",
+        ),
+    ] = LogFormat.TEXT,
 ) -> None:
     """Serve TARGET (e.g. examples.orders:app) with uvicorn; SIGTERM drains gracefully."""
+    level = click.get_current_context().find_root().obj
+    configure_logging((level or "INFO").upper(), log_format.value, root=True)
     try:
         drain = load_settings().drain_timeout
     except Exception as exc:  # a ConfigError: one line, exit 2
@@ -52,6 +71,7 @@ def run_command(
         "port": port,
         "timeout_graceful_shutdown": int(drain) + 1,
         "log_level": "info",
+        "log_config": None,  # keep the handlers configure_logging installed
         "lifespan": "on",
     }
     if workers > 1 or reload:

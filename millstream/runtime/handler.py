@@ -10,6 +10,7 @@ calls, not a branchy loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -195,7 +196,10 @@ def bind_handler(
     async def invoke_sync(message: Message) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(executor(), run, message, loop)
+            # The thread runs in a copy of this context, so trace spans and
+            # other context variables reach a plain def handler too.
+            context = contextvars.copy_context()
+            await loop.run_in_executor(executor(), context.run, run, message, loop)
         except asyncio.CancelledError:
             on_abandoned()
             raise

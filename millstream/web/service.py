@@ -15,6 +15,7 @@ from typing import Any
 
 from millstream.app import Millstream
 from millstream.brokers import redact
+from millstream.observability import tracing
 from millstream.observability.health import Health, collect
 from millstream.observability.metrics import Metrics
 from millstream.web.auth import BearerAuth
@@ -32,6 +33,7 @@ class Service:
         self.settings = ms.settings
         self.metrics = Metrics()
         self.metrics.instrument(ms)
+        tracing.instrument(ms)
         self.auth = BearerAuth(ms.settings)
         self.draining = False
         self._watcher: asyncio.Task[None] | None = None
