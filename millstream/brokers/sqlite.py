@@ -46,9 +46,19 @@ class SqliteBroker:
     member that has stopped calling) and ``synchronous=NORMAL|FULL``
     (default NORMAL: a commit survives a crash of the process, FULL also a
     power cut, at the price of an fsync per transaction).
+
+    Key order across the members of a group (``key_order``) is by the
+    *publish* key, ``OutgoingMessage.key``: a member is not given a message
+    while another member holds one with its key. The broker never sees a
+    consumer's own ``key=`` (a payload field or a function), so a consumer
+    that orders by one of those gets per-key order within each member only;
+    publish with ``key=`` (or ``publish_batch(..., key_by=...)``) to have it
+    across members and processes. As on every broker, the order holds among
+    first deliveries: a retry waiting out its delay blocks nothing, so later
+    messages of its key may overtake it.
     """
 
-    capabilities = Capabilities(native_delay=True, durable=True)
+    capabilities = Capabilities(native_delay=True, durable=True, key_order=True)
 
     def __init__(
         self,
@@ -83,7 +93,9 @@ class SqliteBroker:
             if self._connected:
                 return
             if self._connection is None:
-                self._connection = SqliteConnection(self.url, self.path, self.synchronous)
+                self._connection = SqliteConnection(
+                    self.url, self.path, self.synchronous, on_lost=self._lose_connection
+                )
             await self._connection.open()
             if self._lost:
                 await self._connection.run(schema.release, self._lost, count_attempt=True)
@@ -106,8 +118,12 @@ class SqliteBroker:
         Nothing is released now; every operation raises ``BrokerUnavailable``
         until ``connect()``, which gives back what the cut members held with
         the attempt counted (another process only gets them when the lease
-        runs out, exactly as after a crash).
+        runs out, exactly as after a crash). A real failure of the connection
+        (I/O error, read-only or full disk) does the same.
         """
+        self._lose_connection()
+
+    def _lose_connection(self) -> None:
         if not self._connected or self._connection is None:
             return
         self._connected = False

@@ -45,19 +45,26 @@ class SqliteConnection:
 
     It is also the boundary where sqlite3 errors become millstream's: a
     closed or unreachable database is ``BrokerUnavailable``, a lock held too
-    long by another process is retried here first.
+    long by another process is retried here first. An error that leaves the
+    connection unusable (I/O, read-only, disk full, corrupt, closed) also
+    closes it, so that the next ``open`` really opens the file again, and
+    calls ``on_lost`` on the event loop; a busy file or a violated
+    constraint leaves it open.
     """
 
-    def __init__(self, url: str, path: Path, synchronous: str) -> None:
+    def __init__(self, url: str, path: Path, synchronous: str, on_lost: Callable[[], None]) -> None:
         self._url = url
         self._path = path
         self._synchronous = synchronous
+        self._on_lost = on_lost
+        self._opened = 0  # how many times open() opened the file; read on the loop only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="millstream-sqlite")
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
 
     async def open(self) -> None:
         """Open the file (and its directory) unless already open."""
-        await self._submit(self._open)
+        if await self._submit(self._open):
+            self._opened += 1
 
     async def run(
         self,
@@ -70,7 +77,15 @@ class SqliteConnection:
         def call(conn: sqlite3.Connection) -> T:
             return operation(conn, *args, **kwargs)
 
-        return await self._submit(self._invoke, call)
+        opened = self._opened
+        try:
+            return await self._submit(self._invoke, call)
+        except _Lost as lost:
+            # Only a failure of the connection still open counts; one reported
+            # after a reconnect must not take the new connection down with it.
+            if opened == self._opened:
+                self._on_lost()
+            raise lost.error from lost.__cause__
 
     def drop(self) -> None:
         """Close the connection abruptly, after whatever is already queued."""
@@ -91,9 +106,9 @@ class SqliteConnection:
             raise BrokerUnavailable(f"broker {self._url}: closed") from exc
         return await future
 
-    def _open(self) -> None:
+    def _open(self) -> bool:
         if self._conn is not None:
-            return
+            return False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -105,6 +120,7 @@ class SqliteConnection:
             self._conn = schema.open_database(str(self._path), self._synchronous, _BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             raise _translate(exc, self._url) from exc
+        return True
 
     def _invoke(self, call: Callable[[sqlite3.Connection], T]) -> T:
         pause = _BUSY_PAUSE
@@ -117,10 +133,18 @@ class SqliteConnection:
                 return call(conn)
             except sqlite3.Error as exc:
                 if not (_is_busy(exc) and attempt < _BUSY_RETRIES):
-                    raise _translate(exc, self._url) from exc
+                    raise self._failure(exc) from exc
             time.sleep(pause)  # on the worker thread: only this broker's queue waits
             pause *= 2
             attempt += 1
+
+    def _failure(self, exc: sqlite3.Error) -> Exception:
+        """What to raise for ``exc``; a connection it broke is closed first."""
+        error = _translate(exc, self._url)
+        if not _breaks_connection(exc):
+            return error
+        self._close()
+        return _Lost(error)
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -187,6 +211,27 @@ def _parse_synchronous(url: str, query: dict[str, list[str]]) -> str:
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _breaks_connection(exc: sqlite3.Error) -> bool:
+    """Whether the connection is no use after ``exc``, so only reopening the file can help.
+
+    Contention (busy, locked) passes, and so do a violated constraint and
+    API misuse. Everything else SQLite reports is about the file or the
+    connection: I/O, read-only, disk full, corrupt, not a database, tables
+    gone (the file was replaced), closed.
+    """
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return "closed" in str(exc)
+    return type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError) and not _is_busy(exc)
+
+
+class _Lost(Exception):
+    """From the worker thread to ``run``: the connection failed and is closed; raise ``error``."""
+
+    def __init__(self, error: BrokerError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _translate(exc: sqlite3.Error, url: str) -> BrokerError:

@@ -7,30 +7,39 @@ operation of the broker and at most one write transaction.
 Three tables::
 
     messages    seq (publish order) | topic | id | key | payload | headers (orjson) | published_at
-    groups      gid | topic | name
+    groups      gid | topic | name | live (its deliveries that are not dead)
     deliveries  one row per message per group, keyed (gid, seq):
-                state       'ready' | 'leased' | 'dead'
-                visible_at  when the row may next be fetched: now or a retry's due
-                            time for 'ready'; the lease deadline for 'leased'
+                state       'ready'    may be fetched now
+                            'waiting'  a retry, fetchable from visible_at
+                            'leased'   held by a member until visible_at
+                            'dead'     in the dead-letter queue
+                visible_at  see state; meaningless for 'ready' and 'dead'
                 attempt     deliveries so far (a fetch adds one)
                 lease_owner, lease_token   which member holds it, from which fetch
                 deaths, error, failed_at   dead-letter bookkeeping
 
-An expired lease is a 'leased' row whose ``visible_at`` has passed, so "may
-be fetched now" is the single test ``state <> 'dead' AND visible_at <= now``.
+Each state has its own partial index, so no query walks rows of another
+state: a fetch first turns due retries and expired leases back into 'ready'
+(found by time in ``deliveries_due``), then leases 'ready' rows in publish
+order (``deliveries_ready``). However many retries are parked or messages in
+flight, taking the next fresh message costs the same. ``groups.live`` is
+kept in step by every transaction that adds, acks, kills or replays
+deliveries, so reading the backlog costs nothing either.
+
 A message row is deleted with the last delivery that refers to it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 import orjson
 
 from millstream.brokers.base import DeadLetter
-from millstream.errors import BrokerError
+from millstream.errors import BrokerError, ConfigError
 from millstream.message import Message, OutgoingMessage
 
 __all__ = [
@@ -38,7 +47,6 @@ __all__ = [
     "count_dead",
     "count_live",
     "ensure_group",
-    "extend",
     "find_group",
     "list_dead",
     "open_database",
@@ -51,7 +59,7 @@ __all__ = [
     "transaction",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     # AUTOINCREMENT so a seq is never reused after its row is deleted: receipts
@@ -68,6 +76,7 @@ _SCHEMA = (
         gid INTEGER PRIMARY KEY,
         topic TEXT NOT NULL,
         name TEXT NOT NULL,
+        live INTEGER NOT NULL DEFAULT 0,
         UNIQUE (topic, name))""",
     """CREATE TABLE IF NOT EXISTS deliveries (
         gid INTEGER NOT NULL,
@@ -82,10 +91,12 @@ _SCHEMA = (
         error TEXT,
         failed_at REAL,
         PRIMARY KEY (gid, seq)) WITHOUT ROWID""",
-    # Fetch walks this in publish order; dead rows are left out so a long
-    # dead-letter queue costs fetch nothing.
-    """CREATE INDEX IF NOT EXISTS deliveries_live
-        ON deliveries (gid, seq, visible_at) WHERE state <> 'dead'""",
+    # Fetch takes from here in publish order: nothing but what may be taken now.
+    """CREATE INDEX IF NOT EXISTS deliveries_ready
+        ON deliveries (gid, seq, key) WHERE state = 'ready'""",
+    # What becomes 'ready' with time: retries when due, leases when they run out.
+    """CREATE INDEX IF NOT EXISTS deliveries_due
+        ON deliveries (gid, visible_at) WHERE state IN ('waiting', 'leased')""",
     # Only what is in flight: the per-key order check, lease extension and release.
     """CREATE INDEX IF NOT EXISTS deliveries_leased
         ON deliveries (gid, key, seq) WHERE state = 'leased'""",
@@ -95,21 +106,30 @@ _SCHEMA = (
 
 # The planner has no statistics for the partial indexes and would otherwise
 # walk the primary key, so the hot queries name their index.
-_PROBE = """SELECT 1 FROM deliveries INDEXED BY deliveries_live
-    WHERE gid = ? AND state <> 'dead' AND visible_at <= ? LIMIT 1"""
+_DUE = "gid = :gid AND state IN ('waiting', 'leased') AND visible_at <= :now"
+_PROBE = f"""SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_ready
+        WHERE gid = :gid AND state = 'ready')
+    OR EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_due WHERE {_DUE})"""
+# Due retries and expired leases become fetchable; the attempt was counted when
+# they were taken, and the old holder's receipt no longer matches.
+_PROMOTE = f"""UPDATE deliveries INDEXED BY deliveries_due
+    SET state = 'ready', lease_owner = NULL, lease_token = NULL WHERE {_DUE}"""
 
-# A keyed message waits while an earlier message with its key is leased, unexpired,
-# by another member: that is what keeps per-key order across the members of a group.
+# A keyed message waits while another member holds a message with its key
+# (every lease left after _PROMOTE is unexpired), so members of a group never
+# handle one publish key at once and first deliveries keep publish order. A
+# retry is not leased while it waits for its delay, so it blocks no one; once
+# due it waits like any other message.
 _TAKE = """UPDATE deliveries
     SET state = 'leased', attempt = attempt + 1, visible_at = :until,
         lease_owner = :owner, lease_token = :token
     WHERE gid = :gid AND seq IN (
-        SELECT d.seq FROM deliveries AS d INDEXED BY deliveries_live
-        WHERE d.gid = :gid AND d.state <> 'dead' AND d.visible_at <= :now
+        SELECT d.seq FROM deliveries AS d INDEXED BY deliveries_ready
+        WHERE d.gid = :gid AND d.state = 'ready'
           AND (d.key IS NULL OR NOT EXISTS (
               SELECT 1 FROM deliveries AS b INDEXED BY deliveries_leased
               WHERE b.gid = :gid AND b.key = d.key AND b.state = 'leased'
-                AND b.seq < d.seq AND b.visible_at > :now AND b.lease_owner <> :owner))
+                AND b.lease_owner <> :owner))
         ORDER BY d.seq LIMIT :limit)
     RETURNING seq, attempt"""
 
@@ -123,7 +143,7 @@ _EXTEND = """UPDATE deliveries INDEXED BY deliveries_leased SET visible_at = ?
 # taken by another member no longer matches, so it is ignored.
 _HELD = "gid = ? AND seq = ? AND state = 'leased' AND lease_owner = ? AND lease_token = ?"
 _ACK = f"DELETE FROM deliveries WHERE {_HELD}"
-_RETRY = f"""UPDATE deliveries SET state = 'ready', visible_at = ?,
+_RETRY = f"""UPDATE deliveries SET state = ?, visible_at = ?,
     lease_owner = NULL, lease_token = NULL WHERE {_HELD}"""
 _DEAD = f"""UPDATE deliveries SET state = 'dead', visible_at = 0, lease_owner = NULL,
     lease_token = NULL, deaths = deaths + 1, error = ?, failed_at = ? WHERE {_HELD}"""
@@ -137,6 +157,10 @@ _RELEASE = """UPDATE deliveries INDEXED BY deliveries_leased
 _FORGET = """DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?))
     AND NOT EXISTS (SELECT 1 FROM deliveries AS d
         WHERE d.gid IN (SELECT gid FROM groups WHERE topic = ?) AND d.seq = messages.seq)"""
+
+# groups.live moves with every delivery that is added, acked, killed or replayed.
+_LIVE = "UPDATE groups SET live = live + ? WHERE gid = ?"
+_LIVE_TOPIC = "UPDATE groups SET live = live + ? WHERE topic = ?"
 
 _INSERT = """INSERT INTO messages (topic, id, key, payload, headers, published_at)
     VALUES (?, ?, ?, ?, ?, ?)"""
@@ -168,10 +192,13 @@ def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.C
         with transaction(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise BrokerError(
-                    f"{path} has broker schema version {version}, newer than this "
-                    f"millstream understands ({SCHEMA_VERSION}); upgrade millstream"
+                raise ConfigError(
+                    f"broker file {path!r} has schema version {version}, newer than this "
+                    f"millstream understands ({SCHEMA_VERSION}); upgrade millstream, or "
+                    "point the broker URL at another file"
                 )
+            if version == 1:
+                _migrate_from_1(conn, time.time())
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -179,6 +206,25 @@ def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.C
         conn.close()
         raise
     return conn
+
+
+def _migrate_from_1(conn: sqlite3.Connection, now: float) -> None:
+    """Version 1 kept retries not yet due as 'ready' rows and counted the backlog each time.
+
+    Runs in the opening transaction, so the file is either all old or all
+    new. Stop the processes of the old version first: their fetches fail
+    (their index is gone), but their publishes would be missing from the
+    backlog that ``lag`` reports.
+    """
+    conn.execute("DROP INDEX IF EXISTS deliveries_live")
+    conn.execute(
+        "UPDATE deliveries SET state = 'waiting' WHERE state = 'ready' AND visible_at > ?", (now,)
+    )
+    conn.execute("ALTER TABLE groups ADD COLUMN live INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "UPDATE groups SET live = (SELECT count(*) FROM deliveries AS d "
+        "WHERE d.gid = groups.gid AND d.state <> 'dead')"
+    )
 
 
 @contextmanager
@@ -213,6 +259,7 @@ def publish(conn: sqlite3.Connection, topic: str, messages: Sequence[OutgoingMes
         before = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0]
         conn.executemany(_INSERT, rows)
         conn.execute(_FAN_OUT, (before, topic))
+        conn.execute(_LIVE_TOPIC, (len(rows), topic))
 
 
 def find_group(conn: sqlite3.Connection, topic: str, group: str) -> int | None:
@@ -230,11 +277,12 @@ def ensure_group(conn: sqlite3.Connection, topic: str, group: str) -> int:
             return gid
         cursor = conn.execute("INSERT INTO groups (topic, name) VALUES (?, ?)", (topic, group))
         gid = int(cursor.lastrowid or 0)
-        conn.execute(
+        inherited = conn.execute(
             "INSERT INTO deliveries (gid, seq, key) SELECT ?, seq, key FROM messages "
             "WHERE topic = ?",
             (gid, topic),
-        )
+        ).rowcount
+        conn.execute(_LIVE, (inherited, gid))
         return gid
 
 
@@ -253,25 +301,20 @@ def take(
 
     Reads first without the write lock, so an idle poller does not queue
     behind other processes' writers; ``extend_held`` also pushes out the
-    leases ``owner`` already holds, in the same transaction.
+    leases ``owner`` already holds, in the same transaction (first, so none
+    of them counts as expired).
     """
     if limit <= 0 and not extend_held:
         return []
-    if not extend_held and conn.execute(_PROBE, (gid, now)).fetchone() is None:
+    if not extend_held and not conn.execute(_PROBE, {"gid": gid, "now": now}).fetchone()[0]:
         return []
     with transaction(conn):
         if extend_held:
             conn.execute(_EXTEND, (until, gid, owner))
         if limit <= 0:
             return []
-        params = {
-            "gid": gid,
-            "owner": owner,
-            "token": token,
-            "now": now,
-            "until": until,
-            "limit": limit,
-        }
+        conn.execute(_PROMOTE, {"gid": gid, "now": now})
+        params = {"gid": gid, "owner": owner, "token": token, "until": until, "limit": limit}
         attempts = dict(conn.execute(_TAKE, params).fetchall())
         if not attempts:
             return []
@@ -305,26 +348,32 @@ def settle(
 ) -> None:
     """Apply a batch of outcomes, given as (seq, token, ...), in one transaction."""
     with transaction(conn):
+        gone = 0
         if acks:
-            conn.executemany(_ACK, [(gid, seq, owner, token) for seq, token in acks])
+            gone += conn.executemany(
+                _ACK, [(gid, seq, owner, token) for seq, token in acks]
+            ).rowcount
             _forget(conn, topic, [seq for seq, _ in acks])
         if retries:
             conn.executemany(
                 _RETRY,
-                [(now + max(0.0, delay), gid, seq, owner, token) for seq, token, delay in retries],
+                [
+                    (_retry_state(delay), now + max(0.0, delay), gid, seq, owner, token)
+                    for seq, token, delay in retries
+                ],
             )
         if deads:
-            conn.executemany(
+            gone += conn.executemany(
                 _DEAD, [(error, now, gid, seq, owner, token) for seq, token, error in deads]
-            )
+            ).rowcount
+        if gone:
+            conn.execute(_LIVE, (-gone, gid))
         if extend_until is not None:
             conn.execute(_EXTEND, (extend_until, gid, owner))
 
 
-def extend(conn: sqlite3.Connection, gid: int, owner: int, until: float) -> None:
-    """Push out every lease ``owner`` holds to ``until``."""
-    with transaction(conn):
-        conn.execute(_EXTEND, (until, gid, owner))
+def _retry_state(delay: float) -> str:
+    return "waiting" if delay > 0 else "ready"
 
 
 def release(
@@ -343,13 +392,9 @@ def release(
 
 
 def count_live(conn: sqlite3.Connection, gid: int) -> int:
-    """The group's deliveries not yet acked and not dead."""
-    row = conn.execute(
-        "SELECT count(*) FROM deliveries INDEXED BY deliveries_live "
-        "WHERE gid = ? AND state <> 'dead'",
-        (gid,),
-    ).fetchone()
-    return int(row[0])
+    """The group's deliveries not yet acked and not dead: one row read, however many."""
+    row = conn.execute("SELECT live FROM groups WHERE gid = ?", (gid,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def list_dead(
@@ -422,6 +467,8 @@ def _dead_letter_change(
                     seqs.append(seq)
         if sql is _PURGE and seqs:
             _forget(conn, topic, seqs)
+        if sql is _REPLAY and seqs:
+            conn.execute(_LIVE, (len(seqs), gid))
         return len(seqs)
 
 

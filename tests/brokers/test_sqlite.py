@@ -8,7 +8,7 @@ import sqlite3
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -168,7 +168,7 @@ async def test_message_rows_go_once_every_group_is_done_with_them(tmp_path: Path
         assert table_counts(path) == (0, 0)
 
 
-async def test_per_key_order_holds_across_members(tmp_path: Path) -> None:
+async def test_a_key_leased_by_another_live_member_holds_its_followers(tmp_path: Path) -> None:
     url = url_of(tmp_path / "broker.db")
     async with opened(url) as first, opened(url) as second:
         one = await first.subscribe(TOPIC, "billing", prefetch=10)
@@ -179,13 +179,46 @@ async def test_per_key_order_holds_across_members(tmp_path: Path) -> None:
 
         head = await one.fetch(1, 1.0)
         assert payloads(head) == ["a1"]
-        # a2 and a3 must wait while another member holds a1; other keys need not.
+        # a2 and a3 wait while another member holds a1; other keys need not.
         assert payloads(await two.fetch(10, 0.2)) == ["b1"]
         assert await two.fetch(10, 0.1) == []
+        # The holder itself may take them: within a member the runtime orders by key.
+        assert payloads(await one.fetch(10, 0.2)) == ["a2", "a3"]
 
-        # A message waiting for a delayed retry does not hold its followers back.
-        await one.settle([], [(head[0], 30.0)], [])
-        assert payloads(await two.fetch(10, 1.0)) == ["a2", "a3"]
+
+async def test_a_delayed_retry_does_not_hold_back_later_messages_of_its_key(
+    tmp_path: Path,
+) -> None:
+    url = url_of(tmp_path / "broker.db")
+    async with opened(url) as first, opened(url) as second:
+        one = await first.subscribe(TOPIC, "billing", prefetch=10)
+        two = await second.subscribe(TOPIC, "billing", prefetch=10)
+        await first.publish(TOPIC, outgoing("a1", "a2", "a3", key="order-a"))
+        head = await one.fetch(1, 1.0)
+
+        # Per-key order holds among first deliveries; a retry may be overtaken.
+        await one.settle([], [(head[0], 0.3)], [])
+        later = await two.fetch(10, 1.0)
+        assert payloads(later) == ["a2", "a3"]
+
+        # Once due, the retry still waits while another member holds its key.
+        await asyncio.sleep(0.4)
+        assert await one.fetch(10, 0.1) == []
+        await two.settle(later, [], [])
+        assert [(m.payload, m.attempt) for m in await one.fetch(10, 1.0)] == [(b"a1", 2)]
+
+
+async def test_a_key_held_by_a_member_whose_lease_ran_out_is_free(tmp_path: Path) -> None:
+    url = url_of(tmp_path / "broker.db", lease=0.3)
+    async with opened(url) as doomed, opened(url) as survivor:
+        dying = await doomed.subscribe(TOPIC, "billing", prefetch=10)
+        living = await survivor.subscribe(TOPIC, "billing", prefetch=10)
+        await doomed.publish(TOPIC, outgoing("a1", "a2", key="order-a"))
+        assert payloads(await dying.fetch(1, 1.0)) == ["a1"]
+
+        assert await living.fetch(10, 0.1) == []
+        back = await living.fetch(10, 2.0)
+        assert [(m.payload, m.attempt) for m in back] == [(b"a1", 2), (b"a2", 1)]
 
 
 @pytest.mark.parametrize("keep_fetching", [10, 0], ids=["fetch", "fetch-nothing"])
@@ -325,4 +358,195 @@ async def test_a_path_that_cannot_be_created_is_a_config_error(tmp_path: Path) -
     broker = connect(url_of(tmp_path / "taken" / "broker.db"))
     with pytest.raises(ConfigError, match="cannot create directory"):
         await broker.connect()
+    await broker.close()
+
+
+async def test_connect_reopens_the_file_after_the_connection_failed(tmp_path: Path) -> None:
+    async with opened(url_of(tmp_path / "broker.db")) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        await broker.publish(TOPIC, outgoing("a", "b"))
+        held = await subscription.fetch(1, 1.0)
+
+        # The file turns read-only under the open connection, as after a remount.
+        await broker.current().run(lambda conn: conn.execute("PRAGMA query_only = ON"))
+        with pytest.raises(BrokerUnavailable, match="readonly"):
+            await broker.publish(TOPIC, outgoing("c"))
+        with pytest.raises(BrokerUnavailable):
+            await subscription.fetch(10, 0.1)  # the member went with its connection
+
+        await broker.connect()  # the supervisor's reconnect opens the file afresh
+        await broker.publish(TOPIC, outgoing("c"))
+        with pytest.raises(BrokerUnavailable):
+            await subscription.settle(held, [], [])
+        again = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        back = await again.fetch(10, 1.0)
+        # As after a cut: what the failed member held is back, the attempt counted.
+        assert [(m.payload, m.attempt) for m in back] == [(b"a", 2), (b"b", 1), (b"c", 1)]
+
+
+async def vm_steps(broker: SqliteBroker, operation: Callable[[], Awaitable[object]]) -> int:
+    """How much SQLite work ``operation`` does: its VM instructions, in hundreds."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # carry on
+
+    def watch(conn: sqlite3.Connection, every: int) -> None:
+        conn.set_progress_handler(tick if every else None, every)
+
+    await broker.current().run(watch, 100)
+    try:
+        await operation()
+    finally:
+        await broker.current().run(watch, 0)
+    return steps
+
+
+async def test_fetch_cost_does_not_grow_with_parked_retries_or_leases(tmp_path: Path) -> None:
+    async with opened(url_of(tmp_path / "broker.db")) as broker:
+        member = await broker.subscribe(TOPIC, "billing", prefetch=100)
+        other = await broker.subscribe(TOPIC, "billing", prefetch=100)
+        await broker.publish("quiet", outgoing(*(f"q{i}" for i in range(20))))
+        quiet = await broker.subscribe("quiet", "billing", prefetch=100)
+        await broker.publish("quiet", outgoing(*(f"q{i}" for i in range(20))))
+        baseline = await vm_steps(broker, lambda: quiet.fetch(10, 0))
+
+        # An outage parks 3000 messages in backoff while another member holds 3000.
+        await broker.publish(TOPIC, outgoing(*(f"old{i}" for i in range(6000))))
+        parked = await member.fetch(3000, 0)
+        await member.settle([], [(m, 600.0) for m in parked], [])
+        assert len(await other.fetch(3000, 0)) == 3000
+        assert await vm_steps(broker, lambda: member.fetch(10, 0)) <= 5  # idle probe
+
+        await broker.publish(TOPIC, outgoing(*(f"new{i}" for i in range(20))))
+        fetched: list[Message] = []
+
+        async def fetch_fresh() -> None:
+            fetched.extend(await member.fetch(10, 0))
+
+        cost = await vm_steps(broker, fetch_fresh)
+        assert payloads(fetched) == [f"new{i}" for i in range(10)]
+        assert cost <= baseline + 5
+
+
+async def test_lag_costs_the_same_however_long_the_backlog(tmp_path: Path) -> None:
+    async with opened(url_of(tmp_path / "broker.db")) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=100)
+        await broker.publish(TOPIC, outgoing(*(f"m{i}" for i in range(20_000))))
+        lag: list[int] = []
+
+        async def probe() -> None:
+            lag.append((await subscription.lag()).total)
+
+        assert await vm_steps(broker, probe) <= 1
+        assert lag == [20_000]
+
+
+async def test_lag_counts_waiting_in_flight_and_retrying_but_not_dead(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    async with opened(url_of(path)) as first, opened(url_of(path)) as second:
+        # Published before the group exists: the group's first member inherits them.
+        await first.publish(TOPIC, outgoing(*(f"m{i}" for i in range(10))))
+        one = await first.subscribe(TOPIC, "billing", prefetch=10)
+        two = await second.subscribe(TOPIC, "billing", prefetch=10)
+        audit = await second.subscribe(TOPIC, "audit", prefetch=10)
+        await second.publish(TOPIC, outgoing("m10", "m11"))
+        queue = await first.dead_letters(TOPIC, "billing")
+
+        async def lags() -> tuple[int, int]:
+            return (await one.lag()).total, (await audit.lag()).total
+
+        assert await lags() == (12, 12)
+        batch = await one.fetch(6, 1.0)
+        await one.settle(batch[:2], [(batch[2], 30.0), (batch[3], 0.0)], [(batch[4], "bad")])
+        assert await lags() == (9, 12)  # two acked, one dead; the retries and the held one count
+        held = await two.fetch(3, 1.0)
+        await two.close()  # gives back what it held
+        await queue.replay()
+        assert await lags() == (10, 12)
+        await one.settle([batch[5]], [], [])
+        rest = await drain(one, timeout=0.1)
+        assert {m.payload for m in held} <= {m.payload for m in rest}
+        assert await lags() == (1, 12)  # the retry due in 30 s
+        await drain(audit, timeout=0.1)
+        assert await lags() == (1, 0)
+        with sqlite3.connect(path) as conn:
+            live = conn.execute(
+                "SELECT count(*) FROM deliveries WHERE state <> 'dead' AND gid = ("
+                "SELECT gid FROM groups WHERE topic = ? AND name = 'billing')",
+                (TOPIC,),
+            ).fetchone()[0]
+        assert live == 1
+
+
+# The broker file as millstream wrote it before retries and leases had their
+# own states (schema version 1), kept here verbatim to test the upgrade.
+VERSION_1 = """
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, id TEXT NOT NULL, key TEXT,
+    payload BLOB NOT NULL, headers BLOB, published_at REAL NOT NULL);
+CREATE TABLE groups (
+    gid INTEGER PRIMARY KEY, topic TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (topic, name));
+CREATE TABLE deliveries (
+    gid INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT,
+    state TEXT NOT NULL DEFAULT 'ready', visible_at REAL NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0, lease_owner INTEGER, lease_token INTEGER,
+    deaths INTEGER NOT NULL DEFAULT 0, error TEXT, failed_at REAL,
+    PRIMARY KEY (gid, seq)) WITHOUT ROWID;
+CREATE INDEX deliveries_live ON deliveries (gid, seq, visible_at) WHERE state <> 'dead';
+CREATE INDEX deliveries_leased ON deliveries (gid, key, seq) WHERE state = 'leased';
+CREATE INDEX deliveries_dead ON deliveries (gid, failed_at, seq) WHERE state = 'dead';
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    now = time.time()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(VERSION_1)
+        conn.execute("INSERT INTO groups VALUES (1, ?, 'billing')", (TOPIC,))
+        for seq, name in enumerate(["fresh", "backing-off", "expired", "dead"], start=1):
+            conn.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, NULL, ?, NULL, ?)",
+                (seq, TOPIC, f"id-{seq}", name.encode(), now),
+            )
+        conn.executemany(
+            "INSERT INTO deliveries (gid, seq, state, visible_at, attempt, lease_owner, "
+            "lease_token, deaths, error, failed_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (1, "ready", 0, 0, None, None, 0, None, None),
+                (2, "ready", now + 600, 1, None, None, 0, None, None),  # a retry not yet due
+                (3, "leased", now - 1, 1, 7, 1, 0, None, None),  # its member died
+                (4, "dead", 0, 3, None, None, 1, "poison", now),
+            ],
+        )
+
+    async with opened(url_of(path)) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=10)
+        assert (await subscription.lag()).total == 3
+        taken = await subscription.fetch(10, 0.5)
+        assert [(m.payload, m.attempt) for m in taken] == [(b"fresh", 1), (b"expired", 2)]
+        await subscription.settle(taken, [], [])
+        assert (await subscription.lag()).total == 1  # the retry, due in ten minutes
+        letters = await (await broker.dead_letters(TOPIC, "billing")).list()
+        assert [(d.payload, d.error, d.attempts) for d in letters] == [(b"dead", "poison", 3)]
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT state FROM deliveries WHERE seq = 2").fetchall() == [
+            ("waiting",)
+        ]
+
+
+async def test_a_file_from_a_newer_millstream_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    broker = SqliteBroker.from_url(url_of(path))
+    with pytest.raises(ConfigError, match="upgrade millstream") as raised:
+        await broker.connect()
+    assert str(path) in str(raised.value)
     await broker.close()
