@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 
+from millstream.brokers import sqlite_dead_letters as dead_letters
 from millstream.brokers import sqlite_schema as schema
 from millstream.brokers.base import Capabilities, DeadLetter, Lag
 from millstream.brokers.sqlite_connection import DEFAULT_LEASE, SqliteConnection, parse_url
@@ -321,16 +322,16 @@ class SqliteDeadLetters:
     async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Newest first."""
         connection = self._broker.current()
-        return await connection.run(schema.list_dead, self._topic, self._group, limit, offset)
+        return await connection.run(dead_letters.list_dead, self._topic, self._group, limit, offset)
 
     async def count(self) -> int:
         """How many letters the queue holds."""
-        return await self._broker.current().run(schema.count_dead, self._topic, self._group)
+        return await self._broker.current().run(dead_letters.count_dead, self._topic, self._group)
 
     async def replay(self, ids: Sequence[str] | None = None) -> int:
         """Back into the group as fresh deliveries (attempt 1); returns how many."""
         connection = self._broker.current()
-        replayed = await connection.run(schema.replay_dead, self._topic, self._group, ids)
+        replayed = await connection.run(dead_letters.replay_dead, self._topic, self._group, ids)
         if replayed:
             self._broker.wake(self._topic)
         return replayed
@@ -338,7 +339,7 @@ class SqliteDeadLetters:
     async def purge(self, ids: Sequence[str] | None = None) -> int:
         """Delete letters for good; returns how many."""
         connection = self._broker.current()
-        return await connection.run(schema.purge_dead, self._topic, self._group, ids)
+        return await connection.run(dead_letters.purge_dead, self._topic, self._group, ids)
 
 
 def _receipt(message: Message) -> tuple[int, int] | None:

@@ -38,22 +38,19 @@ from contextlib import contextmanager, suppress
 
 import orjson
 
-from millstream.brokers.base import DeadLetter
 from millstream.errors import BrokerError, ConfigError
 from millstream.message import Message, OutgoingMessage
 
 __all__ = [
+    "LIVE",
     "SCHEMA_VERSION",
-    "count_dead",
     "count_live",
     "ensure_group",
     "find_group",
-    "list_dead",
+    "forget",
     "open_database",
     "publish",
-    "purge_dead",
     "release",
-    "replay_dead",
     "settle",
     "take",
     "transaction",
@@ -159,7 +156,7 @@ _FORGET = """DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?))
         WHERE d.gid IN (SELECT gid FROM groups WHERE topic = ?) AND d.seq = messages.seq)"""
 
 # groups.live moves with every delivery that is added, acked, killed or replayed.
-_LIVE = "UPDATE groups SET live = live + ? WHERE gid = ?"
+LIVE = "UPDATE groups SET live = live + ? WHERE gid = ?"
 _LIVE_TOPIC = "UPDATE groups SET live = live + ? WHERE topic = ?"
 
 _INSERT = """INSERT INTO messages (topic, id, key, payload, headers, published_at)
@@ -167,15 +164,6 @@ _INSERT = """INSERT INTO messages (topic, id, key, payload, headers, published_a
 _FAN_OUT = """INSERT INTO deliveries (gid, seq, key)
     SELECT g.gid, m.seq, m.key FROM messages AS m, groups AS g
     WHERE m.seq > ? AND g.topic = ?"""
-
-_DEAD_LETTERS = """SELECT d.seq, d.deaths, m.id, m.key, m.payload, m.headers,
-        d.attempt, d.error, d.failed_at
-    FROM deliveries AS d INDEXED BY deliveries_dead JOIN messages AS m ON m.seq = d.seq
-    WHERE d.gid = ? AND d.state = 'dead'
-    ORDER BY d.failed_at DESC, d.seq DESC LIMIT ? OFFSET ?"""
-_REPLAY = """UPDATE deliveries SET state = 'ready', visible_at = 0, attempt = 0,
-    error = NULL, failed_at = NULL WHERE gid = ? AND state = 'dead'"""
-_PURGE = "DELETE FROM deliveries WHERE gid = ? AND state = 'dead'"
 
 
 def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -282,7 +270,7 @@ def ensure_group(conn: sqlite3.Connection, topic: str, group: str) -> int:
             "WHERE topic = ?",
             (gid, topic),
         ).rowcount
-        conn.execute(_LIVE, (inherited, gid))
+        conn.execute(LIVE, (inherited, gid))
         return gid
 
 
@@ -353,7 +341,7 @@ def settle(
             gone += conn.executemany(
                 _ACK, [(gid, seq, owner, token) for seq, token in acks]
             ).rowcount
-            _forget(conn, topic, [seq for seq, _ in acks])
+            forget(conn, topic, [seq for seq, _ in acks])
         if retries:
             conn.executemany(
                 _RETRY,
@@ -367,7 +355,7 @@ def settle(
                 _DEAD, [(error, now, gid, seq, owner, token) for seq, token, error in deads]
             ).rowcount
         if gone:
-            conn.execute(_LIVE, (-gone, gid))
+            conn.execute(LIVE, (-gone, gid))
         if extend_until is not None:
             conn.execute(_EXTEND, (extend_until, gid, owner))
 
@@ -397,88 +385,5 @@ def count_live(conn: sqlite3.Connection, gid: int) -> int:
     return 0 if row is None else int(row[0])
 
 
-def list_dead(
-    conn: sqlite3.Connection, topic: str, group: str, limit: int, offset: int
-) -> list[DeadLetter]:
-    """Dead letters of one group, newest first."""
-    gid = find_group(conn, topic, group)
-    if gid is None:
-        return []
-    rows = conn.execute(_DEAD_LETTERS, (gid, limit, offset)).fetchall()
-    return [
-        DeadLetter(
-            id=f"{seq}-{deaths}",
-            message_id=message_id,
-            topic=topic,
-            group=group,
-            payload=payload,
-            key=key,
-            headers=orjson.loads(headers) if headers else {},
-            attempts=attempt,
-            error=error or "",
-            failed_at=failed_at,
-        )
-        for seq, deaths, message_id, key, payload, headers, attempt, error, failed_at in rows
-    ]
-
-
-def count_dead(conn: sqlite3.Connection, topic: str, group: str) -> int:
-    """How many dead letters one group has."""
-    gid = find_group(conn, topic, group)
-    if gid is None:
-        return 0
-    row = conn.execute(
-        "SELECT count(*) FROM deliveries INDEXED BY deliveries_dead "
-        "WHERE gid = ? AND state = 'dead'",
-        (gid,),
-    ).fetchone()
-    return int(row[0])
-
-
-def replay_dead(conn: sqlite3.Connection, topic: str, group: str, ids: Sequence[str] | None) -> int:
-    """Dead letters back to 'ready' with the attempt count restarted."""
-    return _dead_letter_change(conn, topic, group, ids, _REPLAY)
-
-
-def purge_dead(conn: sqlite3.Connection, topic: str, group: str, ids: Sequence[str] | None) -> int:
-    """Delete dead letters, and their messages when no other group needs them."""
-    return _dead_letter_change(conn, topic, group, ids, _PURGE)
-
-
-def _dead_letter_change(
-    conn: sqlite3.Connection, topic: str, group: str, ids: Sequence[str] | None, sql: str
-) -> int:
-    with transaction(conn):
-        gid = find_group(conn, topic, group)
-        if gid is None:
-            return 0
-        if ids is None:
-            rows = conn.execute(f"{sql} RETURNING seq", (gid,)).fetchall()
-            seqs = [seq for (seq,) in rows]
-        else:
-            # The death count in the id keeps a repeated call from touching a
-            # letter that was replayed and has died again since.
-            seqs = []
-            for seq, deaths in _parse_letter_ids(ids):
-                row = conn.execute(
-                    f"{sql} AND seq = ? AND deaths = ? RETURNING seq", (gid, seq, deaths)
-                ).fetchone()
-                if row is not None:
-                    seqs.append(seq)
-        if sql is _PURGE and seqs:
-            _forget(conn, topic, seqs)
-        if sql is _REPLAY and seqs:
-            conn.execute(_LIVE, (len(seqs), gid))
-        return len(seqs)
-
-
-def _parse_letter_ids(ids: Sequence[str]) -> Iterator[tuple[int, int]]:
-    """(seq, deaths) of each well-formed id; anything else cannot be there, so is skipped."""
-    for letter_id in dict.fromkeys(ids):
-        seq, _, deaths = letter_id.partition("-")
-        if seq.isdigit() and deaths.isdigit():
-            yield int(seq), int(deaths)
-
-
-def _forget(conn: sqlite3.Connection, topic: str, seqs: Sequence[int]) -> None:
+def forget(conn: sqlite3.Connection, topic: str, seqs: Sequence[int]) -> None:
     conn.execute(_FORGET, (orjson.dumps(list(seqs)), topic))
