@@ -2,12 +2,16 @@
 
 Targets (2-core machine): the full runtime on the memory broker at
 >= 100,000 msgs/s, the SQLite broker at >= 20,000 msgs/s consumed and acked
-durably, and flat memory while consuming a backlog of 1,000,000.
+durably, and flat memory while consuming a backlog of 1,000,000. On Redis
+(``MILLSTREAM_BENCH_REDIS_URL``, default redis://127.0.0.1:6379/0) millstream
+must reach half the raw redis-py loop, consuming and publishing; the two run
+alternately in the same invocation and the best of each is compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 TARGETS = {"memory": 100_000, "sqlite": 20_000}
+REDIS_RATIO = 0.5  # millstream / raw redis-py, consuming and publishing
 
 
 def run(name: str, n: int) -> dict[str, float]:
@@ -36,6 +41,15 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000, help="messages per throughput row")
     parser.add_argument(
         "--backlog", type=int, default=1_000_000, help="messages waiting (0 skips the row)"
+    )
+    parser.add_argument(
+        "--redis-n", type=int, default=100_000, help="messages per Redis row (0 skips them)"
+    )
+    parser.add_argument(
+        "--redis-repeat", type=int, default=2, help="runs of each Redis row; the best counts"
+    )
+    parser.add_argument(
+        "--http-requests", type=int, default=1000, help="timed HTTP reads per phase (0 skips)"
     )
     args = parser.parse_args()
     console = Console()
@@ -57,6 +71,9 @@ def main() -> None:
         )
     console.print(table)
 
+    if args.redis_n:
+        redis_rows(console, args.redis_n, args.redis_repeat)
+
     if args.backlog:
         console.print(f"running sqlite-backlog with {args.backlog:,} waiting ...", style="dim")
         row = run("sqlite-backlog", args.backlog)
@@ -68,6 +85,55 @@ def main() -> None:
             f"(growth {growth:+.1f} MB), "
             f"peak {row['peak_rss_mb']:.0f} MB"
         )
+
+    if args.http_requests:
+        from bench.http import report
+
+        report(console, args.http_requests)
+
+
+def redis_rows(console: Console, n: int, repeat: int) -> None:
+    """Raw redis-py against millstream on the same stream setup, and their ratio."""
+    if importlib.util.find_spec("redis") is None:
+        console.print(
+            "redis rows skipped: redis-py is not installed (pip install 'millstream[redis]')"
+        )
+        return
+    from bench.redis_rows import reachable
+
+    problem = reachable()
+    if problem is not None:
+        console.print(f"redis rows skipped: Redis is not reachable ({problem})")
+        return
+    best: dict[str, dict[str, float]] = {}
+    for attempt in range(1, repeat + 1):
+        for name in ("redis-raw", "redis"):  # alternate, so drift hits both alike
+            console.print(f"running {name} ({attempt}/{repeat}) ...", style="dim")
+            row = run(name, n)
+            kept = best.setdefault(name, row)
+            for column in ("publish_msgs_s", "consume_msgs_s"):
+                kept[column] = max(kept[column], row[column])
+
+    raw, ours = best["redis-raw"], best["redis"]
+    table = Table(
+        title=f"Redis Streams, {n:,} x ~200-byte JSON events, best of {repeat}",
+        caption="raw: XREADGROUP COUNT 256, orjson, dict update, one XACK per batch; "
+        "pipelined XADD. millstream: pydantic handler, at-least-once, default settings; "
+        "publish_batch.",
+    )
+    for column in ("row", "raw redis-py msgs/s", "millstream msgs/s", "ratio", "target"):
+        table.add_column(column, justify="right" if column != "row" else "left")
+    for label, column in (("consume+ack", "consume_msgs_s"), ("publish", "publish_msgs_s")):
+        ratio = ours[column] / raw[column]
+        ok = ratio >= REDIS_RATIO
+        table.add_row(
+            label,
+            f"{raw[column]:,.0f}",
+            f"{ours[column]:,.0f}",
+            f"[{'green' if ok else 'red'}]{ratio:.2f}x[/]",
+            f">= {REDIS_RATIO}x",
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -108,19 +108,25 @@ def current_rss_mb() -> float:
     return pages * resource.getpagesize() / 1024 / 1024
 
 
-def scenarios(workdir: Path) -> dict[str, Callable[[int], Awaitable[Row]]]:
+def scenarios(workdir: Path, name: str) -> dict[str, Callable[[int], Awaitable[Row]]]:
     sqlite = f"sqlite:///{workdir}/bench.db"
-    return {
+    rows: dict[str, Callable[[int], Awaitable[Row]]] = {
         "memory": lambda n: consume_all("memory://", n, key=None, concurrency=8),
         "memory-keyed": lambda n: consume_all("memory://", n, key="order_id", concurrency=8),
         "sqlite": lambda n: consume_all(sqlite, n, key=None, concurrency=8),
         "sqlite-backlog": lambda n: backlog(sqlite, n),
     }
+    if name.startswith("redis"):
+        # Only here: the other rows must run without the redis extra installed.
+        from bench.redis_rows import SCENARIOS
+
+        rows.update(SCENARIOS)
+    return rows
 
 
 def main() -> None:
     name, n, workdir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    row = asyncio.run(scenarios(workdir)[name](n))
+    row = asyncio.run(scenarios(workdir, name)[name](n))
     print(json.dumps(row))
 
 

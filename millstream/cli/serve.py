@@ -8,10 +8,10 @@ the consumers and flushes their acks; the process exits 0.
 from __future__ import annotations
 
 import enum
+import signal
 from types import FrameType
 from typing import Annotated, Any
 
-import click
 import typer
 import uvicorn
 from uvicorn.importer import ImportFromStringError, import_from_string
@@ -41,9 +41,26 @@ class _DrainingServer(uvicorn.Server):
             service.begin_shutdown()
         super().handle_exit(sig, frame)
 
+    def run_to_a_clean_exit(self) -> None:
+        """Serve until SIGTERM or SIGINT, drain, and return, so the process exits 0.
+
+        Once it has shut down, uvicorn raises the signal that stopped it again
+        under the handler it found, so by default a drained process still dies
+        of SIGTERM (exit -15) and looks crashed to an orchestrator. Finding
+        ``handle_exit`` there instead, the repeat is a no-op.
+        """
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            self.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
 
 @app.command("run")
 def run_command(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="The ASGI app, as module:attribute.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
@@ -60,7 +77,9 @@ def run_command(
     ] = LogFormat.TEXT,
 ) -> None:
     """Serve TARGET (e.g. examples.orders:app) with uvicorn; SIGTERM drains gracefully."""
-    level = click.get_current_context().find_root().obj
+    # Typer runs on its own copy of click, so the context comes as a parameter:
+    # click.get_current_context() would find none.
+    level = ctx.find_root().obj
     configure_logging((level or "INFO").upper(), log_format.value, root=True)
     try:
         drain = load_settings().drain_timeout
@@ -83,6 +102,6 @@ def run_command(
     except ImportFromStringError as exc:
         fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. app.main:app", 2)
     server = _DrainingServer(uvicorn.Config(loaded, **options), loaded)
-    server.run()
+    server.run_to_a_clean_exit()
     if server.started is False and not server.should_exit:
         raise typer.Exit(1)

@@ -27,7 +27,7 @@ KeyOf = Callable[[Message], str | None]
 
 # A worker yields to the loop after this many messages that did not suspend,
 # so a burst of instant handlers cannot starve the HTTP side.
-_YIELD_EVERY = 64
+_YIELD_EVERY = 8
 
 
 class _Worker:

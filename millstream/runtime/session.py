@@ -112,11 +112,10 @@ class Session:
                 )
             await self.dispatcher.stop()
             self.settler.close()
-            if not settle.done():
-                try:
-                    await settle
-                except Exception as exc:
-                    log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
+            try:
+                await settle  # done or not: this also retrieves an exception it ended with
+            except Exception as exc:
+                log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
         finally:
             await _cancel(keepalive)
             with contextlib.suppress(BrokerError):

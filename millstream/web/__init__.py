@@ -6,14 +6,17 @@ serve users who compose their own (plain Starlette works too).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from starlette.types import Lifespan, Receive, Scope, Send
 
 from millstream.app import Millstream
-from millstream.errors import BrokerError
 from millstream.web.admin import admin_router
+from millstream.web.errors import install_error_handlers, middleware_responses
 from millstream.web.health import health_router
 from millstream.web.middleware import (
     BodyLimitMiddleware,
@@ -22,15 +25,34 @@ from millstream.web.middleware import (
 )
 from millstream.web.service import Service
 
-__all__ = ["Service", "api_group", "create_app", "install", "service_router"]
+__all__ = ["Service", "ServiceRouter", "api_group", "create_app", "install", "service_router"]
 
-# Paths never rate limited: probes and scrapes must always get through.
-_UNLIMITED = ("/health", "/actuator", "/metrics")
+
+class ServiceRouter(APIRouter):
+    """The service's routes: included by FastAPI apps, mountable in plain Starlette.
+
+    FastAPI's routes need FastAPI's request plumbing (exception handlers
+    answering 422 and 401, its per-request exit stacks), which a Starlette
+    app does not have. Mounted as an ASGI app (``Mount("/", app=ms.router)``),
+    the router therefore answers through a small FastAPI app of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._standalone: FastAPI | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._standalone is None:
+            standalone = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+            standalone.include_router(self)
+            install_error_handlers(standalone)
+            self._standalone = standalone
+        await self._standalone(scope, receive, send)
 
 
 def service_router(service: Service) -> APIRouter:
     """Health, metrics and admin routes of ``service``."""
-    router = APIRouter()
+    router = ServiceRouter()
     router.include_router(health_router(service))
     router.include_router(admin_router(service))
     return router
@@ -40,7 +62,7 @@ def install(app: FastAPI, service: Service) -> None:
     """Add millstream's middleware and error handling to ``app``."""
     settings = service.settings
     app.state.millstream = service
-    app.add_exception_handler(BrokerError, _broker_unavailable)
+    install_error_handlers(app)
     if settings.rate_limit is not None:
         app.add_middleware(
             RateLimitMiddleware,
@@ -50,49 +72,82 @@ def install(app: FastAPI, service: Service) -> None:
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware)
+    # Outermost: the server span is current for everything below, so a
+    # request that publishes and the consumer of that message share a trace.
+    app.add_middleware(OpenTelemetryMiddleware)
     _instrument_http(app, service)
 
 
 def create_app(ms: Millstream, app: FastAPI | None = None, **fastapi: Any) -> FastAPI:
     """A FastAPI app running ``ms``: lifespan, routes and middleware.
 
-    Given an existing ``app`` (created with ``lifespan=ms.lifespan``, or
-    without a lifespan), adds the routes and middleware to it.
+    Given an existing ``app``, adds the routes and middleware to it and
+    makes its lifespan run the consumers: as it is if it was created with
+    ``lifespan=ms.lifespan``, otherwise inside the lifespan it has.
     """
     service = ms.web
     if app is None:
         fastapi.setdefault("title", "millstream service")
         app = FastAPI(lifespan=service.lifespan, **fastapi)
+    elif not _runs(app.router.lifespan_context, service):
+        app.router.lifespan_context = _AroundLifespan(app.router.lifespan_context, service)
     app.include_router(service.router)
     install(app, service)
     return app
 
 
 def api_group(ms: Millstream, version: int = 1, *, auth: bool = False, **router: Any) -> APIRouter:
-    """A versioned route group ``/api/v{version}``, optionally behind bearer auth."""
+    """A versioned route group ``/api/v{version}``, optionally behind bearer auth.
+
+    Its routes document what the middleware and the auth may answer
+    (413, 429 when rate limited, 401 behind auth) beside their own responses.
+    """
     dependencies = list(router.pop("dependencies", []))
+    responses = {**middleware_responses(ms.settings), **router.pop("responses", {})}
     if auth:
         dependencies.append(Depends(ms.web.auth))
-    return APIRouter(prefix=f"/api/v{version}", dependencies=dependencies, **router)
+        responses.setdefault(401, {"description": "Missing or invalid bearer token"})
+    return APIRouter(
+        prefix=f"/api/v{version}", dependencies=dependencies, responses=responses, **router
+    )
+
+
+class _AroundLifespan:
+    """An app's own lifespan with the consumers running inside it.
+
+    The app's lifespan is the outer one: what it opens (a database pool, a
+    client) is there before the first message is handled and still there
+    while the last one drains.
+    """
+
+    def __init__(self, outer: Lifespan[Any], service: Service) -> None:
+        self.outer = outer
+        self.service = service
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, app: Any) -> AsyncIterator[Any]:
+        async with self.outer(app) as state, self.service.lifespan(app):
+            yield state
+
+
+def _runs(lifespan: Lifespan[Any], service: Service) -> bool:
+    """Whether ``lifespan`` already starts and stops ``service``'s consumers."""
+    if isinstance(lifespan, _AroundLifespan):
+        return lifespan.service is service
+    return bool(lifespan == service.lifespan)
 
 
 def _limited_prefixes(app: FastAPI) -> tuple[str, ...]:
     return ("/api", "/admin")
 
 
-async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"the broker is unavailable: {exc}"},
-        status_code=503,
-        headers={"retry-after": "1"},
-    )
-
-
 def _instrument_http(app: FastAPI, service: Service) -> None:
     from prometheus_fastapi_instrumentator import Instrumentator
 
+    # Exact status codes: a 401, a 404 and a 429 call for different responses.
     Instrumentator(
         registry=service.metrics.registry,
         excluded_handlers=["/metrics"],
+        should_group_status_codes=False,
         should_group_untemplated=True,
     ).instrument(app, metric_namespace="millstream")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from millstream.brokers.base import DeadLetter
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
+from millstream.web.errors import middleware_responses
 from millstream.web.service import Service
 
 __all__ = ["admin_router"]
@@ -99,7 +100,10 @@ def admin_router(service: Service) -> APIRouter:
         prefix="/admin",
         tags=["admin"],
         dependencies=[Depends(service.auth)],
-        responses={401: {"description": "Missing or invalid bearer token"}},
+        responses={
+            401: {"description": "Missing or invalid bearer token"},
+            **middleware_responses(service.settings),
+        },
     )
 
     def consumer(name: str) -> ConsumerRuntime:
@@ -167,19 +171,22 @@ def admin_router(service: Service) -> APIRouter:
         selection: LetterSelection, found: ConsumerRuntime = by_name
     ) -> dict[str, int]:
         queue = await service.ms.dead_letters(found.spec.topic, found.spec.group)
-        pause = _REPLAY_CHUNK / service.settings.dlq_replay_rate
+        # A chunk is at most a second's worth, so no second sees more than the rate.
+        rate = service.settings.dlq_replay_rate
+        size = max(1, min(_REPLAY_CHUNK, int(rate)))
+        pause = size / rate
         replayed = 0
         if selection.ids is not None:
-            for start in range(0, len(selection.ids), _REPLAY_CHUNK):
+            for start in range(0, len(selection.ids), size):
                 if start:
                     await asyncio.sleep(pause)
-                replayed += await queue.replay(selection.ids[start : start + _REPLAY_CHUNK])
+                replayed += await queue.replay(selection.ids[start : start + size])
             return {"replayed": replayed}
         # All of them: as many as there are now, so letters that die again while
         # we replay are not replayed in a loop.
         remaining = await queue.count()
         while remaining > 0:
-            chunk = [x.id for x in await queue.list(limit=min(_REPLAY_CHUNK, remaining))]
+            chunk = [x.id for x in await queue.list(limit=min(size, remaining))]
             done = await queue.replay(chunk) if chunk else 0
             if not done:
                 break

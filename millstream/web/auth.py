@@ -55,24 +55,34 @@ class BearerAuth:
         return self.verify(token.strip())
 
     def verify(self, token: str) -> dict[str, Any]:
-        """The claims of ``token``, or 401 naming what is wrong with it."""
-        problem = "no key configured"
-        for key, algorithm in self._keys:
-            try:
-                claims: dict[str, Any] = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[algorithm],
-                    audience=self._audience,
-                    issuer=self._issuer,
-                    options={"require": ["exp"]},
-                )
-                return claims
-            except jwt.ExpiredSignatureError:
-                raise _unauthorized("token expired") from None
-            except jwt.InvalidTokenError as exc:
-                problem = str(exc) or type(exc).__name__
-        raise _unauthorized(f"invalid token: {problem}")
+        """The claims of ``token``, or 401 naming what is wrong with it.
+
+        The key is the one configured for the token's ``alg``, so the error
+        is about that key's verdict (an audience, an expiry), not another's.
+        """
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"invalid token: {exc}") from None
+        chosen = next(((key, name) for key, name in self._keys if name == algorithm), None)
+        if chosen is None:
+            accepted = " or ".join(name for _, name in self._keys)
+            raise _unauthorized(f"invalid token: algorithm {algorithm!r} is not {accepted}")
+        key, name = chosen
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[name],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"invalid token: {exc or type(exc).__name__}") from None
+        return claims
 
 
 def _unauthorized(detail: str) -> HTTPException:

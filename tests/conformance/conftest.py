@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pytest
 
 from millstream.brokers.base import Broker
 from millstream.brokers.memory import MemoryBroker, MemoryHub
+from tests.conftest import require_service
 
 LEASE = 1.0  # seconds a crashed member's messages stay held, where the broker uses leases
 
@@ -30,6 +31,8 @@ class BrokerFactory:
     cut: Callable[[Broker], None]
     redelivery_after_crash: float = LEASE
     opened: list[Broker] = field(default_factory=list)
+    cleanup: Callable[[str], Awaitable[None]] | None = None
+    """Run after the brokers are closed, with the test's topic: drop what the test left."""
 
     async def connect(self) -> Broker:
         broker = self.open()
@@ -69,20 +72,63 @@ def _sqlite(tmp_path: Path) -> BrokerFactory:
     return BrokerFactory("sqlite", lambda: SqliteBroker.from_url(url), crash, cut)
 
 
+def _redis(tmp_path: Path) -> BrokerFactory:
+    require_service("Redis", "127.0.0.1", 6379)
+    import redis.asyncio
+
+    from millstream.brokers.redis import RedisBroker
+    from tests.proxy import TcpProxy
+
+    # Each connection goes through its own proxy, so one can be cut (or
+    # crashed: cut and never let back in) while the others carry on.
+    proxies: dict[int, TcpProxy] = {}
+
+    def open_() -> Broker:
+        proxy = TcpProxy("127.0.0.1", 6379).start()
+        broker = RedisBroker.from_url(f"redis://127.0.0.1:{proxy.port}/0?lease={LEASE}")
+        proxies[id(broker)] = proxy
+        return broker
+
+    def crash(broker: Broker) -> None:
+        proxies[id(broker)].pause()
+        proxies[id(broker)].cut()
+
+    def cut(broker: Broker) -> None:
+        proxies[id(broker)].cut()
+
+    async def cleanup(topic: str) -> None:
+        for proxy in proxies.values():
+            proxy.close()
+        client = redis.asyncio.Redis(host="127.0.0.1", port=6379)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{topic}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+    return BrokerFactory("redis", open_, crash, cut, cleanup=cleanup)
+
+
 FACTORIES: dict[str, Callable[[Path], BrokerFactory]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
 }
 
 
 @pytest.fixture(params=list(FACTORIES))
-async def brokers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrokerFactory]:
+async def brokers(
+    request: pytest.FixtureRequest, tmp_path: Path, topic: str
+) -> AsyncIterator[BrokerFactory]:
     factory = FACTORIES[request.param](tmp_path)
     yield factory
     for broker in factory.opened:
         # A crashed or cut connection may refuse to close cleanly.
         with contextlib.suppress(Exception):
             await broker.close()
+    if factory.cleanup is not None:
+        await factory.cleanup(topic)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from millstream.web.middleware.respond import json_response
@@ -9,8 +10,17 @@ from millstream.web.middleware.respond import json_response
 __all__ = ["BodyLimitMiddleware"]
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit.
+
+    An HTTPException because the app is what reads the body: FastAPI turns
+    any other error raised while reading it into a 400, while this one its
+    exception handlers answer with 413. An app that lets it through gets the
+    413 from here.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
 
 
 class BodyLimitMiddleware:
@@ -42,7 +52,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracked(message: Message) -> None:

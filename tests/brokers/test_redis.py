@@ -1,0 +1,683 @@
+"""The Redis Streams broker beyond the shared conformance suite, against real servers.
+
+The shared Redis at 127.0.0.1:6379 serves most tests, each on keys named by
+a fresh uuid that it deletes afterwards. Tests that restart, kill or lock a
+server start a private ``redis-server`` (tests/brokers/redis_server.py);
+tests that break the network put a TCP proxy in between (tests/proxy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+from redis.asyncio.connection import SSLConnection
+from typer.testing import CliRunner
+
+from millstream import Message, Millstream, OutgoingMessage
+from millstream.brokers import connect
+from millstream.brokers.redis import RedisBroker, RedisSubscription
+from millstream.brokers.redis_connection import open_pool
+from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
+from millstream.runtime import ConsumerState
+from tests.brokers.redis_server import RedisServer, free_port
+from tests.conftest import require_service
+from tests.proxy import TcpProxy
+from tests.support import until, until_equal
+
+SHARED = "redis://127.0.0.1:6379/0"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shared() -> str:
+    require_service("Redis", "127.0.0.1", 6379)
+    return SHARED
+
+
+@pytest.fixture
+async def topic(shared: str) -> AsyncIterator[str]:
+    """A topic no other test uses; every key under it is deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_keys(shared, name)
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 6379) as running:
+        yield running
+
+
+async def delete_keys(url: str, prefix: str) -> None:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def opened(url: str) -> RedisBroker:
+    broker = RedisBroker.from_url(url)
+    await broker.connect()
+    return broker
+
+
+def events(count: int, start: int = 0) -> list[OutgoingMessage]:
+    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
+
+
+def numbers(messages: list[Message]) -> list[int]:
+    return [json.loads(m.payload)["n"] for m in messages]
+
+
+async def total_lag(subscription: RedisSubscription) -> int | None:
+    lag = await subscription.lag()
+    return None if lag is None else lag.total
+
+
+async def drain(subscription: RedisSubscription, *, timeout: float = 0.3) -> list[Message]:
+    """Fetch and ack until a fetch comes back empty."""
+    taken: list[Message] = []
+    while batch := await subscription.fetch(100, timeout):
+        await subscription.settle(batch, [], [])
+        taken += batch
+    return taken
+
+
+# -- URL and connection -------------------------------------------------------
+
+
+def test_url_parameters_are_read_and_mistakes_name_the_fix() -> None:
+    broker = connect("redis://:s3cret@127.0.0.1:6379/2?lease=2.5&trim=0&health_check_interval=3")
+    assert isinstance(broker, RedisBroker)
+    assert (broker.options.lease, broker.options.trim_interval) == (2.5, 0.0)
+    assert broker.options.client_url == ("redis://:s3cret@127.0.0.1:6379/2?health_check_interval=3")
+    tls = connect("rediss://cache.internal:6380")
+    assert isinstance(tls, RedisBroker)
+    assert issubclass(open_pool(tls.options).connection_class, SSLConnection)
+
+    for url, words in [
+        ("redis://:s3cret@127.0.0.1:6379?lease=soon", ["lease='soon'", "redis://:***@"]),
+        ("redis://127.0.0.1:6379?lease=0", ["lease='0'", "more than 0"]),
+        ("redis://127.0.0.1:6379?trim=-1", ["trim='-1'"]),
+        ("redis://", ["has no host", "redis://[[user]:password@]host:6379"]),
+        ("redis://127.0.0.1:6379/cache", ["redis://127.0.0.1:6379/cache"]),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            connect(url)
+        assert all(word in str(caught.value) for word in words), str(caught.value)
+        assert "s3cret" not in str(caught.value)
+
+
+async def test_an_unreachable_server_is_unavailable_not_a_crash() -> None:
+    broker = RedisBroker.from_url(f"redis://:pw@127.0.0.1:{free_port()}/0")
+    with pytest.raises(BrokerUnavailable, match=r"redis://:\*\*\*@127\.0\.0\.1:\d+/0"):
+        await broker.connect()
+    await broker.close()
+
+
+# -- the data in Redis --------------------------------------------------------
+
+
+async def test_entries_are_plain_fields_and_other_writers_entries_are_read(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        sent = OutgoingMessage(b'{"n": 1}', key="k-1", headers={"h": "ü"})
+        await broker.publish(topic, [sent])
+        [(_, fields)] = await admin.xrange(topic)
+        assert fields[b"id"] == sent.id.encode() and fields[b"payload"] == b'{"n": 1}'
+        assert fields[b"key"] == b"k-1" and json.loads(fields[b"headers"]) == {"h": "ü"}
+
+        # Another tool's entry: no envelope, just a payload.
+        foreign_id = await admin.xadd(topic, {"payload": b'{"n": 2}'})
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        ours, theirs = await sub.fetch(10, 1.0)
+        assert (ours.id, ours.key, ours.headers) == (sent.id, "k-1", {"h": "ü"})
+        assert theirs.id == foreign_id.decode() and theirs.payload == b'{"n": 2}'
+        assert theirs.published_at == pytest.approx(int(foreign_id.split(b"-")[0]) / 1000)
+        assert theirs.attempt == 1
+        await sub.settle([ours, theirs], [], [])
+        assert await total_lag(sub) == 0
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+async def test_keepalive_fetch_takes_nothing_and_does_not_wait(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(5))
+        started = time.monotonic()
+        assert await sub.fetch(0, 0) == []
+        assert await sub.fetch(0, 5.0) == []
+        assert time.monotonic() - started < 0.5
+        assert await total_lag(sub) == 5
+        assert numbers(await drain(sub)) == [0, 1, 2, 3, 4]
+    finally:
+        await broker.close()
+
+
+async def test_waiting_on_an_idle_topic_stays_within_the_socket_timeout(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(f"{shared}?socket_timeout=0.3")
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        started = time.monotonic()
+        assert await sub.fetch(10, 1.0) == []
+        assert 0.9 <= time.monotonic() - started < 2.0
+        await broker.publish(topic, events(1))
+        assert numbers(await sub.fetch(10, 1.0)) == [0]
+    finally:
+        await broker.close()
+
+
+async def test_a_retry_goes_back_to_the_failing_group_only(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        billing = await broker.subscribe(topic, "billing", prefetch=10)
+        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
+        await broker.publish(topic, events(1))
+        [failed] = await billing.fetch(10, 1.0)
+        [shipped] = await shipping.fetch(10, 1.0)
+        await billing.settle([], [(failed, 0.1)], [])
+        await shipping.settle([shipped], [], [])
+
+        [again] = await billing.fetch(10, 2.0)
+        assert (again.id, again.attempt) == (failed.id, 2)
+        assert await shipping.fetch(10, 0.5) == [], "the other group got the retry too"
+        await billing.settle([again], [], [])
+        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
+    finally:
+        await broker.close()
+
+
+async def test_a_slow_member_keeps_its_messages_past_the_lease(shared: str, topic: str) -> None:
+    url = f"{shared}?lease=0.6"
+    slow_broker, other_broker = await opened(url), await opened(url)
+    try:
+        slow = await slow_broker.subscribe(topic, "billing", prefetch=10)
+        other = await other_broker.subscribe(topic, "billing", prefetch=10)
+        await slow_broker.publish(topic, events(3))
+        held = await slow.fetch(10, 1.0)
+        assert len(held) == 3
+
+        # The slow member only keeps calling fetch(0, 0), as the runtime does
+        # while its handlers run; the other must not take its messages.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            await slow.fetch(0, 0)
+            assert await other.fetch(10, 0.1) == []
+        await slow.settle(held, [], [])
+        assert await other.fetch(10, 0.8) == []
+    finally:
+        await slow_broker.close()
+        await other_broker.close()
+
+
+async def test_a_delivery_whose_reply_was_lost_comes_back_after_the_lease(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(f"{shared}?lease=0.5")
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(3))
+        # Redis delivers two entries to this member, and the reply never
+        # reaches it (a cut connection, a cancelled fetch): it must not keep
+        # them alive forever just because they are pending under its name.
+        await admin.xreadgroup("billing", sub.consumer, {topic: ">"}, count=2)
+        [third] = await sub.fetch(10, 1.0)
+        assert numbers([third]) == [2]
+
+        started = time.monotonic()
+        lost: list[Message] = []
+        while len(lost) < 2 and time.monotonic() - started < 5:
+            lost += await sub.fetch(10, 0.2)  # also keeps `third` alive meanwhile
+        assert sorted(numbers(lost)) == [0, 1] and {m.attempt for m in lost} == {2}
+        assert time.monotonic() - started >= 0.3
+        await sub.settle([third, *lost], [], [])
+        assert await total_lag(sub) == 0
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+async def test_close_releases_and_leaves_the_group(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(300))
+        held = await sub.fetch(50, 1.0)  # and 50 more are already delivered, unseen
+        assert len(held) == 50
+        consumers = await admin.xinfo_consumers(topic, "billing")
+        assert [c["name"] for c in consumers] == [sub.consumer.encode()]
+
+        await sub.close()
+
+        assert await admin.xinfo_consumers(topic, "billing") == []
+        again = await broker.subscribe(topic, "billing", prefetch=300)
+        redelivered = await drain(again)
+        assert sorted(numbers(redelivered)) == list(range(300))
+        assert {m.attempt for m in redelivered} == {1}
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+async def test_deleted_keys_are_recreated_and_consuming_goes_on(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(2))
+        assert numbers(await drain(sub)) == [0, 1]
+        await delete_keys(shared, topic)  # FLUSHDB, a failover to an empty replica, ...
+
+        await broker.publish(topic, events(2, start=2))
+        assert numbers(await drain(sub)) == [2, 3]
+    finally:
+        await broker.close()
+
+
+async def test_trimming_drops_only_what_every_group_acked(shared: str, topic: str) -> None:
+    broker = await opened(f"{shared}?trim=0")
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        done = await broker.subscribe(topic, "done", prefetch=1000)
+        behind = await broker.subscribe(topic, "behind", prefetch=1000)
+        await broker.publish(topic, events(1000))
+        assert len(await drain(done)) == 1000
+        first = await behind.fetch(600, 1.0)
+        assert numbers(first) == list(range(600))
+        kept = first[250]
+        await behind.settle(first[:250] + first[251:], [], [])  # all but #250
+
+        assert await behind.trim() > 0
+        remaining = [json.loads(f[b"payload"])["n"] for _, f in await admin.xrange(topic)]
+        assert 250 in remaining and remaining == sorted(remaining)
+        assert set(range(250, 1000)) <= set(remaining), "an unacked or undelivered entry went"
+        assert len(remaining) < 1000
+
+        assert numbers(await drain(behind)) == list(range(600, 1000))
+        await behind.settle([kept], [], [])
+        await behind.trim()
+        assert await admin.xlen(topic) < 100  # whole 100-entry nodes go: ~ trimming
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+# -- dead letters through the command line --------------------------------------
+
+
+def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
+    from millstream.cli import app
+
+    topic = f"test-{uuid.uuid4().hex[:12]}"
+    runner = CliRunner()
+
+    async def bury() -> list[str]:
+        broker = await opened(shared)
+        try:
+            sub = await broker.subscribe(topic, "orders", prefetch=10)
+            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
+            got = await sub.fetch(10, 1.0)
+            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
+            return [m.id for m in got]
+        finally:
+            await broker.close()
+
+    async def redelivered() -> list[Message]:
+        broker = await opened(shared)
+        try:
+            sub = await broker.subscribe(topic, "orders", prefetch=10)
+            return await sub.fetch(10, 1.0)
+        finally:
+            await broker.close()
+
+    try:
+        ids = asyncio.run(bury())
+        listed = runner.invoke(app, ["dlq", "list", topic, "-g", "orders", "-b", shared, "--json"])
+        assert listed.exit_code == 0, listed.output
+        letters = [json.loads(line) for line in listed.output.splitlines()]
+        assert [(x["message_id"], x["error"]) for x in letters] == [
+            (ids[1], "FatalError: poison 1"),
+            (ids[0], "FatalError: poison 0"),
+        ]
+        assert letters[1]["payload_encoding"] == "base64" and letters[1]["key"] == "k"
+        assert letters[1]["attempts"] == 1
+
+        replay = ["dlq", "replay", topic, "-g", "orders", "-b", shared, "--id", letters[1]["id"]]
+        replayed = runner.invoke(app, replay)
+        assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
+        [back] = asyncio.run(redelivered())
+        assert (back.id, back.payload, back.attempt) == (ids[0], b"\xffbin", 1)
+
+        purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "orders", "-b", shared, "-y"])
+        assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+    finally:
+        asyncio.run(delete_keys(shared, topic))
+
+
+# -- the running consumer -----------------------------------------------------------
+
+
+async def test_lag_is_reported_in_the_consumer_health(shared: str, topic: str) -> None:
+    ms = Millstream(shared)
+
+    @ms.consumer(topic, group="billing")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        consumer.pause()
+        await ms.publish_batch(topic, [{"n": i} for i in range(25)])
+        lag = await consumer.lag()
+        assert lag is not None and lag.total == 25
+
+        health = pytest.importorskip("millstream.observability.health")
+        [report] = await health.collect([consumer])
+        document = health.Health(ms.broker.url, True, False, [report]).document()
+        assert document["components"]["consumers"]["components"]["handle"]["details"]["lag"] == 25
+
+        consumer.resume()
+        await until_equal(lambda: _lag(ms), 0)
+
+
+def at_least(handled: list[int], count: int) -> Callable[[], bool]:
+    return lambda: len(set(handled)) >= count
+
+
+async def _lag(ms: Millstream) -> int | None:
+    lag = await ms.consumers["handle"].lag()
+    return None if lag is None else lag.total
+
+
+async def test_a_cut_connection_mid_stream_loses_nothing(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    url = f"redis://127.0.0.1:{proxy.port}/0?lease=1"
+    ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
+    handled: list[int] = []
+    states: list[ConsumerState] = []
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.append(event["n"])
+
+    publisher = await opened(shared)  # not through the proxy: publishing goes on
+    try:
+        async with ms:
+            consumer = ms.consumers["handle"]
+            for wave in range(4):
+                await publisher.publish(topic, events(250, start=wave * 250))
+                await until(at_least(handled, wave * 250 + 50), within=10)
+                proxy.cut()
+                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+                states.append(consumer.state)
+                await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
+            await until(lambda: len(set(handled)) == 1000, within=20)
+            await until_equal(lambda: _lag(ms), 0)
+    finally:
+        await publisher.close()
+
+    assert set(handled) == set(range(1000))
+    assert consumer.stats.reconnects >= 4
+    # Handlers in flight finish and settle over a fresh connection: few run twice.
+    assert len(handled) - 1000 <= 4 * 256
+
+
+@pytest.mark.slow
+async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        topic = "payments"
+        ms = Millstream(f"{server.url}?lease=1", reconnect_backoff=0.05, poll_timeout=0.2)
+        handled: list[int] = []
+
+        @ms.consumer(topic, group="billing", concurrency=4)
+        async def handle(event: dict[str, int]) -> None:
+            await asyncio.sleep(0.003)
+            handled.append(event["n"])
+
+        publisher = await opened(server.url)
+        try:
+            await publisher.publish(topic, events(600))
+            async with ms:
+                consumer = ms.consumers["handle"]
+                await until(lambda: len(set(handled)) >= 200, within=10)
+                server.restart(kill=True, down_for=0.5)  # SIGKILL: the AOF must carry it
+                await until(lambda: consumer.state is ConsumerState.RUNNING, within=10)
+                await publisher.publish(topic, events(100, start=600))
+                await until(lambda: len(set(handled)) == 700, within=20)
+                await until_equal(lambda: _lag(ms), 0)
+        finally:
+            await publisher.close()
+
+        assert set(handled) == set(range(700))
+        assert consumer.stats.reconnects >= 1
+
+
+# -- refused credentials ------------------------------------------------------------
+
+
+async def test_a_wrong_password_is_refused_at_connect_with_the_fix(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", password="right") as server:
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        broker = RedisBroker.from_url(url)
+        with pytest.raises(AuthenticationError) as caught:
+            await broker.connect()
+        message = str(caught.value)
+        assert f"redis://:***@127.0.0.1:{server.port}/0" in message
+        assert "refused the credentials" in message and "check the user and password" in message
+        assert "wrong" not in message.replace("WRONGPASS", "")
+        await broker.close()
+
+        ms = Millstream(f"redis://127.0.0.1:{server.port}/0")  # no password at all
+        with pytest.raises(AuthenticationError, match="wants a password: put it in the URL"):
+            await ms.start()
+        await ms.broker.close()
+
+
+async def test_an_acl_user_needs_only_the_commands_the_error_names(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        admin = redis.asyncio.Redis.from_url(server.url)
+        needed = ["+@stream", "+@sortedset", "+@scripting", "+ping", "+time", "+del"]
+        await admin.acl_setuser("app", enabled=True, passwords=["+pw"], keys=["*"], commands=needed)
+        await admin.acl_setuser(
+            "noscripts", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-evalsha"]
+        )
+        await admin.aclose()
+        base = f"127.0.0.1:{server.port}/0"
+
+        app = await opened(f"redis://app:pw@{base}?trim=0")  # no INFO: no version check
+        try:
+            sub = await app.subscribe("payments", "billing", prefetch=10)
+            await app.publish("payments", events(3))
+            first, second, third = await sub.fetch(10, 1.0)
+            await sub.settle([first], [(second, 0.0)], [(third, "FatalError: no")])
+            assert numbers(await drain(sub)) == [1]
+            await sub.trim()
+            dlq = await app.dead_letters("payments", "billing")
+            assert await dlq.replay() == 1 and numbers(await drain(sub)) == [2]
+            assert await dlq.purge() == 0 and await total_lag(sub) == 0
+            await sub.close()
+        finally:
+            await app.close()
+
+        limited = await opened(f"redis://noscripts:pw@{base}")
+        try:
+            with pytest.raises(AuthenticationError) as caught:
+                await limited.subscribe("payments", "billing", prefetch=10)
+            assert "refused a command" in str(caught.value) and "'evalsha'" in str(caught.value)
+            assert "+@stream +@sortedset +@scripting +ping +time +del" in str(caught.value)
+        finally:
+            await limited.close()
+
+
+async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(tmp_path: Path) -> None:
+    with (
+        RedisServer(tmp_path / "redis", password="right") as server,
+        TcpProxy("127.0.0.1", server.port) as proxy,
+    ):
+        proxy.pause()  # unreachable at start: the consumer keeps trying...
+        ms = Millstream(f"redis://:wrong@127.0.0.1:{proxy.port}/0", reconnect_backoff=0.05)
+
+        @ms.consumer("payments", group="billing")
+        async def handle(event: dict[str, int]) -> None:
+            pass
+
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+            proxy.resume()  # ...until the server answers, and refuses the password
+            await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
+            attempts = proxy.accepted
+            await asyncio.sleep(1.0)
+            assert proxy.accepted == attempts <= 2, "kept connecting after the refusal"
+            assert consumer.state is ConsumerState.FAILED
+            error = consumer.stats.last_error or ""
+            assert "refused the credentials" in error and "redis://:***@" in error
+
+
+async def test_a_changed_password_stops_a_running_consumer(tmp_path: Path) -> None:
+    with (
+        RedisServer(tmp_path / "redis", password="old") as server,
+        TcpProxy("127.0.0.1", server.port) as proxy,
+    ):
+        ms = Millstream(f"redis://:old@127.0.0.1:{proxy.port}/0", reconnect_backoff=0.05)
+        handled: list[int] = []
+
+        @ms.consumer("payments", group="billing")
+        async def handle(event: dict[str, int]) -> None:
+            handled.append(event["n"])
+
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await ms.publish("payments", {"n": 1})
+            await until(lambda: handled == [1])
+            admin = redis.asyncio.Redis.from_url(server.url)
+            await admin.config_set("requirepass", "new")
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            await admin.aclose()
+
+            await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
+            attempts = proxy.accepted
+            await asyncio.sleep(1.0)
+            assert proxy.accepted == attempts
+
+
+# -- several processes ------------------------------------------------------------
+
+
+def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
+    return subprocess.Popen(
+        [*command, str(log), str(sleep), "4"],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def ends(log: Path) -> list[tuple[int, int]]:
+    """(number, attempt) of every handler that finished, in the order they did."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(int(n), int(a)) for kind, n, a in (line.split() for line in lines if " " in line)
+            if kind == "end"]  # fmt: skip
+
+
+def starts(log: Path) -> set[int]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {int(line.split()[1]) for line in lines if line.startswith("start")}
+
+
+def ready(logs: list[Path]) -> bool:
+    return all(log.exists() and "ready" in log.read_text() for log in logs)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+async def test_three_processes_share_a_group_and_handle_each_message_once(
+    shared: str, topic: str, tmp_path: Path
+) -> None:
+    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
+    processes = [spawn(f"{shared}?lease=30", topic, log, sleep=0.004) for log in logs]
+    try:
+        await until(lambda: ready(logs), within=30)
+        await asyncio.sleep(0.5)  # connected and subscribed
+        publisher = await opened(shared)
+        await publisher.publish(topic, events(3000))
+        await publisher.close()
+        await until(lambda: sum(len(ends(log)) for log in logs) >= 3000, within=60)
+        await asyncio.sleep(0.3)
+    finally:
+        stop(processes)
+
+    handled = [n for log in logs for n, _ in ends(log)]
+    assert sorted(handled) == list(range(3000)), "a message was lost or handled twice"
+    assert all(ends(log) for log in logs), "a process got no work"
+
+
+@pytest.mark.slow
+async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
+    shared: str, topic: str, tmp_path: Path
+) -> None:
+    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
+    processes = [spawn(f"{shared}?lease=1", topic, log, sleep=0.01) for log in logs]
+    publisher = await opened(shared)
+    try:
+        await until(lambda: ready(logs), within=30)
+        await asyncio.sleep(0.5)
+        await publisher.publish(topic, events(3000))
+        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait(timeout=10)
+        killed_started = starts(logs[0])
+        assert 0 < len(ends(logs[0])) < 3000
+        survivors = logs[1:]
+        await until(
+            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
+        )
+        await asyncio.sleep(0.5)
+        stop(processes[1:])
+        sub = await publisher.subscribe(topic, "billing", prefetch=10)
+        assert await total_lag(sub) == 0
+    finally:
+        stop([p for p in processes[1:] if p.poll() is None])
+        await publisher.close()
+
+    survived = [(n, a) for log in survivors for n, a in ends(log)]
+    twice = Counter(n for n, _ in survived)
+    assert max(twice.values()) == 1, "the survivors handled a message twice between them"
+    everywhere = Counter(n for log in logs for n, _ in ends(log))
+    duplicates = {n for n, count in everywhere.items() if count > 1}
+    assert duplicates <= killed_started, "a duplicate that the killed process never had"
+    # What the killed process had was taken over after the lease: its second delivery.
+    assert all(a == 2 for n, a in survived if n in killed_started)
+    assert {a for _, a in survived} <= {1, 2}

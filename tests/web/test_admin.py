@@ -1,0 +1,410 @@
+"""The admin API: consumers' state and controls, and their dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from millstream import FatalError, Millstream
+from millstream.brokers.memory import MemoryHub
+from millstream.runtime import ConsumerState
+from tests.support import until
+from tests.web import SECRET, bearer, memory_app, serving
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[tuple[Millstream, httpx.AsyncClient]]:
+    """A service with one consumer, ``payments``, and a client that carries a valid token."""
+    ms = memory_app(jwt_secret=SECRET)
+
+    @ms.consumer("payments", name="payments", concurrency=2)
+    async def on_payment(event: dict[str, int]) -> None: ...
+
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        yield ms, http
+
+
+async def test_every_admin_route_needs_a_token() -> None:
+    ms = memory_app(jwt_secret=SECRET)
+
+    @ms.consumer("payments", name="payments")
+    async def on_payment(event: dict[str, int]) -> None: ...
+
+    calls = [
+        ("GET", "/admin/consumers", None),
+        ("POST", "/admin/consumers/payments/pause", None),
+        ("POST", "/admin/consumers/payments/resume", None),
+        ("PUT", "/admin/consumers/payments/concurrency", {"concurrency": 3}),
+        ("GET", "/admin/consumers/payments/dead-letters", None),
+        ("POST", "/admin/consumers/payments/dead-letters/replay", {}),
+        ("POST", "/admin/consumers/payments/dead-letters/purge", {}),
+    ]
+    async with serving(ms.fastapi()) as http:
+        for method, path, body in calls:
+            response = await http.request(method, path, json=body)
+            assert response.status_code == 401, (method, path)
+        assert ms.consumers["payments"].state is ConsumerState.RUNNING
+
+
+async def test_list_consumers_with_state_and_counters(
+    admin: tuple[Millstream, httpx.AsyncClient],
+) -> None:
+    ms, http = admin
+    await ms.publish_batch("payments", [{"n": i} for i in range(3)])
+    await until(lambda: ms.consumers["payments"].stats.acked == 3)
+    await until(lambda: ms.consumers["payments"].inflight == 0)  # settled, not only handled
+    response = await http.get("/admin/consumers")
+    assert response.status_code == 200
+    assert response.json() == [
+        {
+            "name": "payments",
+            "topic": "payments",
+            "group": "payments",
+            "state": "RUNNING",
+            "concurrency": 2,
+            "inflight": 0,
+            "consumed": 3,
+            "acked": 3,
+            "retried": 0,
+            "dead": 0,
+            "last_error": None,
+        }
+    ]
+
+
+async def test_pause_and_resume_with_409_for_changes_that_make_no_sense() -> None:
+    ms = memory_app(jwt_secret=SECRET)
+    handled: list[int] = []
+
+    @ms.consumer("payments", name="payments")
+    async def on_payment(event: dict[str, int]) -> None:
+        handled.append(event["n"])
+
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        paused = await http.post("/admin/consumers/payments/pause")
+        assert (paused.status_code, paused.json()["state"]) == (200, "PAUSED")
+        again = await http.post("/admin/consumers/payments/pause")
+        assert again.status_code == 409
+        assert again.json() == {"detail": "consumer 'payments' is paused"}
+
+        await asyncio.sleep(0.1)  # a fetch in progress when paused returns empty
+        await ms.publish_batch("payments", [{"n": i} for i in range(5)])
+        await asyncio.sleep(0.2)
+        assert handled == []
+
+        resumed = await http.post("/admin/consumers/payments/resume")
+        assert (resumed.status_code, resumed.json()["state"]) == (200, "RUNNING")
+        await until(lambda: sorted(handled) == list(range(5)))
+        again = await http.post("/admin/consumers/payments/resume")
+        assert again.status_code == 409
+        assert again.json() == {"detail": "consumer 'payments' is not paused"}
+
+
+async def test_changes_to_a_stopped_or_failed_consumer_are_409(
+    admin: tuple[Millstream, httpx.AsyncClient],
+) -> None:
+    ms, http = admin
+    consumer = ms.consumers["payments"]
+    await consumer.stop()
+    for path in ("pause", "concurrency"):
+        method = "PUT" if path == "concurrency" else "POST"
+        body = {"concurrency": 4} if path == "concurrency" else None
+        response = await http.request(method, f"/admin/consumers/payments/{path}", json=body)
+        assert response.status_code == 409, path
+        assert response.json()["detail"] == "consumer 'payments' is STOPPED; it cannot change now"
+    assert consumer.concurrency == 2
+    assert not consumer.paused
+
+    consumer.state = ConsumerState.FAILED
+    response = await http.post("/admin/consumers/payments/pause")
+    assert response.status_code == 409
+    assert "FAILED" in response.json()["detail"]
+
+
+async def test_unknown_consumer_is_404_naming_the_known_ones(
+    admin: tuple[Millstream, httpx.AsyncClient],
+) -> None:
+    _, http = admin
+    calls = [
+        ("POST", "/admin/consumers/refunds/pause", None),
+        ("POST", "/admin/consumers/refunds/resume", None),
+        ("PUT", "/admin/consumers/refunds/concurrency", {"concurrency": 2}),
+        ("GET", "/admin/consumers/refunds/dead-letters", None),
+        ("POST", "/admin/consumers/refunds/dead-letters/replay", {}),
+        ("POST", "/admin/consumers/refunds/dead-letters/purge", {}),
+    ]
+    for method, path, body in calls:
+        response = await http.request(method, path, json=body)
+        assert response.status_code == 404, (method, path)
+        assert response.json() == {"detail": "no consumer named 'refunds'; known: payments"}
+
+
+async def test_concurrency_change_takes_effect_while_running() -> None:
+    ms = memory_app(jwt_secret=SECRET)
+    active = 0
+    peak = 0
+
+    @ms.consumer("payments", name="payments", concurrency=1, max_inflight=64)
+    async def on_payment(event: dict[str, int]) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.005)
+        active -= 1
+
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        consumer = ms.consumers["payments"]
+        await ms.publish_batch("payments", [{"n": i} for i in range(400)])
+        await until(lambda: consumer.stats.acked >= 20)
+        assert peak == 1
+        response = await http.put("/admin/consumers/payments/concurrency", json={"concurrency": 8})
+        assert response.status_code == 200
+        assert response.json()["concurrency"] == 8
+        peak = 0
+        await until(lambda: peak == 8, within=5)
+        await until(lambda: consumer.stats.acked == 400)
+        listed = (await http.get("/admin/consumers")).json()[0]
+        assert listed["concurrency"] == 8
+
+
+async def test_concurrency_bad_input_is_422_with_the_field_errors(
+    admin: tuple[Millstream, httpx.AsyncClient],
+) -> None:
+    ms, http = admin
+    path = "/admin/consumers/payments/concurrency"
+
+    malformed = await http.put(
+        path, content=b'{"concurrency": ', headers={"content-type": "application/json"}
+    )
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"][0]["type"] == "json_invalid"
+
+    wrong_type = await http.put(path, json={"concurrency": "many"})
+    assert wrong_type.status_code == 422
+    (error,) = wrong_type.json()["detail"]
+    assert (error["loc"], error["type"]) == (["body", "concurrency"], "int_parsing")
+
+    for bad in (0, -3, 5000):
+        response = await http.put(path, json={"concurrency": bad})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"] == ["body", "concurrency"]
+
+    missing = await http.put(path, json={})
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["type"] == "missing"
+
+    no_body = await http.put(path)
+    assert no_body.status_code == 422
+
+    not_an_object = await http.put(path, json=[8])
+    assert not_an_object.status_code == 422
+
+    not_utf8 = await http.put(
+        path, content=b'{"concurrency": "\xff"}', headers={"content-type": "application/json"}
+    )
+    assert not_utf8.status_code == 422
+    (error,) = not_utf8.json()["detail"]
+    assert (error["type"], error["loc"]) == ("json_invalid", ["body"])
+    assert "not UTF-8" in error["ctx"]["error"]
+    assert ms.consumers["payments"].concurrency == 2
+
+
+# -- dead letters --------------------------------------------------------------
+
+
+class Healed:
+    """Whether the consumer has been fixed, and when it handled what after that."""
+
+    def __init__(self) -> None:
+        self.now = False
+        self.arrivals: list[float] = []
+
+
+def dlq_app(**settings: object) -> tuple[Millstream, Healed, list[int]]:
+    """A consumer that dead-letters every message until ``healed.now`` is true."""
+    ms = memory_app(jwt_secret=SECRET, settle_interval=0.001, **settings)
+    healed = Healed()
+    handled: list[int] = []
+
+    @ms.consumer("payments", name="payments")
+    async def on_payment(event: dict[str, int]) -> None:
+        if not healed.now:
+            raise FatalError(f"payment {event['n']} refers to no order")
+        healed.arrivals.append(time.monotonic())
+        handled.append(event["n"])
+
+    return ms, healed, handled
+
+
+async def letters(http: httpx.AsyncClient, **params: int) -> dict[str, object]:
+    response = await http.get("/admin/consumers/payments/dead-letters", params=params)
+    assert response.status_code == 200
+    page: dict[str, object] = response.json()
+    return page
+
+
+async def test_dead_letters_are_listed_newest_first_paged_with_reason_and_attempts() -> None:
+    ms, _, _ = dlq_app()
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        for n in range(5):
+            await ms.publish("payments", {"n": n}, key=f"order-{n}", headers={"source": "test"})
+            await until(lambda n=n: ms.consumers["payments"].stats.dead == n + 1)
+        await ms.publish("payments", b"\xff\xfe not json")
+        await until(lambda: ms.consumers["payments"].stats.dead == 6)
+
+        page = await letters(http, limit=2)
+        assert page["total"] == 6
+        items = page["items"]
+        assert isinstance(items, list) and len(items) == 2
+        binary, newest = items
+        assert binary["payload_encoding"] == "base64"
+        assert base64.b64decode(binary["payload"]) == b"\xff\xfe not json"
+        assert "does not validate" in binary["error"]
+        assert newest["payload_encoding"] == "utf-8"
+        assert newest["payload"] == '{"n":4}'
+        assert newest["error"] == "FatalError: payment 4 refers to no order"
+        assert newest["attempts"] == 1
+        assert newest["key"] == "order-4"
+        assert newest["headers"]["source"] == "test"
+        assert newest["failed_at"] <= time.time()
+
+        rest = await letters(http, limit=2, offset=2)
+        assert [item["payload"] for item in rest["items"]] == ['{"n":3}', '{"n":2}']  # type: ignore[index, union-attr]
+        beyond = await letters(http, offset=100)
+        assert beyond == {"total": 6, "items": []}
+
+        for params in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "ten"}):
+            bad = await http.get("/admin/consumers/payments/dead-letters", params=params)
+            assert bad.status_code == 422, params
+
+
+async def test_replay_all_dead_letters_back_into_the_group() -> None:
+    ms, healed, handled = dlq_app()
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        await ms.publish_batch("payments", [{"n": n} for n in range(5)])
+        await until(lambda: ms.consumers["payments"].stats.dead == 5)
+        healed.now = True
+        response = await http.post("/admin/consumers/payments/dead-letters/replay", json={})
+        assert response.json() == {"replayed": 5}
+        await until(lambda: sorted(handled) == list(range(5)))
+        assert (await letters(http))["total"] == 0
+        again = await http.post("/admin/consumers/payments/dead-letters/replay", json={"ids": None})
+        assert again.json() == {"replayed": 0}
+
+
+async def test_replay_and_purge_chosen_letters() -> None:
+    ms, healed, handled = dlq_app()
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        await ms.publish_batch("payments", [{"n": n} for n in range(6)])
+        await until(lambda: ms.consumers["payments"].stats.dead == 6)
+        page = await letters(http)
+        ids = {item["payload"]: item["id"] for item in page["items"]}  # type: ignore[union-attr]
+        healed.now = True
+
+        chosen = [ids['{"n":1}'], ids['{"n":4}'], "no-such-letter"]
+        replayed = await http.post(
+            "/admin/consumers/payments/dead-letters/replay", json={"ids": chosen}
+        )
+        assert replayed.json() == {"replayed": 2}
+        await until(lambda: sorted(handled) == [1, 4])
+
+        purged = await http.post(
+            "/admin/consumers/payments/dead-letters/purge", json={"ids": [ids['{"n":0}']]}
+        )
+        assert purged.json() == {"purged": 1}
+        left = await letters(http)
+        assert [i["payload"] for i in left["items"]] == ['{"n":5}', '{"n":3}', '{"n":2}']  # type: ignore[union-attr]
+
+        everything = await http.post("/admin/consumers/payments/dead-letters/purge", json={})
+        assert everything.json() == {"purged": 3}
+        assert (await letters(http))["total"] == 0
+        await asyncio.sleep(0.1)
+        assert sorted(handled) == [1, 4]  # purged letters are gone, not replayed
+
+
+async def test_dead_letter_selection_bad_input_is_422(
+    admin: tuple[Millstream, httpx.AsyncClient],
+) -> None:
+    _, http = admin
+    for path in ("replay", "purge"):
+        url = f"/admin/consumers/payments/dead-letters/{path}"
+        assert (await http.post(url, json={"ids": "all"})).status_code == 422
+        assert (await http.post(url, json={"ids": [1, {"x": 2}]})).status_code == 422
+        malformed = await http.post(
+            url, content=b"{ids:", headers={"content-type": "application/json"}
+        )
+        assert malformed.status_code == 422
+
+
+async def test_replay_is_capped_at_the_configured_rate() -> None:
+    rate, total = 40, 100
+    ms, healed, handled = dlq_app(dlq_replay_rate=rate)
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        await ms.publish_batch("payments", [{"n": n} for n in range(total)])
+        await until(lambda: ms.consumers["payments"].stats.dead == total)
+        healed.now = True
+        started = time.monotonic()
+        response = await http.post("/admin/consumers/payments/dead-letters/replay", json={})
+        elapsed = time.monotonic() - started
+        assert response.json() == {"replayed": total}
+        await until(lambda: len(handled) == total)
+
+    # At most `rate` letters in any one second: 100 at 40/s takes at least 1.5 s.
+    assert elapsed >= (total - rate) / rate * 0.95, f"replayed {total} in {elapsed:.2f}s"
+    arrivals = sorted(healed.arrivals)
+    for i, moment in enumerate(arrivals):
+        within_a_second = [t for t in arrivals[i:] if t - moment < 0.95]
+        assert len(within_a_second) <= rate, f"{len(within_a_second)} letters within a second"
+
+
+async def test_replay_of_chosen_ids_is_capped_too() -> None:
+    rate = 30
+    ms, healed, _ = dlq_app(dlq_replay_rate=rate)
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        await ms.publish_batch("payments", [{"n": n} for n in range(60)])
+        await until(lambda: ms.consumers["payments"].stats.dead == 60)
+        page = await letters(http, limit=1000)
+        ids = [item["id"] for item in page["items"]]  # type: ignore[union-attr]
+        healed.now = True
+        started = time.monotonic()
+        response = await http.post(
+            "/admin/consumers/payments/dead-letters/replay", json={"ids": ids}
+        )
+        elapsed = time.monotonic() - started
+        assert response.json() == {"replayed": 60}
+        assert elapsed >= 0.95, f"replayed 60 at {rate}/s in {elapsed:.2f}s"
+
+
+async def test_dead_letters_of_a_shared_hub_are_per_group() -> None:
+    hub = MemoryHub()
+    ms = memory_app(hub, jwt_secret=SECRET)
+
+    @ms.consumer("payments", name="strict")
+    async def strict(event: dict[str, int]) -> None:
+        raise FatalError("never")
+
+    @ms.consumer("payments", name="lenient")
+    async def lenient(event: dict[str, int]) -> None: ...
+
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        await ms.publish("payments", {"n": 1})
+        await until(lambda: ms.consumers["strict"].stats.dead == 1)
+        await until(lambda: ms.consumers["lenient"].stats.acked == 1)
+        strict_page = await http.get("/admin/consumers/strict/dead-letters")
+        lenient_page = await http.get("/admin/consumers/lenient/dead-letters")
+        assert strict_page.json()["total"] == 1
+        assert lenient_page.json() == {"total": 0, "items": []}
