@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 import redis.asyncio
 
-from bench.events import OrderEvent, order_events
+from bench.events import order_events
+from bench.scenarios import timed_consume
 from millstream import Millstream
 
 Row = dict[str, Any]
@@ -86,24 +87,8 @@ async def millstream(n: int) -> Row:
 
 
 async def _consume(ms: Millstream, stream: str, n: int) -> float:
-    done = asyncio.Event()
-    count = 0
-    totals: dict[str, int] = {}
-
-    @ms.consumer(stream, group="bench", concurrency=8)
-    async def handle(event: OrderEvent) -> None:
-        nonlocal count
-        totals[event.status] = totals.get(event.status, 0) + event.amount
-        count += 1
-        if count >= n:
-            done.set()
-
-    started = time.perf_counter()
-    async with ms:
-        await done.wait()
-        await _settled(lambda: ms.consumers["handle"].inflight == 0)
-        elapsed = time.perf_counter() - started
-    return n / elapsed
+    _, acked = await timed_consume(ms, stream, n)
+    return n / acked
 
 
 async def _fill(stream: str, n: int) -> None:
@@ -115,11 +100,6 @@ async def _fill(stream: str, n: int) -> None:
             await ms.publish_batch(stream, order_events(start, min(CHUNK, n - start)))
     finally:
         await ms.broker.close()
-
-
-async def _settled(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 - polling a counter, no event to wait on
-        await asyncio.sleep(0.001)
 
 
 async def _delete(*streams: str) -> None:

@@ -33,16 +33,15 @@ async def publish_all(ms: Millstream, topic: str, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def consume_all(url: str, n: int, *, key: str | None, concurrency: int) -> Row:
-    """Publish ``n`` events, then time a pydantic handler consuming them at-least-once."""
-    ms = Millstream(url)
+async def timed_consume(
+    ms: Millstream, topic: str, n: int, *, key: str | None = None, concurrency: int = 8
+) -> tuple[float, float]:
+    """Seconds for a pydantic handler to handle ``n`` waiting events, and to have them acked."""
     done = asyncio.Event()
     count = 0
     totals: dict[str, int] = {}
-    await ms.broker.connect()
-    publish_rate = await publish_all(ms, "orders", n)
 
-    @ms.consumer("orders", group="bench", concurrency=concurrency, key=key)
+    @ms.consumer(topic, group="bench", concurrency=concurrency, key=key)
     async def handle(event: OrderEvent) -> None:
         nonlocal count
         totals[event.status] = totals.get(event.status, 0) + event.amount
@@ -53,13 +52,22 @@ async def consume_all(url: str, n: int, *, key: str | None, concurrency: int) ->
     started = time.perf_counter()
     async with ms:
         await done.wait()
-        elapsed = time.perf_counter() - started
+        handled = time.perf_counter() - started
         await settled(ms.consumers["handle"])  # the acks are part of the job
-        with_acks = time.perf_counter() - started
+        acked = time.perf_counter() - started
+    return handled, acked
+
+
+async def consume_all(url: str, n: int, *, key: str | None, concurrency: int) -> Row:
+    """Publish ``n`` events, then time a pydantic handler consuming them at-least-once."""
+    ms = Millstream(url)
+    await ms.broker.connect()
+    publish_rate = await publish_all(ms, "orders", n)
+    handled, acked = await timed_consume(ms, "orders", n, key=key, concurrency=concurrency)
     return {
         "publish_msgs_s": publish_rate,
-        "consume_msgs_s": n / with_acks,
-        "handled_msgs_s": n / elapsed,
+        "consume_msgs_s": n / acked,
+        "handled_msgs_s": n / handled,
         "peak_rss_mb": peak_rss_mb(),
     }
 
