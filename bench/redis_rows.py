@@ -137,5 +137,12 @@ SCENARIOS: dict[str, Callable[[int], Awaitable[Row]]] = {
     "redis-raw": raw,
     "redis": millstream,
 }
+CLIENT = "redis"
+RATIOS = {"consume_msgs_s": 0.5, "publish_msgs_s": 0.5}  # millstream / raw redis-py
+TITLE = "Redis Streams"
+CAPTION = (
+    "raw: XREADGROUP COUNT 256, orjson, dict update, one XACK per batch; pipelined XADD. "
+    "millstream: pydantic handler, at-least-once, default settings; publish_batch."
+)
 
-__all__ = ["SCENARIOS", "URL", "reachable"]
+__all__ = ["CAPTION", "CLIENT", "RATIOS", "SCENARIOS", "TITLE", "URL", "reachable"]

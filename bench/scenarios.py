@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import resource
 import sys
@@ -124,12 +125,15 @@ def scenarios(workdir: Path, name: str) -> dict[str, Callable[[int], Awaitable[R
         "sqlite": lambda n: consume_all(sqlite, n, key=None, concurrency=8),
         "sqlite-backlog": lambda n: backlog(sqlite, n),
     }
-    if name.startswith("redis"):
-        # Only here: the other rows must run without the redis extra installed.
-        from bench.redis_rows import SCENARIOS
-
-        rows.update(SCENARIOS)
+    broker = name.removesuffix("-raw")
+    if broker in BROKER_ROWS:
+        # Only here: the other rows must run without that broker's client installed.
+        rows.update(importlib.import_module(f"bench.{broker}_rows").SCENARIOS)
     return rows
+
+
+BROKER_ROWS = ("redis", "rabbitmq", "nats", "kafka")
+"""Brokers with a ``bench/<name>_rows.py``: rows ``<name>-raw`` and ``<name>``, same run."""
 
 
 def main() -> None:

@@ -26,13 +26,17 @@ __all__ = [
     "redact",
 ]
 
-# scheme -> (module, factory attribute). Imported lazily so that a user of one
-# broker never needs another's client library installed.
-_ADAPTERS: dict[str, tuple[str, str]] = {
-    "memory": ("millstream.brokers.memory", "MemoryBroker"),
-    "sqlite": ("millstream.brokers.sqlite", "SqliteBroker"),
-    "redis": ("millstream.brokers.redis", "RedisBroker"),
-    "rediss": ("millstream.brokers.redis", "RedisBroker"),
+# scheme -> (module, factory attribute, pip extra). Imported lazily so that a
+# user of one broker never needs another's client library installed.
+_ADAPTERS: dict[str, tuple[str, str, str]] = {
+    "memory": ("millstream.brokers.memory", "MemoryBroker", ""),
+    "sqlite": ("millstream.brokers.sqlite", "SqliteBroker", ""),
+    "redis": ("millstream.brokers.redis", "RedisBroker", "redis"),
+    "rediss": ("millstream.brokers.redis", "RedisBroker", "redis"),
+    "amqp": ("millstream.brokers.rabbitmq", "RabbitMqBroker", "rabbitmq"),
+    "amqps": ("millstream.brokers.rabbitmq", "RabbitMqBroker", "rabbitmq"),
+    "nats": ("millstream.brokers.nats", "NatsBroker", "nats"),
+    "kafka": ("millstream.brokers.kafka", "KafkaBroker", "kafka"),
 }
 
 _EXPECTED = (
@@ -59,14 +63,14 @@ def connect(url: str) -> Broker:
         raise ConfigError(
             f"broker URL {url!r} has an unsupported scheme {scheme!r}; expected one of {_EXPECTED}"
         )
-    module_name, attribute = entry
+    module_name, attribute, extra = entry
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
             f"broker URL {url!r} needs the {scheme} adapter, which could not be imported "
             f"({exc}); install millstream with the matching extra, e.g. "
-            f"pip install 'millstream[{scheme}]'"
+            f"pip install 'millstream[{extra}]'"
         ) from exc
     factory = getattr(module, attribute)
     broker: Broker = factory.from_url(url)

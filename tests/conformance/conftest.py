@@ -9,6 +9,7 @@ joins the suite by adding a factory here; the tests do not change.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,12 @@ FACTORIES: dict[str, Callable[[Path], BrokerFactory]] = {
     "sqlite": _sqlite,
     "redis": _redis,
 }
+
+# Further adapters bring their factory in a module of their own,
+# ``tests/conformance/factory_<name>.py``, exposing ``factory(tmp_path)``.
+for _module in sorted(Path(__file__).parent.glob("factory_*.py")):
+    _name = _module.stem.removeprefix("factory_")
+    FACTORIES[_name] = importlib.import_module(f"tests.conformance.{_module.stem}").factory
 
 
 @pytest.fixture(params=list(FACTORIES))
