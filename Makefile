@@ -20,7 +20,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## make demo: the order-payments demo on the embedded SQLite broker
+## make demo: the example order service with simulated payments at http://127.0.0.1:8080
 demo: install
 	$(BIN)/millstream demo
 
@@ -29,8 +29,8 @@ test: install-test lint
 	$(BIN)/pytest
 
 lint: install-test
-	$(BIN)/ruff check millstream tests bench
-	$(BIN)/mypy millstream
+	$(BIN)/ruff check millstream tests bench examples
+	$(BIN)/mypy millstream examples
 
 ## make bench: throughput and memory, printed as a table
 bench: install

@@ -14,11 +14,13 @@ from millstream.errors import (
     FatalError,
     MillstreamError,
     RetryableError,
+    StoreError,
 )
 from millstream.message import Message, OutgoingMessage
 from millstream.retry import Retry, RetryPolicy
 from millstream.runtime import ConsumerRuntime, ConsumerState
 from millstream.settings import Settings
+from millstream.store import Store, Transaction
 
 __all__ = [
     "AuthenticationError",
@@ -41,7 +43,10 @@ __all__ = [
     "RetryPolicy",
     "RetryableError",
     "Settings",
+    "Store",
+    "StoreError",
     "Subscription",
+    "Transaction",
     "connect",
 ]
 __version__ = "0.1.0"

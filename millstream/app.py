@@ -17,16 +17,20 @@ from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.message import OutgoingMessage
 from millstream.retry import RetryPolicy
 from millstream.runtime.consumer import ConsumerRuntime
-from millstream.runtime.handler import Handler, HandlerLink
+from millstream.runtime.handler import Handler, HandlerLink, wants_transaction
 from millstream.runtime.spec import ConsumerSpec, KeySpec
 from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
+from millstream.store import Store, open_store
+from millstream.store.handlers import in_transaction
+from millstream.store.outbox import OutboxRelay
 
 __all__ = ["Millstream", "Publish", "PublishLink", "encode"]
 
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
 
+    from millstream.cache import Cache, InvalidationBus
     from millstream.web.service import Service
 
 log = logging.getLogger("millstream")
@@ -81,6 +85,10 @@ class Millstream:
         self._publish: Publish = self.broker.publish
         self._started = False
         self._web: Any = None
+        self._store: Store | None = None
+        self._relay: OutboxRelay | None = None
+        self._caches: dict[str, Cache[Any]] = {}
+        self._bus: InvalidationBus | None = None
 
     # -- declaring consumers -------------------------------------------------
 
@@ -98,6 +106,7 @@ class Millstream:
         timeout: float | None = None,
         prefetch: int | None = None,
         max_inflight: int | None = None,
+        idempotent: bool = False,
     ) -> Callable[[H], H]:
         """Register the decorated function as the handler of ``topic`` in ``group``.
 
@@ -106,6 +115,12 @@ class Millstream:
         callable taking the ``Message``, or ``None`` for the key given to
         ``publish``. The handler's signature is checked here, not at the
         first message.
+
+        A handler with a ``tx: Transaction`` parameter runs inside a store
+        transaction that commits when it returns. ``idempotent=True`` also
+        records the message id in that transaction, so a redelivered
+        message (a crash after the commit, before the ack) has no second
+        effect.
         """
 
         def register(handler: H) -> H:
@@ -121,6 +136,9 @@ class Millstream:
                     "give this one a different name= "
                 )
             policy = (retry or RetryPolicy()).with_errors(retry_on, dead_on)
+            links: tuple[HandlerLink, ...] = ()
+            if idempotent or wants_transaction(handler):
+                links = (in_transaction(self.store, idempotent=idempotent),)
             self._specs[consumer_name] = ConsumerSpec(
                 name=consumer_name,
                 topic=topic,
@@ -132,6 +150,7 @@ class Millstream:
                 timeout=timeout,
                 prefetch=prefetch,
                 max_inflight=max_inflight,
+                links=links,
             )
             return handler
 
@@ -144,6 +163,41 @@ class Millstream:
     def add_publish_link(self, link: PublishLink) -> None:
         """Wrap every publish in ``link``; the one added last runs first."""
         self._publish = link(self._publish)
+
+    # -- state: the store, the outbox and caches --------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The state store (``store_url``), opened at start with its schema, once used."""
+        if self._store is None:
+            self._store = open_store(self.settings.store_url)
+        return self._store
+
+    def cache(self, name: str, *, ttl: float = 30.0, max_entries: int = 10_000) -> Cache[Any]:
+        """A read cache named ``name``, invalidated on every instance (``cache_url``)."""
+        if name in self._caches:
+            raise ConfigError(f"a cache named {name!r} already exists; give this one another name")
+        from millstream.cache import Cache, open_bus
+
+        if self._bus is None:
+            self._bus = open_bus(self.settings.cache_url)
+        cache: Cache[Any] = Cache(name, ttl=ttl, max_entries=max_entries, bus=self._bus)
+        self._caches[name] = cache
+        return cache
+
+    @property
+    def caches(self) -> Mapping[str, Cache[Any]]:
+        return self._caches
+
+    @property
+    def opened_store(self) -> Store | None:
+        """The store if this app uses one (and opens it at start), without creating it."""
+        return self._store
+
+    @property
+    def relay(self) -> OutboxRelay | None:
+        """The outbox relay, running while the app is started with a store."""
+        return self._relay
 
     # -- the web side (imported lazily: nothing below millstream.web needs FastAPI) --
 
@@ -193,6 +247,7 @@ class Millstream:
         """
         if self._started:
             return
+        await self._open_state()
         try:
             await self.broker.connect()
         except BrokerUnavailable as exc:
@@ -221,8 +276,38 @@ class Millstream:
             for consumer, result in zip(self._consumers.values(), results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("consumer %s did not stop cleanly: %r", consumer.name, result)
+            await self._close_state()
         finally:
             await self.broker.close()
+
+    async def _open_state(self) -> None:
+        """Open the store (schema included) and start the relay, if the app uses them."""
+        if self._bus is not None:
+            await self._bus.start()
+        if self._store is None:
+            return
+        await self._store.open()
+        settings = self.settings
+        self._relay = OutboxRelay(
+            self._store,
+            lambda topic, messages: self._publish(topic, messages),
+            self.broker.connect,
+            batch=settings.outbox_batch,
+            poll_interval=settings.outbox_poll_interval,
+            processed_retention=settings.idempotency_retention,
+        )
+        self._relay.start()
+
+    async def _close_state(self) -> None:
+        """After the consumers: flush the outbox, close the store and the cache bus."""
+        try:
+            if self._relay is not None:
+                await self._relay.stop()
+            if self._store is not None:
+                await self._store.close()
+        finally:
+            if self._bus is not None:
+                await self._bus.close()
 
     async def __aenter__(self) -> Millstream:
         await self.start()

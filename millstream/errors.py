@@ -8,6 +8,7 @@
     ├── BrokerError              anything the broker or its client library reported
     │   ├── BrokerUnavailable    connection lost or refused: the supervisor reconnects
     │   └── AuthenticationError  credentials or permissions refused: the consumer FAILS
+    ├── StoreError               the state store failed: a handler's message is retried
     └── HandlerError             raised from (or for) a user handler
         ├── RetryableError       try again later, with backoff
         └── FatalError           can never succeed: straight to the dead-letter queue
@@ -32,6 +33,7 @@ __all__ = [
     "HandlerSignatureError",
     "MillstreamError",
     "RetryableError",
+    "StoreError",
 ]
 
 
@@ -63,6 +65,10 @@ class AuthenticationError(BrokerError):
     """The broker refused the credentials or a permission; retrying will not help."""
 
     retriable = False
+
+
+class StoreError(MillstreamError):
+    """The state store failed (unreachable, not open, or the database reported an error)."""
 
 
 class HandlerError(MillstreamError):

@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     dlq_replay_rate: float = Field(
         500.0, gt=0, description="dead letters replayed per second at most"
     )
+    store_url: str = Field(
+        "sqlite:///./.millstream/state.db",
+        description="the state store: sqlite:///path or postgresql://user:pass@host:5432/db",
+    )
+    outbox_batch: int = Field(500, ge=1, le=10_000, description="outbox rows published per batch")
+    outbox_poll_interval: float = Field(
+        0.5, gt=0, le=60, description="seconds between outbox checks when nothing woke the relay"
+    )
+    idempotency_retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds a processed message id is remembered (longer than any redelivery)",
+    )
+    cache_url: str | None = Field(
+        None,
+        description="redis:// URL carrying cache invalidations between instances "
+        "(in-process only when unset)",
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

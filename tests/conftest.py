@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,3 +28,30 @@ def require_service(name: str, host: str, port: int) -> None:
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="millstream")
+
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A database no other test uses, dropped afterwards."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import asyncio
+
+    import asyncpg
+
+    name = f"ms_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

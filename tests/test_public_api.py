@@ -27,7 +27,10 @@ def test_public_names() -> None:
         "RetryPolicy",
         "RetryableError",
         "Settings",
+        "Store",
+        "StoreError",
         "Subscription",
+        "Transaction",
         "connect",
     ]
     for name in millstream.__all__:

@@ -7,14 +7,17 @@ and exits 2; a broker error exits 1; Ctrl-C stops a command gracefully.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
 
 from millstream.cli import consume, dlq, produce, serve
-from millstream.cli.common import BrokerOption, app, run, stdout
-from millstream.demo import run_demo, summary
+from millstream.cli.common import app, fail, stdout
+from millstream.cli.serve import LogFormat, serve_app
+from millstream.demo import banner, prepare_demo
+from millstream.errors import ConfigError
+from millstream.observability.logs import configure_logging
+from millstream.settings import load_settings
 
 __all__ = ["app", "consume", "dlq", "main", "produce", "serve"]
 
@@ -22,21 +25,30 @@ __all__ = ["app", "consume", "dlq", "main", "produce", "serve"]
 @app.command()
 def demo(
     ctx: typer.Context,
-    broker: BrokerOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
     rate: Annotated[
-        float, typer.Option("--rate", min=0.1, help="Payment events published per second.")
-    ] = 100.0,
-    duration: Annotated[
-        float | None,
-        typer.Option("--duration", min=0.1, help="Seconds to run (default: until Ctrl-C)"),
-    ] = None,
+        float,
+        typer.Option("--rate", min=0.1, help="Orders the simulated customers place a second."),
+    ] = 5.0,
+    poison_every: Annotated[
+        int, typer.Option("--poison-every", min=2, help="Every Nth payment event is poison.")
+    ] = 25,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", envvar="MILLSTREAM_LOG_FORMAT", case_sensitive=False),
+    ] = LogFormat.TEXT,
 ) -> None:
-    """Run an order service fed simulated payments, some poison, with a live dashboard."""
-    if ctx.obj is None:  # the dashboard shows retries and dead letters; logs would repeat them
-        logging.getLogger("millstream").setLevel(logging.CRITICAL + 1)
-    out = stdout()
-    final = run(run_demo(broker, rate=rate, duration=duration, console=out))
-    out.print(summary(final))
+    """Run the example order service with simulated payments at http://127.0.0.1:8080."""
+    level = ctx.find_root().obj
+    configure_logging((level or "WARNING").upper(), log_format.value, root=True)
+    try:
+        served, token = prepare_demo(rate=rate, poison_every=poison_every)
+        drain = load_settings().drain_timeout
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    banner(stdout(), f"http://{host}:{port}", token)
+    serve_app(served, host, port, drain)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ the consumers and flushes their acks; the process exits 0.
 from __future__ import annotations
 
 import enum
+import os
 import signal
+import sys
 from types import FrameType
 from typing import Annotated, Any
 
@@ -20,7 +22,7 @@ from millstream.cli.common import app, fail
 from millstream.observability.logs import configure_logging
 from millstream.settings import load_settings
 
-__all__ = ["run_command"]
+__all__ = ["LogFormat", "run_command", "serve_app"]
 
 
 class LogFormat(enum.StrEnum):
@@ -85,7 +87,30 @@ def run_command(
         drain = load_settings().drain_timeout
     except Exception as exc:  # a ConfigError: one line, exit 2
         fail(str(exc), code=2)
-    options: dict[str, Any] = {
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as uvicorn does: module:app names a local module
+    if workers > 1 or reload:
+        # uvicorn's supervisor owns the processes; each drains in its lifespan.
+        uvicorn.run(target, workers=workers, reload=reload, **_options(host, port, drain))
+        return
+    try:
+        loaded = import_from_string(target)
+    except ImportFromStringError as exc:
+        fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. app.main:app", 2)
+    serve_app(loaded, host, port, drain)
+
+
+def serve_app(loaded: Any, host: str, port: int, drain: float) -> None:
+    """Serve the ASGI app ``loaded`` until SIGTERM or SIGINT, then drain; exit 1 if it never
+    started."""
+    server = _DrainingServer(uvicorn.Config(loaded, **_options(host, port, drain)), loaded)
+    server.run_to_a_clean_exit()
+    if server.started is False and not server.should_exit:
+        raise typer.Exit(1)
+
+
+def _options(host: str, port: int, drain: float) -> dict[str, Any]:
+    return {
         "host": host,
         "port": port,
         "timeout_graceful_shutdown": int(drain) + 1,
@@ -93,15 +118,3 @@ def run_command(
         "log_config": None,  # keep the handlers configure_logging installed
         "lifespan": "on",
     }
-    if workers > 1 or reload:
-        # uvicorn's supervisor owns the processes; each drains in its lifespan.
-        uvicorn.run(target, workers=workers, reload=reload, **options)
-        return
-    try:
-        loaded = import_from_string(target)
-    except ImportFromStringError as exc:
-        fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. app.main:app", 2)
-    server = _DrainingServer(uvicorn.Config(loaded, **options), loaded)
-    server.run_to_a_clean_exit()
-    if server.started is False and not server.should_exit:
-        raise typer.Exit(1)

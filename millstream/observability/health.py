@@ -14,8 +14,9 @@ from typing import Any
 
 from millstream.brokers.base import Lag
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
+from millstream.store.base import Store
 
-__all__ = ["ConsumerReport", "Health", "collect", "consumer_status"]
+__all__ = ["ConsumerReport", "Health", "StoreReport", "check_store", "collect", "consumer_status"]
 
 UP, DOWN, OUT_OF_SERVICE = "UP", "DOWN", "OUT_OF_SERVICE"
 
@@ -60,6 +61,28 @@ async def collect(consumers: list[ConsumerRuntime], timeout: float = 1.0) -> lis
 
 
 @dataclass(frozen=True)
+class StoreReport:
+    """The state store at one moment: answering or not, and its outbox backlog."""
+
+    url: str
+    status: str
+    outbox_pending: int | None = None
+    error: str | None = None
+
+
+async def check_store(store: Store, url: str, timeout: float = 1.0) -> StoreReport:
+    """Whether ``store`` answers a query within ``timeout``; counts the outbox on the way."""
+    try:
+        async with asyncio.timeout(timeout):
+            pending = await store.outbox_pending()
+    except TimeoutError:
+        return StoreReport(url, DOWN, error=f"no answer within {timeout}s")
+    except Exception as exc:
+        return StoreReport(url, DOWN, error=f"{type(exc).__name__}: {exc}")
+    return StoreReport(url, UP, outbox_pending=pending)
+
+
+@dataclass(frozen=True)
 class Health:
     """The whole service: broker, consumers, and whether it is shutting down."""
 
@@ -68,6 +91,7 @@ class Health:
     draining: bool
     reports: list[ConsumerReport]
     max_lag: int | None = None
+    store: StoreReport | None = None
 
     @property
     def ready(self) -> bool:
@@ -78,6 +102,8 @@ class Health:
         if self.draining or not self.started:
             return OUT_OF_SERVICE
         statuses = {self.broker_status(), *self._consumer_statuses().values()}
+        if self.store is not None:
+            statuses.add(self.store.status)
         return UP if statuses <= {UP} else DOWN
 
     def broker_status(self) -> str:
@@ -115,13 +141,19 @@ class Health:
                 details["error"] = consumer.stats.last_error
             consumers[consumer.name] = {"status": statuses[consumer.name], "details": details}
         aggregate = UP if set(statuses.values()) <= {UP} else DOWN
-        return {
-            "status": self.status,
-            "components": {
-                "broker": {"status": self.broker_status(), "details": {"url": self.broker_url}},
-                "consumers": {"status": aggregate, "components": consumers},
-            },
+        components: dict[str, Any] = {
+            "broker": {"status": self.broker_status(), "details": {"url": self.broker_url}},
+            "consumers": {"status": aggregate, "components": consumers},
         }
+        if self.store is not None:
+            store: dict[str, Any] = {
+                "url": self.store.url,
+                "outboxPending": self.store.outbox_pending,
+            }
+            if self.store.error is not None:
+                store["error"] = self.store.error
+            components["store"] = {"status": self.store.status, "details": store}
+        return {"status": self.status, "components": components}
 
 
 def _millis(timestamp: float | None) -> int | None:

@@ -26,7 +26,7 @@ from millstream.runtime.spec import ConsumerSpec
 
 if TYPE_CHECKING:
     from millstream.app import Millstream, Publish
-    from millstream.observability.health import ConsumerReport
+    from millstream.observability.health import ConsumerReport, StoreReport
 
 __all__ = ["Metrics"]
 
@@ -64,6 +64,7 @@ class Metrics:
         )
         self.last_loop_lag = 0.0
         self._lags: dict[str, ConsumerReport] = {}
+        self._store: StoreReport | None = None
         self._ms: Millstream | None = None
         self.registry.register(_ConsumerCollector(self))
 
@@ -73,9 +74,10 @@ class Metrics:
         ms.add_link(self._handler_link)
         ms.add_publish_link(self._publish_link)
 
-    def remember(self, reports: Sequence[ConsumerReport]) -> None:
-        """Keep the latest lag readings for the next scrape."""
+    def remember(self, reports: Sequence[ConsumerReport], store: StoreReport | None = None) -> None:
+        """Keep the latest lag and outbox readings for the next scrape."""
         self._lags = {report.consumer.name: report for report in reports}
+        self._store = store
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -178,6 +180,34 @@ class Metrics:
         yield from families.values()
         yield from (inflight, concurrency, state, lag)
 
+    def state_families(self) -> Iterator[Metric]:
+        """The outbox relay's counters and backlog, and the read caches' hits and misses."""
+        ms = self._ms
+        if ms is None:
+            return
+        relay = ms.relay
+        if relay is not None:
+            yield CounterMetricFamily(
+                "millstream_outbox_published",
+                "Outbox messages published and marked sent by this instance.",
+                value=relay.stats.published,
+            )
+            yield CounterMetricFamily(
+                "millstream_outbox_failed_batches",
+                "Outbox batches the broker refused (each retried with backoff).",
+                value=relay.stats.failed_batches,
+            )
+        if self._store is not None and self._store.outbox_pending is not None:
+            yield GaugeMetricFamily(
+                "millstream_outbox_pending",
+                "Outbox messages not yet published, at the last health check.",
+                value=self._store.outbox_pending,
+            )
+        if ms.caches:
+            from millstream.cache import cache_families
+
+            yield from cache_families(list(ms.caches.values()))
+
 
 class _ConsumerCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
@@ -186,3 +216,4 @@ class _ConsumerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with contextlib.suppress(RuntimeError):  # consumers changing under a scrape
             yield from self._metrics.consumer_families()
+            yield from self._metrics.state_families()

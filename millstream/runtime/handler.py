@@ -22,11 +22,19 @@ from pydantic import TypeAdapter, ValidationError
 
 from millstream.errors import DecodeError, HandlerSignatureError
 from millstream.message import Message
+from millstream.store.base import Transaction, current_transaction
 
 if TYPE_CHECKING:
     from millstream.runtime.spec import ConsumerSpec
 
-__all__ = ["Handler", "HandlerLink", "Invoke", "bind_handler", "with_timeout"]
+__all__ = [
+    "Handler",
+    "HandlerLink",
+    "Invoke",
+    "bind_handler",
+    "wants_transaction",
+    "with_timeout",
+]
 
 Handler = Callable[..., Any]
 Invoke = Callable[[Message], Awaitable[None]]
@@ -50,6 +58,8 @@ class HandlerLink(Protocol):
 class _Signature:
     decoder: Decoder
     wants_envelope: bool
+    transaction: str | None = None
+    """The parameter that takes the message's store transaction, if any."""
 
 
 def _decode_bytes(message: Message) -> bytes:
@@ -107,6 +117,13 @@ def _inspect(handler: Handler) -> _Signature:
         ) from exc
     except (TypeError, ValueError) as exc:
         raise HandlerSignatureError(f"handler {name}: cannot read its signature ({exc})") from exc
+    transaction = next((p.name for p in parameters if hints.get(p.name) is Transaction), None)
+    if transaction is not None and not _is_async(handler):
+        raise HandlerSignatureError(
+            f"handler {name} takes a store Transaction but is a plain def; "
+            f"make it `async def {name}(...)`: the transaction is used with await"
+        )
+    parameters = [p for p in parameters if p.name != transaction]
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required_extra = [
         p.name
@@ -123,7 +140,7 @@ def _inspect(handler: Handler) -> _Signature:
     if required_extra:
         raise HandlerSignatureError(
             f"handler {name} has required parameters {required_extra} the runtime cannot fill; "
-            "a handler takes the payload and optionally `msg: Message`"
+            "a handler takes the payload and optionally `msg: Message` and `tx: Transaction`"
         )
     first = positional[0]
     if first.name not in hints:
@@ -148,12 +165,23 @@ def _inspect(handler: Handler) -> _Signature:
         raise HandlerSignatureError(
             f"handler {name}: cannot decode into {hints[first.name]!r} ({exc}); use {_ACCEPTED}"
         ) from exc
-    return _Signature(decoder, wants_envelope)
+    return _Signature(decoder, wants_envelope, transaction)
+
+
+def _is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        inspect.unwrap(handler)
+    )
 
 
 def check_handler(handler: Handler) -> None:
     """Raise ``HandlerSignatureError`` now if the runtime could not call ``handler``."""
     _inspect(handler)
+
+
+def wants_transaction(handler: Handler) -> bool:
+    """Whether ``handler`` takes a store ``Transaction`` (it runs inside one)."""
+    return _inspect(handler).transaction is not None
 
 
 def bind_handler(
@@ -172,7 +200,19 @@ def bind_handler(
     """
     signature = _inspect(handler)
     decode = signature.decoder
-    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(inspect.unwrap(handler)):
+    if signature.transaction is not None:
+        tx_name = signature.transaction
+        envelope = signature.wants_envelope
+
+        async def invoke_in_transaction(message: Message) -> None:
+            tx = {tx_name: current_transaction()}
+            if envelope:
+                await handler(decode(message), message, **tx)
+            else:
+                await handler(decode(message), **tx)
+
+        return invoke_in_transaction
+    if _is_async(handler):
         if signature.wants_envelope:
 
             async def invoke_async_envelope(message: Message) -> None:

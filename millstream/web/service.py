@@ -16,7 +16,7 @@ from typing import Any
 from millstream.app import Millstream
 from millstream.brokers import redact
 from millstream.observability import tracing
-from millstream.observability.health import Health, collect
+from millstream.observability.health import Health, check_store, collect
 from millstream.observability.metrics import Metrics
 from millstream.web.auth import BearerAuth
 
@@ -63,15 +63,24 @@ class Service:
         self.draining = True
 
     async def health(self) -> Health:
-        reports = await collect(list(self.ms.consumers.values()))
-        self.metrics.remember(reports)
+        store = self.ms.opened_store
+        reports, store_report = await asyncio.gather(
+            collect(list(self.ms.consumers.values())),
+            check_store(store, redact(store.url)) if store is not None else _none(),
+        )
+        self.metrics.remember(reports, store_report)
         return Health(
             broker_url=redact(self.ms.broker.url),
             started=self.ms.started,
             draining=self.draining,
             reports=reports,
             max_lag=self.settings.health_max_lag,
+            store=store_report,
         )
 
     def loop_lag_ms(self) -> float:
         return round(self.metrics.last_loop_lag * 1000, 3)
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,19 @@
+"""The order service: ``millstream run examples.orders:app``; ``make demo`` adds payments.
+
+- ``POST /api/v1/orders`` writes an order and its ``orders.created`` event
+  in one transaction (the event goes out through the outbox);
+- the ``payments`` consumer moves orders through their states and
+  publishes ``orders.status-changed``;
+- the ``notifications`` consumer writes a customer notification per change;
+- ``GET /api/v1/orders/{id}``, ``GET /api/v1/orders?ids=a,b,c`` and
+  ``GET /api/v1/orders/{id}/notifications`` read, through a cache
+  invalidated on every instance.
+"""
+
+from examples.orders.service import OrderService, build
+
+service = build()
+app = service.app
+ms = service.ms
+
+__all__ = ["OrderService", "app", "build", "ms", "service"]

@@ -1,0 +1,52 @@
+"""Read caches: a local TTL/LRU cache per instance, invalidated on every instance.
+
+::
+
+    cache = Cache("orders", ttl=30, bus=open_bus(settings.cache_url))
+    order = await cache.get_or_load(order_id, lambda: load_order(order_id))
+    ...
+    await cache.invalidate([order_id])  # after the write committed
+
+``open_bus(None)`` is the in-process bus (every app in this process);
+``open_bus("redis://...")`` carries invalidations between processes
+(``millstream.cache.redis_bus.RedisBus``, imported only then: redis is an
+optional extra).
+"""
+
+from __future__ import annotations
+
+from millstream.brokers import redact
+from millstream.cache.bus import InvalidationBus, LocalBus, check_cache_url, process_bus
+from millstream.cache.metrics import CacheCollector, cache_families, register_cache_metrics
+from millstream.cache.read_cache import Cache
+from millstream.errors import ConfigError
+
+__all__ = [
+    "Cache",
+    "CacheCollector",
+    "InvalidationBus",
+    "LocalBus",
+    "cache_families",
+    "open_bus",
+    "process_bus",
+    "register_cache_metrics",
+]
+
+
+def open_bus(url: str | None) -> InvalidationBus:
+    """The bus for setting ``cache_url``: in-process when ``None``, Redis pub/sub for redis(s)://.
+
+    Raises ``ConfigError`` naming ``cache_url`` and the accepted forms for
+    anything else, or when the Redis client is not installed.
+    """
+    if url is None:
+        return process_bus()
+    check_cache_url(url)
+    try:
+        from millstream.cache.redis_bus import RedisBus
+    except ImportError as exc:
+        raise ConfigError(
+            f"setting cache_url={redact(url)!r} needs the Redis client ({exc}); "
+            "install it with: pip install 'millstream[redis]'"
+        ) from None
+    return RedisBus(url)

@@ -1,0 +1,164 @@
+"""The outbox relay: publishes what committed transactions wrote to the outbox.
+
+``tx.publish`` only inserts a row; the relay claims due rows in batches,
+publishes them (one ``publish`` call per topic per batch), and marks them
+sent. A batch the broker refuses is released with a growing delay and tried
+again, so a request that wrote an order succeeds while the broker is down
+and its event goes out once the broker is back. A relay that dies between
+publishing and marking leaves the claim to run out; the rows go out again
+with the same message ids, which idempotent consumers recognise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from millstream.message import OutgoingMessage
+from millstream.store.base import OutboxRow, Store
+
+__all__ = ["OutboxRelay", "RelayStats"]
+
+log = logging.getLogger("millstream.outbox")
+
+Publish = Callable[[str, Sequence[OutgoingMessage]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class RelayStats:
+    published: int = 0
+    failed_batches: int = 0
+    last_error: str | None = None
+
+
+class OutboxRelay:
+    """One instance's relay. Several instances may run theirs on one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        publish: Publish,
+        reconnect: Callable[[], Awaitable[None]],
+        *,
+        batch: int = 500,
+        poll_interval: float = 0.5,
+        lease: float = 30.0,
+        max_backoff: float = 30.0,
+        sent_retention: float = 3600.0,
+        processed_retention: float = 7 * 86400.0,
+    ) -> None:
+        self._store = store
+        self._publish = publish
+        self._reconnect = reconnect
+        self._batch = batch
+        self._poll_interval = poll_interval
+        self._lease = lease
+        self._max_backoff = max_backoff
+        self._sent_retention = sent_retention
+        self._processed_retention = processed_retention
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
+        self.stats = RelayStats()
+        store.on_outbox_write(self._wake.set)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="millstream-outbox-relay")
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Stop the loop, then publish what is due, for at most ``flush_timeout`` seconds."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(flush_timeout):
+                while await self.relay_once() == self._batch:
+                    pass
+
+    async def relay_once(self) -> int:
+        """Claim, publish and mark one batch; returns how many rows it claimed."""
+        now = time.time()
+        claimed = await self._store.claim_outbox(self._batch, now, self._lease)
+        if not claimed:
+            return 0
+        sent: list[int] = []
+        failed: list[tuple[int, float]] = []
+        error = ""
+        for topic, rows in _by_topic(claimed):
+            messages = [
+                OutgoingMessage(
+                    row.payload, key=row.key, headers=dict(row.headers), id=row.message_id
+                )
+                for _, row in rows
+            ]
+            try:
+                await self._publish(topic, messages)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                failed.extend((row_id, now + self._backoff(row.attempts)) for row_id, row in rows)
+            else:
+                sent.extend(row_id for row_id, _ in rows)
+        if sent:
+            await self._store.outbox_sent(sent, time.time())
+            self.stats.published += len(sent)
+        if failed:
+            self.stats.failed_batches += 1
+            self.stats.last_error = error
+            log.warning(
+                "outbox: %d message(s) not published (%s); retrying in %.1fs",
+                len(failed),
+                error,
+                failed[0][1] - now,
+            )
+            await self._store.outbox_failed(failed, error)
+            with contextlib.suppress(Exception):
+                await self._reconnect()
+        return len(claimed)
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self._max_backoff, 0.25 * 2 ** max(0, attempts - 1)))
+
+    async def _run(self) -> None:
+        pause = self._poll_interval
+        while True:
+            try:
+                claimed = await self.relay_once()
+                await self._maybe_prune()
+                pause = self._poll_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store itself failed: wait and try again
+                claimed = 0
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, pause)
+                pause = min(self._max_backoff, pause * 2)
+            if claimed == self._batch:
+                continue  # more are waiting
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
+
+    async def _maybe_prune(self) -> None:
+        now = time.time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 60.0
+        await self._store.prune(now - self._sent_retention, now - self._processed_retention)
+
+
+def _by_topic(
+    claimed: Sequence[tuple[int, OutboxRow]],
+) -> list[tuple[str, list[tuple[int, OutboxRow]]]]:
+    """Rows grouped by topic, each group in outbox order."""
+    groups: dict[str, list[tuple[int, OutboxRow]]] = {}
+    for row_id, row in claimed:
+        groups.setdefault(row.topic, []).append((row_id, row))
+    return list(groups.items())

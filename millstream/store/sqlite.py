@@ -1,0 +1,216 @@
+"""The SQLite store: one file, one writer thread, one reader thread.
+
+SQLite allows one writer at a time, so transactions take an asyncio lock
+and run, statement by statement, on a thread that owns the write
+connection (``BEGIN IMMEDIATE``: the write lock is taken at the start, so a
+transaction never fails half way for another process's write). Reads
+outside a transaction go to a second connection on its own thread and,
+in WAL mode, never wait for a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from millstream.errors import ConfigError, StoreError
+from millstream.store.base import (
+    MILLSTREAM_SCHEMA,
+    Row,
+    Store,
+    Transaction,
+    bind_transaction,
+    commit_pending,
+    run_after_commit,
+    unbind_transaction,
+)
+
+__all__ = ["SqliteStore", "sqlite_sql"]
+
+T = TypeVar("T")
+
+EXPECTED = (
+    "sqlite:///./.millstream/state.db (relative to the working directory) or "
+    "sqlite:////var/lib/app/state.db (absolute)"
+)
+_PARAMETER = re.compile(r"\$(\d+)")
+_BUSY_TIMEOUT_MS = 5000
+
+
+def sqlite_sql(sql: str) -> str:
+    """``$1``-style parameters as SQLite's ``?1``."""
+    return _PARAMETER.sub(r"?\1", sql)
+
+
+def _path(url: str) -> Path:
+    parts = urlsplit(url)
+    raw = unquote(parts.path)
+    if parts.scheme.lower() != "sqlite" or parts.netloc or len(raw) < 2 or raw.endswith("/"):
+        raise ConfigError(
+            f"setting store_url = {url!r} is not a SQLite file URL; expected {EXPECTED}"
+        )
+    if raw[1:] == ":memory:":
+        raise ConfigError(
+            f"setting store_url = {url!r}: an in-memory database is not shared between "
+            f"connections; use a file, e.g. {EXPECTED}"
+        )
+    return Path(raw[1:])
+
+
+class _Thread:
+    """One sqlite3 connection, used only on its own thread."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.conn: sqlite3.Connection | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, function, *args)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _translate(exc: sqlite3.Error) -> Exception:
+    """A database error the caller can tell apart from a bug in its SQL."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return exc  # a constraint the handler may well expect; keep its type
+    return StoreError(f"store: {exc}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[Row]:
+    return [dict(row) for row in cursor.fetchall()]
+
+
+class _SqliteTransaction(Transaction):
+    dialect = "sqlite"
+
+    def __init__(self, thread: _Thread) -> None:
+        super().__init__()
+        self._thread = thread
+
+    def _conn(self) -> sqlite3.Connection:
+        assert self._thread.conn is not None
+        return self._thread.conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        def run() -> int:
+            return self._conn().execute(sqlite_sql(sql), args).rowcount
+
+        return await self._thread.run(run)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        batch = list(rows)
+
+        def run() -> None:
+            self._conn().executemany(sqlite_sql(sql), batch)
+
+        if batch:
+            await self._thread.run(run)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        def run() -> list[Row]:
+            return _rows(self._conn().execute(sqlite_sql(sql), args))
+
+        return await self._thread.run(run)
+
+
+class SqliteStore(Store):
+    """A store in one SQLite file (``sqlite:///./.millstream/state.db``)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._path = _path(url)
+        self._writer = _Thread("millstream-store-w")
+        self._reader = _Thread("millstream-store-r")
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self._writer.conn is not None:
+            return
+        scripts = [MILLSTREAM_SCHEMA["sqlite"], *self._scripts()]
+
+        def open_writer() -> None:
+            try:
+                conn = _connect(self._path)
+            except OSError as exc:
+                raise ConfigError(
+                    f"setting store_url = {self.url!r}: cannot create "
+                    f"{str(self._path.parent)!r} ({exc.strerror}); choose a writable path, "
+                    f"e.g. {EXPECTED}"
+                ) from exc
+            for script in scripts:
+                conn.executescript(script)
+            self._writer.conn = conn
+
+        def open_reader() -> None:
+            self._reader.conn = _connect(self._path)
+
+        await self._writer.run(open_writer)
+        await self._reader.run(open_reader)
+
+    async def close(self) -> None:
+        for thread in (self._writer, self._reader):
+            conn, thread.conn = thread.conn, None
+            if conn is not None:
+                with suppress(StoreError):
+                    await thread.run(conn.close)
+        self._writer.shutdown()
+        self._reader.shutdown()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        if self._writer.conn is None:
+            raise StoreError(f"store {self.url}: not open (the app opens it at start)")
+        async with self._write_lock:
+            tx = _SqliteTransaction(self._writer)
+            await tx.execute("BEGIN IMMEDIATE")
+            token = bind_transaction(tx)
+            try:
+                yield tx
+                pending = await commit_pending(tx, time.time())
+                await tx.execute("COMMIT")
+            except BaseException:
+                with suppress(Exception):
+                    await asyncio.shield(tx.execute("ROLLBACK"))
+                raise
+            finally:
+                unbind_transaction(token)
+        if pending.outbox:
+            self._outbox_written()
+        await run_after_commit(pending.after_commit)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        reader = self._reader
+
+        def run() -> list[Row]:
+            if reader.conn is None:
+                raise StoreError(f"store {self.url}: not open (the app opens it at start)")
+            return _rows(reader.conn.execute(sqlite_sql(sql), args))
+
+        return await reader.run(run)

@@ -1,0 +1,220 @@
+"""The example order service end to end: HTTP in, consumers, store, outbox, cache.
+
+On SQLite (broker and store) in process, and on PostgreSQL with Redis as
+broker and cache bus, two instances sharing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from examples.orders import build
+from examples.orders.service import OrderService
+from millstream import Message
+from millstream.demo import dev_token
+from tests.conftest import require_service
+from tests.support import until
+from tests.web import serving
+
+SECRET = "test-secret-0123456789-0123456789"
+AUTH = {"Authorization": f"Bearer {dev_token(SECRET)}"}
+ORDER = {"customer_id": "c-7", "items": [{"sku": "mug", "quantity": 2, "unit_price": "9.50"}]}
+
+
+def service(broker_url: str, store_url: str, **settings: Any) -> OrderService:
+    return build(
+        broker_url=broker_url,
+        store_url=store_url,
+        jwt_secret=SECRET,
+        settle_interval=0.001,
+        outbox_poll_interval=0.05,
+        **settings,
+    )
+
+
+async def status_of(http: httpx.AsyncClient, order_id: str) -> str:
+    reply = await http.get(f"/api/v1/orders/{order_id}", headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["status"])
+
+
+async def eventually(read: Any, expected: object, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while (value := await read()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {expected!r}, still {value!r}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def sqlite_service(tmp_path: Path) -> AsyncIterator[tuple[OrderService, list[Message]]]:
+    svc = service(f"sqlite:///{tmp_path}/broker.db", f"sqlite:///{tmp_path}/state.db")
+    created: list[Message] = []
+
+    @svc.ms.consumer("orders.created", group="test-observer")
+    async def observe(event: bytes, msg: Message) -> None:
+        created.append(msg)
+
+    yield svc, created
+
+
+async def test_an_order_goes_from_request_to_shipped_with_notifications(
+    sqlite_service: tuple[OrderService, list[Message]],
+) -> None:
+    svc, created = sqlite_service
+    async with serving(svc.app) as http:
+        assert (await http.post("/api/v1/orders", json=ORDER)).status_code == 401
+        bad = await http.post(
+            "/api/v1/orders", json={**ORDER, "items": [{"sku": "mug", "quantity": 0}]}, headers=AUTH
+        )
+        assert bad.status_code == 422
+        assert "quantity" in bad.text and "unit_price" in bad.text
+
+        reply = await http.post("/api/v1/orders", json=ORDER, headers=AUTH)
+        assert reply.status_code == 201, reply.text
+        order = reply.json()
+        order_id = order["id"]
+        assert reply.headers["location"] == f"/api/v1/orders/{order_id}"
+        assert (order["status"], Decimal(order["total"])) == ("CREATED", Decimal("19.00"))
+
+        # The event went out through the outbox, once, keyed by the order.
+        await until(lambda: len(created) == 1)
+        assert created[0].key == order_id
+        assert await status_of(http, order_id) == "CREATED"  # now cached
+
+        ms = svc.ms
+        await ms.publish("payments", {"order_id": order_id, "kind": "paid", "amount": "19.00"})
+        await eventually(lambda: status_of(http, order_id), "PAID")  # the cache was invalidated
+        await ms.publish("payments", {"order_id": order_id, "kind": "shipped"})
+        await eventually(lambda: status_of(http, order_id), "SHIPPED")
+
+        async def told() -> list[str]:
+            reply = await http.get(f"/api/v1/orders/{order_id}/notifications", headers=AUTH)
+            return [item["status"] for item in reply.json()]
+
+        await eventually(told, ["PAID", "SHIPPED"])
+        health = (await http.get("/actuator/health")).json()
+        assert health["components"]["store"] == {
+            "status": "UP",
+            "details": {"url": svc.ms.settings.store_url, "outboxPending": 0},
+        }
+        metrics = (await http.get("/metrics")).text
+        assert "millstream_outbox_published_total 3.0" in metrics  # created, PAID, SHIPPED
+        missing = await http.get("/api/v1/orders/o-nope", headers=AUTH)
+        assert missing.status_code == 404 and "o-nope" in missing.text
+        assert (
+            await http.get("/api/v1/orders/o-nope/notifications", headers=AUTH)
+        ).status_code == 404
+
+
+async def test_an_illegal_transition_is_dead_lettered_with_the_reason(
+    sqlite_service: tuple[OrderService, list[Message]],
+) -> None:
+    svc, _ = sqlite_service
+    async with serving(svc.app) as http:
+        order_id = (await http.post("/api/v1/orders", json=ORDER, headers=AUTH)).json()["id"]
+        await svc.ms.publish("payments", {"order_id": order_id, "kind": "shipped"})
+        await svc.ms.publish("payments", {"order_id": order_id, "kind": "paid", "amount": "1.00"})
+        await svc.ms.publish("payments", b"not json at all")
+
+        async def letters() -> list[str]:
+            reply = await http.get("/admin/consumers/payments/dead-letters", headers=AUTH)
+            return sorted(item["error"] for item in reply.json()["items"])
+
+        deadline = time.monotonic() + 15
+        while len(found := await letters()) < 3:
+            assert time.monotonic() < deadline, found
+            await asyncio.sleep(0.05)
+        assert "from CREATED to SHIPPED" in found[2] or any(
+            "CREATED to SHIPPED" in e for e in found
+        )
+        assert any("but the total is 19.00" in error for error in found)
+        assert any("does not validate as PaymentEvent" in error for error in found)
+        assert await status_of(http, order_id) == "CREATED"  # nothing applied
+
+
+async def test_many_orders_are_read_with_one_query(
+    sqlite_service: tuple[OrderService, list[Message]],
+) -> None:
+    svc, _ = sqlite_service
+    async with serving(svc.app) as http:
+        ids = [
+            (await http.post("/api/v1/orders", json=ORDER, headers=AUTH)).json()["id"]
+            for _ in range(3)
+        ]
+        store = svc.ms.store
+        queries: list[str] = []
+        real_fetch = store.fetch
+
+        async def counting_fetch(sql: str, *args: Any) -> Any:
+            queries.append(sql)
+            return await real_fetch(sql, *args)
+
+        store.fetch = counting_fetch  # type: ignore[method-assign]
+        reply = await http.get(
+            f"/api/v1/orders?ids={ids[0]},o-unknown,{ids[1]},{ids[2]}", headers=AUTH
+        )
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert [o["id"] for o in body["orders"]] == [ids[0], ids[1], ids[2]]
+        assert body["missing"] == ["o-unknown"]
+        assert len(queries) == 1
+        # A second read of the same ids is served from the cache: no query at all.
+        await http.get(f"/api/v1/orders?ids={ids[0]},{ids[1]}", headers=AUTH)
+        assert len(queries) == 1
+        too_many = ",".join(f"o-{n}" for n in range(101))
+        reply = await http.get(f"/api/v1/orders?ids={too_many}", headers=AUTH)
+        assert reply.status_code == 422 and "at most 100" in reply.text
+        metrics = (await http.get("/metrics")).text
+        assert 'millstream_cache_hits_total{cache="orders"}' in metrics
+        assert 'millstream_cache_misses_total{cache="orders"}' in metrics
+
+
+async def test_two_instances_share_postgres_and_redis(postgres_url: str) -> None:
+    require_service("Redis", "127.0.0.1", 6379)
+    # The example's topics have fixed names: a database of their own keeps runs apart.
+    broker = f"redis://127.0.0.1:6379/{REDIS_DB}?lease=5"
+    await _drop_topics()
+    first = service(broker, postgres_url, cache_url="redis://127.0.0.1:6379/0")
+    second = service(broker, postgres_url, cache_url="redis://127.0.0.1:6379/0")
+    async with serving(first.app) as a, serving(second.app) as b:
+        order_id = (await a.post("/api/v1/orders", json=ORDER, headers=AUTH)).json()["id"]
+        assert await status_of(b, order_id) == "CREATED"  # written through A, read through B
+        assert await status_of(a, order_id) == "CREATED"  # both now hold it in their caches
+        await first.ms.publish("payments", {"order_id": order_id, "kind": "paid", "amount": "19"})
+        # Whichever instance handled the payment, the other's cached read was invalidated.
+        await eventually(lambda: status_of(b, order_id), "PAID")
+        await eventually(lambda: status_of(a, order_id), "PAID")
+        assert first.cache.hits + second.cache.hits >= 1
+        # Each payment event had one effect across the two instances.
+        await eventually(
+            lambda: first.ms.store.fetchval(
+                "SELECT COUNT(*) FROM order_notifications WHERE order_id = $1", order_id
+            ),
+            1,
+        )
+    await _drop_topics()
+
+
+REDIS_DB = 9
+
+
+async def _drop_topics() -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    try:
+        for pattern in ("payments*", "orders.*"):
+            keys = [key async for key in client.scan_iter(match=pattern)]
+            if keys:
+                await client.delete(*keys)
+    finally:
+        await client.aclose()
