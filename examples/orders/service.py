@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from examples.orders import store as orders
 from examples.orders.models import (
@@ -86,9 +87,9 @@ def build(**settings: Any) -> OrderService:
     ) -> OrderList:
         wanted = list(dict.fromkeys(part.strip() for part in ids.split(",") if part.strip()))
         if not wanted:
-            raise HTTPException(422, "ids must name at least one order id, e.g. ?ids=o-1,o-2")
+            raise _bad_ids("ids must name at least one order id, e.g. ?ids=o-1,o-2", ids)
         if len(wanted) > MAX_IDS:
-            raise HTTPException(422, f"ids names {len(wanted)} orders; ask for at most {MAX_IDS}")
+            raise _bad_ids(f"ids names {len(wanted)} orders; ask for at most {MAX_IDS}", ids)
 
         async def load_many(missing: list[str]) -> dict[str, Order]:
             return await orders.load_orders(ms.store, missing)
@@ -112,3 +113,10 @@ def build(**settings: Any) -> OrderService:
     app = ms.fastapi(title="orders", description="The millstream example order service.")
     app.include_router(api)
     return OrderService(ms, app, cache)
+
+
+def _bad_ids(message: str, given: str) -> RequestValidationError:
+    """A 422 shaped like FastAPI's own, as the schema documents it."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("query", "ids"), "msg": message, "input": given}]
+    )

@@ -78,7 +78,25 @@ class _Pending:
     after_commit: list[AfterCommit] = field(default_factory=list)
 
 
-class Transaction(ABC):
+class _Reads(ABC):
+    """Queries: ``fetch`` by each side; the first row and the first value on top of it."""
+
+    @abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Every row of a query, as dicts (on a store: outside any transaction)."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        """The first row of a query, or ``None``."""
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """The first column of the first row, or ``None``."""
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else next(iter(row.values()))
+
+
+class Transaction(_Reads):
     """One database transaction; commits when its ``async with`` block ends without error.
 
     Besides SQL, a transaction carries what must happen only if it commits:
@@ -100,20 +118,6 @@ class Transaction(ABC):
     @abstractmethod
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for each parameter row, in one round trip where possible."""
-
-    @abstractmethod
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        """Every row of a query, as dicts."""
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        """The first row of a query, or ``None``."""
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        """The first column of the first row, or ``None``."""
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else next(iter(row.values()))
 
     # -- what happens only on commit ---------------------------------------
 
@@ -189,7 +193,7 @@ async def run_after_commit(callbacks: Sequence[AfterCommit]) -> None:
             log.exception("an after-commit callback failed")
 
 
-class Store(ABC):
+class Store(_Reads):
     """A SQL database shared by a service's HTTP handlers and consumers.
 
     ``schema`` registers DDL run when the store opens (write it with
@@ -246,18 +250,6 @@ class Store(ABC):
     @abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """``async with store.transaction() as tx``: commit on success, roll back on error."""
-
-    @abstractmethod
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        """Every row of a read-only query, outside any transaction."""
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else next(iter(row.values()))
 
     async def execute(self, sql: str, *args: Any) -> int:
         """One statement in a transaction of its own."""

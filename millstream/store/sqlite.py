@@ -66,13 +66,16 @@ def _path(url: str) -> Path:
 
 
 class _Thread:
-    """One sqlite3 connection, used only on its own thread."""
+    """One sqlite3 connection, used only on its own thread (started again after a close)."""
 
     def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
         self.conn: sqlite3.Connection | None = None
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, function, *args)
@@ -80,7 +83,9 @@ class _Thread:
             raise _translate(exc) from exc
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
 
 
 def _translate(exc: sqlite3.Error) -> Exception:

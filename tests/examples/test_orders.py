@@ -7,11 +7,15 @@ broker and cache bus, two instances sharing them.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -20,10 +24,12 @@ from examples.orders import build
 from examples.orders.service import OrderService
 from millstream import Message
 from millstream.demo import dev_token
+from tests.brokers.redis_server import free_port
 from tests.conftest import require_service
 from tests.support import until
 from tests.web import serving
 
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-0123456789-0123456789"
 AUTH = {"Authorization": f"Bearer {dev_token(SECRET)}"}
 ORDER = {"customer_id": "c-7", "items": [{"sku": "mug", "quantity": 2, "unit_price": "9.50"}]}
@@ -218,3 +224,66 @@ async def _drop_topics() -> None:
                 await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.mark.slow
+async def test_two_served_processes_share_postgres_and_a_redis_broker(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """``millstream run examples.orders:app`` twice, as two machines would run it."""
+    require_service("Redis", "127.0.0.1", 6379)
+    await _drop_topics()
+    env = {
+        **os.environ,
+        "MILLSTREAM_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}?lease=5",
+        "MILLSTREAM_STORE_URL": postgres_url,
+        "MILLSTREAM_CACHE_URL": "redis://127.0.0.1:6379/0",
+        "MILLSTREAM_JWT_SECRET": SECRET,
+    }
+    ports = [free_port(), free_port()]
+    logs = [(tmp_path / f"instance-{n}.log").open("w") for n in range(2)]
+    processes = [_serve(port, env, log) for port, log in zip(ports, logs, strict=True)]
+    try:
+        clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") for port in ports]
+        a, b = clients
+        for http in clients:
+            await eventually(lambda http=http: _ready(http), True, within=30)
+        order_id = (await a.post("/api/v1/orders", json=ORDER, headers=AUTH)).json()["id"]
+        assert await status_of(b, order_id) == "CREATED"
+        publisher = build(broker_url=env["MILLSTREAM_BROKER_URL"], store_url=postgres_url)
+        await publisher.ms.publish(
+            "payments", {"order_id": order_id, "kind": "paid", "amount": "19.00"}
+        )
+        await publisher.ms.broker.close()
+        await eventually(lambda: status_of(b, order_id), "PAID")
+        await eventually(lambda: status_of(a, order_id), "PAID")
+
+        async def told() -> int:
+            reply = await b.get(f"/api/v1/orders/{order_id}/notifications", headers=AUTH)
+            return len(reply.json())
+
+        await eventually(told, 1)
+        for http in clients:
+            await http.aclose()
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [await asyncio.to_thread(p.wait, 30) for p in processes]
+        for log in logs:
+            log.close()
+        await _drop_topics()
+    assert codes == [0, 0], [(tmp_path / f"instance-{n}.log").read_text()[-2000:] for n in range(2)]
+
+
+def _serve(port: int, env: dict[str, str], log: IO[str]) -> subprocess.Popen[bytes]:
+    command = ["millstream.cli", "run", "examples.orders:app", "--port", str(port)]
+    return subprocess.Popen(
+        [sys.executable, "-m", *command], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+
+
+async def _ready(http: httpx.AsyncClient) -> bool:
+    try:
+        return (await http.get("/health/ready")).status_code == 200
+    except httpx.TransportError:
+        return False
