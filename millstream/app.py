@@ -168,9 +168,15 @@ class Millstream:
 
     @property
     def store(self) -> Store:
-        """The state store (``store_url``), opened at start with its schema, once used."""
+        """The state store (``store_url``), opened at start with its schema, once used.
+
+        First used after the start (say, only inside a route), it opens on
+        its first query and its outbox relay starts at once.
+        """
         if self._store is None:
             self._store = open_store(self.settings.store_url)
+            if self._started:
+                self._start_relay(self._store)
         return self._store
 
     def cache(self, name: str, *, ttl: float = 30.0, max_entries: int = 10_000) -> Cache[Any]:
@@ -254,6 +260,9 @@ class Millstream:
             log.warning(
                 "broker %s is unreachable (%s); consumers will keep trying", self.broker.url, exc
             )
+        except BaseException:
+            await self._close_state()
+            raise
         self._started = True
         self._consumers = {}
         for spec in self._specs.values():
@@ -286,10 +295,17 @@ class Millstream:
             await self._bus.start()
         if self._store is None:
             return
-        await self._store.open()
+        try:
+            await self._store.open()
+        except BaseException:
+            await self._close_state()
+            raise
+        self._start_relay(self._store)
+
+    def _start_relay(self, store: Store) -> None:
         settings = self.settings
         self._relay = OutboxRelay(
-            self._store,
+            store,
             lambda topic, messages: self._publish(topic, messages),
             self.broker.connect,
             batch=settings.outbox_batch,
@@ -300,14 +316,17 @@ class Millstream:
 
     async def _close_state(self) -> None:
         """After the consumers: flush the outbox, close the store and the cache bus."""
+        relay, self._relay = self._relay, None
         try:
-            if self._relay is not None:
-                await self._relay.stop()
-            if self._store is not None:
-                await self._store.close()
+            if relay is not None:
+                await relay.stop(flush_timeout=min(5.0, self.settings.drain_timeout))
         finally:
-            if self._bus is not None:
-                await self._bus.close()
+            try:
+                if self._store is not None:
+                    await self._store.close()
+            finally:
+                if self._bus is not None:
+                    await self._bus.close()
 
     async def __aenter__(self) -> Millstream:
         await self.start()

@@ -57,6 +57,8 @@ def prepare_demo(*, rate: float, poison_every: int) -> tuple[Any, str]:
         service = importlib.import_module("examples.orders")
         simulator_module = importlib.import_module("examples.orders.simulator")
     except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("examples"):
+            raise  # a missing dependency, not a missing checkout
         raise ConfigError(
             f"millstream demo runs the example order service (examples/orders) from a "
             f"millstream checkout, and none is here ({exc}); run it from the repository's "

@@ -107,7 +107,7 @@ class PaymentEvent(BaseModel):
 
     order_id: str
     kind: Literal["paid", "shipped", "refunded", "cancelled"]
-    amount: Decimal | None = None
+    amount: Money | None = None
 
 
 EVENT_TARGET: dict[str, Status] = {

@@ -142,20 +142,21 @@ async def apply_payment(tx: Transaction, event: PaymentEvent) -> StatusChanged:
         raise IllegalTransition(
             f"order {event.order_id}: {event.kind!r} cannot move an order from {old} to {new}"
         )
-    if event.kind == "paid" and (
-        event.amount is None or _cents(event.amount) != row["total_cents"]
-    ):
+    if event.kind == "paid" and event.amount != _money(row["total_cents"]):
         raise IllegalTransition(
             f"order {event.order_id}: paid {event.amount} but the total is "
             f"{_money(row['total_cents'])}"
         )
     now = time.time()
-    await tx.execute(
-        "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
+    moved = await tx.execute(
+        "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
         new.value,
         now,
         event.order_id,
+        old.value,
     )
+    if moved != 1:  # another instance moved it since we read it: read again on the retry
+        raise RetryableError(f"order {event.order_id} changed while moving it from {old}")
     change = StatusChanged(
         order_id=event.order_id, customer_id=row["customer_id"], old=old, new=new, at=now
     )

@@ -31,7 +31,9 @@ def in_transaction(store: Store, *, idempotent: bool) -> HandlerLink:
 
         async def invoke(message: Message) -> None:
             async with store.transaction() as tx:
-                if idempotent and not await tx.claim_message(group, message.id, time.time()):
+                if idempotent and not await tx.claim_message(
+                    group, message.topic, message.id, time.time()
+                ):
                     log.info(
                         "consumer %s: message %s was already processed; acking the duplicate",
                         consumer.name,

@@ -61,34 +61,64 @@ class OutboxRelay:
         self._sent_retention = sent_retention
         self._processed_retention = processed_retention
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._failed_last = False
         self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._next_prune = 0.0
         self.stats = RelayStats()
-        store.on_outbox_write(self._wake.set)
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
+            self._unsubscribe = self._store.on_outbox_write(self._wake.set)
             self._task = asyncio.create_task(self._run(), name="millstream-outbox-relay")
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Stop the loop, then publish what is due, for at most ``flush_timeout`` seconds."""
+        """Publish what is due (for at most ``flush_timeout`` seconds), then stop.
+
+        The batch in flight is finished rather than abandoned; rows still
+        unsent when the time is up stay in the outbox for the next start (or
+        another instance), unclaimed.
+        """
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        with contextlib.suppress(TimeoutError):
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._stopping = True
+        self._wake.set()
+        try:
             async with asyncio.timeout(flush_timeout):
-                while await self.relay_once() == self._batch:
-                    pass
+                await task
+        except TimeoutError:
+            log.warning("outbox: not everything was published within %.1fs", flush_timeout)
+            with contextlib.suppress(BaseException):
+                await task  # cancelled: it hands its claimed rows back first
+        except Exception:
+            log.exception("outbox relay failed while stopping")
 
     async def relay_once(self) -> int:
-        """Claim, publish and mark one batch; returns how many rows it claimed."""
+        """Claim, publish and mark one batch; returns how many rows it claimed.
+
+        Cancelled half way, it hands the unmarked rows back (due now) before
+        letting the cancellation through, so no row waits out a lease.
+        """
         now = time.time()
         claimed = await self._store.claim_outbox(self._batch, now, self._lease)
         if not claimed:
             return 0
+        try:
+            await self._publish_claimed(claimed, now)
+        except asyncio.CancelledError:
+            unmarked = [(row_id, time.time()) for row_id, _ in claimed]
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._store.outbox_failed(unmarked, "relay stopped"))
+            raise
+        return len(claimed)
+
+    async def _publish_claimed(self, claimed: Sequence[tuple[int, OutboxRow]], now: float) -> None:
         sent: list[int] = []
         failed: list[tuple[int, float]] = []
         error = ""
@@ -106,6 +136,7 @@ class OutboxRelay:
                 failed.extend((row_id, now + self._backoff(row.attempts)) for row_id, row in rows)
             else:
                 sent.extend(row_id for row_id, _ in rows)
+        self._failed_last = bool(failed)
         if sent:
             await self._store.outbox_sent(sent, time.time())
             self.stats.published += len(sent)
@@ -121,7 +152,6 @@ class OutboxRelay:
             await self._store.outbox_failed(failed, error)
             with contextlib.suppress(Exception):
                 await self._reconnect()
-        return len(claimed)
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self._max_backoff, 0.25 * 2 ** max(0, attempts - 1)))
@@ -129,19 +159,23 @@ class OutboxRelay:
     async def _run(self) -> None:
         pause = self._poll_interval
         while True:
+            self._wake.clear()  # before the claim: a commit during it wakes the next round
             try:
                 claimed = await self.relay_once()
-                await self._maybe_prune()
+                if not self._stopping:
+                    await self._maybe_prune()
                 pause = self._poll_interval
+                failed = self._failed_last
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store itself failed: wait and try again
-                claimed = 0
+                claimed, failed = 0, True
                 log.warning("outbox relay: %s; retrying in %.1fs", exc, pause)
                 pause = min(self._max_backoff, pause * 2)
+            if self._stopping and (claimed < self._batch or failed):
+                return  # drained, or the broker is down: what is left waits for a relay
             if claimed == self._batch:
                 continue  # more are waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await self._wake.wait()

@@ -13,25 +13,15 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from millstream.errors import ConfigError, StoreError
-from millstream.store.base import (
-    MILLSTREAM_SCHEMA,
-    Row,
-    Store,
-    Transaction,
-    bind_transaction,
-    commit_pending,
-    run_after_commit,
-    unbind_transaction,
-)
+from millstream.store.base import Row, Store, Transaction
 
 __all__ = ["SqliteStore", "sqlite_sql"]
 
@@ -50,7 +40,7 @@ def sqlite_sql(sql: str) -> str:
     return _PARAMETER.sub(r"?\1", sql)
 
 
-def _path(url: str) -> Path:
+def _parse(url: str) -> tuple[Path, str]:
     parts = urlsplit(url)
     raw = unquote(parts.path)
     if parts.scheme.lower() != "sqlite" or parts.netloc or len(raw) < 2 or raw.endswith("/"):
@@ -62,7 +52,15 @@ def _path(url: str) -> Path:
             f"setting store_url = {url!r}: an in-memory database is not shared between "
             f"connections; use a file, e.g. {EXPECTED}"
         )
-    return Path(raw[1:])
+    query = parse_qs(parts.query)
+    unknown = sorted(set(query) - {"synchronous"})
+    synchronous = query.get("synchronous", ["FULL"])[-1].upper()
+    if unknown or synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError(
+            f"setting store_url = {url!r}: the only parameter is synchronous=FULL (the "
+            f"default) or NORMAL; e.g. {EXPECTED}?synchronous=FULL"
+        )
+    return Path(raw[1:]), synchronous
 
 
 class _Thread:
@@ -95,13 +93,13 @@ def _translate(exc: sqlite3.Error) -> Exception:
     return StoreError(f"store: {exc}")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -113,68 +111,97 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
 class _SqliteTransaction(Transaction):
     dialect = "sqlite"
 
-    def __init__(self, thread: _Thread) -> None:
-        super().__init__()
+    def __init__(self, store: Store, thread: _Thread) -> None:
+        super().__init__(store)
         self._thread = thread
 
     def _conn(self) -> sqlite3.Connection:
-        assert self._thread.conn is not None
-        return self._thread.conn
+        conn = self._thread.conn
+        if conn is None:
+            raise StoreError("store: the connection was closed")
+        return conn
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    async def _execute(self, sql: str, args: Sequence[Any]) -> int:
         def run() -> int:
             return self._conn().execute(sqlite_sql(sql), args).rowcount
 
         return await self._thread.run(run)
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        batch = list(rows)
-
+    async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         def run() -> None:
-            self._conn().executemany(sqlite_sql(sql), batch)
+            self._conn().executemany(sqlite_sql(sql), rows)
 
-        if batch:
-            await self._thread.run(run)
+        await self._thread.run(run)
 
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+    async def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
         def run() -> list[Row]:
             return _rows(self._conn().execute(sqlite_sql(sql), args))
 
         return await self._thread.run(run)
 
+    async def _begin(self) -> None:
+        # IMMEDIATE: the write lock is taken now, so no statement fails half way
+        # for another process's write.
+        await self._thread.run(lambda: self._conn().execute("BEGIN IMMEDIATE"))
+
+    async def _commit(self) -> None:
+        await self._thread.run(lambda: self._conn().execute("COMMIT"))
+
+    async def _rollback(self) -> None:
+        def run() -> None:
+            # Queued behind any statement still running (the thread is FIFO), a
+            # BEGIN abandoned by a cancelled caller included.
+            conn = self._thread.conn
+            if conn is not None and conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+        await self._thread.run(run)
+
 
 class SqliteStore(Store):
-    """A store in one SQLite file (``sqlite:///./.millstream/state.db``)."""
+    """A store in one SQLite file (``sqlite:///./.millstream/state.db?synchronous=FULL``).
+
+    ``synchronous`` is FULL by default: a commit is on disk before a handler's
+    message is acked or a request answered, even if the machine loses power.
+    NORMAL trades the last commits before such a crash for speed.
+    """
 
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._path = _path(url)
+        self._path, self._synchronous = _parse(url)
         self._writer = _Thread("millstream-store-w")
         self._reader = _Thread("millstream-store-r")
         self._write_lock = asyncio.Lock()
 
-    async def open(self) -> None:
-        if self._writer.conn is not None:
-            return
-        scripts = [MILLSTREAM_SCHEMA["sqlite"], *self._scripts()]
+    @property
+    def is_open(self) -> bool:
+        return self._writer.conn is not None
+
+    async def _open(self) -> None:
+        scripts = self._scripts()
+        path, synchronous = self._path, self._synchronous
 
         def open_writer() -> None:
             try:
-                conn = _connect(self._path)
+                conn = _connect(path, synchronous)
             except OSError as exc:
                 raise ConfigError(
                     f"setting store_url = {self.url!r}: cannot create "
-                    f"{str(self._path.parent)!r} ({exc.strerror}); choose a writable path, "
+                    f"{str(path.parent)!r} ({exc.strerror}); choose a writable path, "
                     f"e.g. {EXPECTED}"
                 ) from exc
-            for script in scripts:
-                conn.executescript(script)
+            try:
+                for script in scripts:
+                    conn.executescript(script)
+            except BaseException:
+                conn.close()
+                raise
             self._writer.conn = conn
 
         def open_reader() -> None:
-            self._reader.conn = _connect(self._path)
+            self._reader.conn = _connect(path, synchronous)
 
         await self._writer.run(open_writer)
         await self._reader.run(open_reader)
@@ -185,37 +212,21 @@ class SqliteStore(Store):
             if conn is not None:
                 with suppress(StoreError):
                     await thread.run(conn.close)
-        self._writer.shutdown()
-        self._reader.shutdown()
+            thread.shutdown()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        if self._writer.conn is None:
-            raise StoreError(f"store {self.url}: not open (the app opens it at start)")
+    async def _connection(self) -> AsyncIterator[Transaction]:
+        # SQLite has one writer: transactions of this process take turns here
+        # rather than spin on the file lock.
         async with self._write_lock:
-            tx = _SqliteTransaction(self._writer)
-            await tx.execute("BEGIN IMMEDIATE")
-            token = bind_transaction(tx)
-            try:
-                yield tx
-                pending = await commit_pending(tx, time.time())
-                await tx.execute("COMMIT")
-            except BaseException:
-                with suppress(Exception):
-                    await asyncio.shield(tx.execute("ROLLBACK"))
-                raise
-            finally:
-                unbind_transaction(token)
-        if pending.outbox:
-            self._outbox_written()
-        await run_after_commit(pending.after_commit)
+            yield _SqliteTransaction(self, self._writer)
 
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+    async def _read(self, sql: str, args: Sequence[Any]) -> list[Row]:
         reader = self._reader
 
         def run() -> list[Row]:
             if reader.conn is None:
-                raise StoreError(f"store {self.url}: not open (the app opens it at start)")
+                raise StoreError(f"store {self.url}: closed")
             return _rows(reader.conn.execute(sqlite_sql(sql), args))
 
         return await reader.run(run)

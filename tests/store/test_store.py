@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from millstream import Millstream
-from millstream.errors import ConfigError
+from millstream.errors import ConfigError, StoreError
 from millstream.store import Store, Transaction, current_transaction, open_store
 from tests.support import until
 
@@ -67,15 +69,15 @@ async def test_publish_and_after_commit_happen_only_when_the_transaction_commits
 
 async def test_the_ledger_records_an_id_once_per_group(opened: Store) -> None:
     async with opened.transaction() as tx:
-        assert await tx.claim_message("billing", "m1", time.time())
-        assert not await tx.claim_message("billing", "m1", time.time())
-        assert await tx.claim_message("shipping", "m1", time.time())
+        assert await tx.claim_message("billing", "t", "m1", time.time())
+        assert not await tx.claim_message("billing", "t", "m1", time.time())
+        assert await tx.claim_message("shipping", "t", "m1", time.time())
     with pytest.raises(RuntimeError):
         async with opened.transaction() as tx:
-            assert await tx.claim_message("billing", "m2", time.time())
+            assert await tx.claim_message("billing", "t", "m2", time.time())
             raise RuntimeError  # rolled back: m2 was not processed
     async with opened.transaction() as tx:
-        assert await tx.claim_message("billing", "m2", time.time())
+        assert await tx.claim_message("billing", "t", "m2", time.time())
 
 
 def test_a_bad_store_url_names_the_setting_and_the_fix(tmp_path: Any) -> None:
@@ -135,3 +137,76 @@ async def test_a_failing_handler_rolls_back_its_writes_and_its_ledger_entry(
         await asyncio.sleep(0.05)
         assert await ms.store.fetchval("SELECT COUNT(*) FROM effects") == 1
         assert await ms.store.fetchval("SELECT COUNT(*) FROM millstream_processed") == 1
+
+
+async def test_transactions_do_not_nest_and_store_calls_inside_one_go_through_it(
+    opened: Store,
+) -> None:
+    async with opened.transaction() as tx:
+        await tx.execute("INSERT INTO items (id, n) VALUES ($1, $2)", "inner", 1)
+        # A plain store read or write inside the transaction uses it (and sees its writes)
+        # instead of waiting for the write lock or another connection.
+        assert await opened.fetchval("SELECT n FROM items WHERE id = $1", "inner") == 1
+        assert await opened.execute("UPDATE items SET n = 2 WHERE id = $1", "inner") == 1
+        with pytest.raises(StoreError, match="do not nest"):
+            async with opened.transaction():
+                pass
+    assert await opened.fetchval("SELECT n FROM items WHERE id = $1", "inner") == 2
+
+
+async def test_a_transaction_refuses_use_after_its_block(opened: Store) -> None:
+    async with opened.transaction() as tx:
+        pass
+    with pytest.raises(StoreError, match="has ended"):
+        await tx.execute("INSERT INTO items (id, n) VALUES ($1, $2)", "late", 1)
+    with pytest.raises(StoreError, match="has ended"):
+        tx.publish("t", {"late": True})
+    assert await opened.outbox_pending() == 0
+
+
+async def test_a_cancelled_commit_still_commits_and_runs_its_callbacks(
+    opened: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout during COMMIT must not tell the caller "failed" about committed data."""
+    async with opened.transaction() as probe:
+        backend = type(probe)
+    real_commit = backend._commit
+
+    async def slow_commit(self: Transaction) -> None:
+        await asyncio.sleep(0.3)
+        await real_commit(self)
+
+    monkeypatch.setattr(backend, "_commit", slow_commit)
+    ran: list[str] = []
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            async with opened.transaction() as tx:
+                await tx.execute("INSERT INTO items (id, n) VALUES ($1, $2)", "slow", 1)
+                tx.after_commit(lambda: ran.append("after"))
+    assert ran == ["after"]
+    assert await opened.fetchval("SELECT n FROM items WHERE id = $1", "slow") == 1
+
+
+async def test_a_begin_cancelled_while_another_process_holds_the_lock_leaves_no_transaction(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    store = open_store(f"sqlite:///{tmp_path}/state.db")
+    store.schema("CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+    await store.open()
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process writing, for half a second
+        threading.Timer(0.5, lambda: other.execute("COMMIT")).start()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                async with store.transaction():
+                    pass
+        await asyncio.sleep(0.6)  # the abandoned BEGIN has its lock by now
+        async with store.transaction() as tx:  # not stuck inside it
+            await tx.execute("INSERT INTO items (id, n) VALUES ($1, $2)", "after", 1)
+        assert await store.fetchval("SELECT COUNT(*) FROM items") == 1
+    finally:
+        other.close()
+        await store.close()
