@@ -1,0 +1,570 @@
+"""The RabbitMQ broker beyond the shared conformance suite, against the real node at 127.0.0.1:5672.
+
+Every test uses a fresh topic and deletes what it declared. Tests that break
+the network put a TCP proxy in between (tests/proxy.py); the one that stops
+the node (``rabbitmqctl stop_app``) keeps the outage short and always starts
+it again, since other tests share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiormq
+import pytest
+from typer.testing import CliRunner
+
+from millstream import Message, Millstream, OutgoingMessage
+from millstream.brokers import connect
+from millstream.brokers.rabbitmq import RabbitMqBroker, RabbitMqSubscription
+from millstream.brokers.rabbitmq_envelope import retry_step
+from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
+from millstream.runtime import ConsumerState
+from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
+from tests.conftest import require_service
+from tests.proxy import TcpProxy
+from tests.support import until, until_equal
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUPS = ("billing", "shipping")
+
+
+@pytest.fixture
+def shared() -> str:
+    require_service("RabbitMQ", HOST, PORT)
+    return SHARED
+
+
+@pytest.fixture
+async def topic(shared: str) -> AsyncIterator[str]:
+    """A topic no other test uses; its exchanges and queues are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_names(name, GROUPS)
+
+
+@pytest.fixture
+def proxy(shared: str) -> Iterator[TcpProxy]:
+    with TcpProxy(HOST, PORT) as running:
+        yield running
+
+
+async def opened(url: str) -> RabbitMqBroker:
+    broker = RabbitMqBroker.from_url(url)
+    await broker.connect()
+    return broker
+
+
+def events(count: int, start: int = 0) -> list[OutgoingMessage]:
+    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
+
+
+def numbers(messages: list[Message]) -> list[int]:
+    return [json.loads(m.payload)["n"] for m in messages]
+
+
+async def total_lag(subscription: RabbitMqSubscription) -> int | None:
+    lag = await subscription.lag()
+    return None if lag is None else lag.total
+
+
+async def fetch_n(subscription: RabbitMqSubscription, count: int) -> list[Message]:
+    """Fetch until ``count`` messages arrived (a fetch returns what is there once one is)."""
+    taken: list[Message] = []
+    deadline = time.monotonic() + 5
+    while len(taken) < count and time.monotonic() < deadline:
+        taken += await subscription.fetch(count - len(taken), 0.5)
+    return taken
+
+
+async def drain(subscription: RabbitMqSubscription, *, timeout: float = 0.3) -> list[Message]:
+    """Fetch and ack until a fetch comes back empty."""
+    taken: list[Message] = []
+    while batch := await subscription.fetch(100, timeout):
+        await subscription.settle(batch, [], [])
+        taken += batch
+    return taken
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+# -- URL and connection -------------------------------------------------------
+
+
+def test_url_parameters_are_read_and_mistakes_name_the_fix() -> None:
+    broker = connect("amqps://app:s3cret@mq.internal:5671/orders?queue_type=classic&heartbeat=5")
+    assert isinstance(broker, RabbitMqBroker)
+    assert broker.options.queue_type == "classic"
+    assert broker.options.client_url == "amqps://app:s3cret@mq.internal:5671/orders?heartbeat=5"
+    default = connect("amqp://127.0.0.1")
+    assert isinstance(default, RabbitMqBroker) and default.options.queue_type == "quorum"
+
+    for url, words in [
+        ("amqp://u:s3cret@127.0.0.1/?queue_type=stream", ["queue_type='stream'", "u:***@"]),
+        ("amqp://", ["has no host", "amqp://user:password@host:5672/vhost"]),
+        ("amqp://127.0.0.1:notaport/", ["invalid port"]),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            connect(url)
+        assert all(word in str(caught.value) for word in words), str(caught.value)
+        assert "s3cret" not in str(caught.value)
+
+
+def test_retry_delays_round_up_to_a_step_never_down() -> None:
+    assert retry_step(0) == 0 and retry_step(-1) == 0
+    assert retry_step(0.001) == 50 and retry_step(0.05) == 50
+    assert retry_step(1.0) == 1000 and retry_step(1.01) == 1500
+    for delay in (0.07, 0.4, 2.5, 17.0, 100.0, 1000.0):
+        step = retry_step(delay)
+        assert delay * 1000 <= step <= delay * 1000 * 5 / 3
+    assert retry_step(86_400) == 3_600_000  # capped at an hour
+
+
+async def test_an_unreachable_broker_is_unavailable_not_a_crash(proxy: TcpProxy) -> None:
+    proxy.pause()
+    broker = RabbitMqBroker.from_url(f"amqp://guest:pw@127.0.0.1:{proxy.port}/")
+    with pytest.raises(BrokerUnavailable, match=r"amqp://guest:\*\*\*@127\.0\.0\.1:\d+/"):
+        await broker.connect()
+    await broker.close()
+
+
+# -- mapping ----------------------------------------------------------------------
+
+
+async def test_a_retry_or_dead_letter_stays_in_its_group(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        billing = await broker.subscribe(topic, "billing", prefetch=10)
+        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
+        await broker.publish(topic, events(2))
+        failed, buried = await fetch_n(billing, 2)
+        assert len(await drain(shipping)) == 2
+        await billing.settle([], [(failed, 0.1)], [(buried, "FatalError: no")])
+
+        [again] = await billing.fetch(10, 2.0)
+        assert (again.id, again.attempt) == (failed.id, 2)
+        assert await shipping.fetch(10, 0.5) == [], "the other group got the retry too"
+        await billing.settle([again], [], [])
+        assert await (await broker.dead_letters(topic, "shipping")).count() == 0
+        assert await (await broker.dead_letters(topic, "billing")).count() == 1
+        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
+    finally:
+        await broker.close()
+
+
+async def test_a_long_retry_does_not_hold_up_a_short_one(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(2))
+        slow, fast = await fetch_n(sub, 2)
+        await sub.settle([], [(slow, 30.0), (fast, 0.1)], [])
+        [back] = await sub.fetch(10, 2.0)
+        assert back.id == fast.id
+        assert await total_lag(sub) == 2  # the slow one waits in its retry queue, counted
+    finally:
+        await broker.close()
+
+
+async def test_acks_out_of_order_settle_exactly_what_was_acked(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=50)
+        await broker.publish(topic, events(6))
+        got = await fetch_n(sub, 6)
+        assert numbers(got) == [0, 1, 2, 3, 4, 5]
+        await sub.settle([got[1], got[2], got[5]], [], [])  # 0, 3 and 4 still held
+        assert await total_lag(sub) == 3
+        await sub.settle([got[4], got[0]], [], [])
+        assert await total_lag(sub) == 1
+        await sub.settle([got[3], got[3]], [], [])  # twice in a batch: acked once
+        await sub.settle([got[0]], [], [])  # already settled: skipped, no channel error
+        assert await total_lag(sub) == 0
+        assert await sub.fetch(10, 0.3) == []
+    finally:
+        await broker.close()
+
+
+async def test_a_backlog_published_before_any_group_goes_to_the_first(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    try:
+        await broker.publish(topic, events(700))  # no group yet: kept in <topic>.unrouted
+        first = await broker.subscribe(topic, "billing", prefetch=100)
+        later = await broker.subscribe(topic, "shipping", prefetch=100)
+        await broker.publish(topic, events(1, start=700))
+        assert sorted(numbers(await drain(first))) == list(range(701))
+        assert numbers(await drain(later)) == [700]  # a queue holds what came after it
+    finally:
+        await broker.close()
+
+
+async def test_close_releases_at_the_same_attempt_and_a_crash_counts_one(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    broker = await opened(shared)
+    crashing = await opened(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=300)
+        await broker.publish(topic, events(300))
+        held = await fetch_n(sub, 50)  # and the rest sit in its window, unseen
+        assert len(held) == 50
+        await sub.close()
+
+        doomed = await crashing.subscribe(topic, "billing", prefetch=300)
+        assert len(await fetch_n(doomed, 300)) == 300
+        proxy.pause()
+        proxy.cut()
+        again = await broker.subscribe(topic, "billing", prefetch=300)
+        redelivered = await drain(again)
+        assert sorted(numbers(redelivered)) == list(range(300))
+        assert {m.attempt for m in redelivered} == {2}
+    finally:
+        await crashing.close()
+        await broker.close()
+
+
+async def test_dead_letters_list_replay_and_purge_by_stable_ids(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(4))
+        got = await fetch_n(sub, 4)
+        await sub.settle([], [], [(m, f"FatalError: {i}") for i, m in enumerate(got)])
+        dlq = await broker.dead_letters(topic, "billing")
+        listed = await dlq.list()
+        assert [x.error for x in listed] == [
+            "FatalError: 3",
+            "FatalError: 2",
+            "FatalError: 1",
+            "FatalError: 0",
+        ]
+        assert [x.id for x in await dlq.list()] == [x.id for x in listed], "ids changed"
+        assert await dlq.purge([listed[0].id, "no-such-id"]) == 1
+        assert await dlq.replay([listed[2].id]) == 1
+        assert await dlq.replay([listed[2].id]) == 0
+        assert [x.error for x in await dlq.list()] == ["FatalError: 2", "FatalError: 0"]
+        [back] = await sub.fetch(10, 1.0)
+        assert (back.id, back.attempt, back.headers) == (got[1].id, 1, {})
+        await sub.settle([back], [], [])
+        nowhere = await broker.dead_letters(f"{topic}-none", "billing")
+        assert (await nowhere.count(), await nowhere.list(), await nowhere.purge()) == (0, [], 0)
+    finally:
+        await broker.close()
+
+
+def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
+    from millstream.cli import app
+
+    topic = f"test-{uuid.uuid4().hex[:12]}"
+    runner = CliRunner()
+
+    async def bury() -> list[str]:
+        broker = await opened(shared)
+        try:
+            sub = await broker.subscribe(topic, "billing", prefetch=10)
+            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
+            got = await fetch_n(sub, 2)
+            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
+            return [m.id for m in got]
+        finally:
+            await broker.close()
+
+    try:
+        ids = asyncio.run(bury())
+        command = ["dlq", "list", topic, "-g", "billing", "-b", shared, "--json"]
+        listed = runner.invoke(app, command)
+        assert listed.exit_code == 0, listed.output
+        letters = [json.loads(line) for line in listed.output.splitlines()]
+        assert [(x["message_id"], x["error"]) for x in letters] == [
+            (ids[1], "FatalError: poison 1"),
+            (ids[0], "FatalError: poison 0"),
+        ]
+        assert letters[1]["key"] == "k" and letters[1]["attempts"] == 1
+        replay = ["dlq", "replay", topic, "-g", "billing", "-b", shared, "--id", letters[1]["id"]]
+        replayed = runner.invoke(app, replay)
+        assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
+        purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "billing", "-b", shared, "-y"])
+        assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+    finally:
+        asyncio.run(delete_names(topic, GROUPS))
+
+
+# -- the running consumer -------------------------------------------------------------
+
+
+async def test_lag_is_reported_in_health_and_metrics(shared: str, topic: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.web import serving
+
+    ms = Millstream(shared, poll_timeout=0.1)
+
+    @ms.consumer(topic, group="billing")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    async with serving(ms.fastapi()) as http:
+        consumer = ms.consumers["handle"]
+        consumer.pause()
+        await asyncio.sleep(0.3)  # a fetch already waiting would still take some
+        await ms.publish_batch(topic, [{"n": i} for i in range(25)])
+        await until_equal(lambda: _lag(ms), 25)
+
+        health = (await http.get("/actuator/health")).json()
+        assert health["components"]["consumers"]["components"]["handle"]["details"]["lag"] == 25
+        lags = [
+            sample.value
+            for family in text_string_to_metric_families((await http.get("/metrics")).text)
+            for sample in family.samples
+            if sample.name == "millstream_consumer_lag" and sample.labels["consumer"] == "handle"
+        ]
+        assert lags == [25]
+
+        consumer.resume()
+        await until_equal(lambda: _lag(ms), 0)
+
+
+async def _lag(ms: Millstream) -> int | None:
+    lag = await ms.consumers["handle"].lag()
+    return None if lag is None else lag.total
+
+
+def at_least(handled: list[int], count: int) -> Callable[[], bool]:
+    return lambda: len(set(handled)) >= count
+
+
+async def test_a_cut_connection_mid_stream_loses_nothing(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    ms = Millstream(
+        f"amqp://guest:guest@127.0.0.1:{proxy.port}/", reconnect_backoff=0.05, poll_timeout=0.2
+    )
+    handled: list[int] = []
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.append(event["n"])
+
+    publisher = await opened(shared)  # not through the proxy: publishing goes on
+    try:
+        await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
+        async with ms:
+            consumer = ms.consumers["handle"]
+            for wave in range(4):
+                await publisher.publish(topic, events(250, start=wave * 250))
+                await until(at_least(handled, wave * 250 + 50), within=10)
+                proxy.cut()
+                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+                await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
+            await until(lambda: len(set(handled)) == 1000, within=20)
+            await until_equal(lambda: _lag(ms), 0)
+    finally:
+        await publisher.close()
+
+    assert set(handled) == set(range(1000))
+    assert consumer.stats.reconnects >= 4
+
+
+async def test_a_deleted_queue_is_declared_again_and_consuming_goes_on(
+    shared: str, topic: str
+) -> None:
+    ms = Millstream(shared, reconnect_backoff=0.05, poll_timeout=0.2)
+    handled: list[int] = []
+
+    @ms.consumer(topic, group="billing")
+    async def handle(event: dict[str, int]) -> None:
+        handled.append(event["n"])
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        await ms.publish_batch(topic, [{"n": 0}])
+        await until(lambda: handled == [0])
+        connection = await aiormq.connect(shared)
+        channel = await connection.channel()
+        await channel.queue_delete(f"{topic}.billing")  # an operator, a policy, ...
+        await connection.close()
+        await until(lambda: consumer.stats.reconnects >= 1, within=5)
+        await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
+        await ms.publish_batch(topic, [{"n": 1}])
+        await until(lambda: handled == [0, 1])
+
+
+@pytest.mark.slow
+async def test_the_node_stopping_and_starting_loses_nothing(shared: str, topic: str) -> None:
+    ms = Millstream(shared, reconnect_backoff=0.1, reconnect_max_backoff=0.5, poll_timeout=0.2)
+    handled: list[int] = []
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.append(event["n"])
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        await ms.publish_batch(topic, [{"n": i} for i in range(600)])
+        await until(at_least(handled, 100), within=10)
+        try:
+            await asyncio.to_thread(rabbitmqctl, "stop_app")
+            await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=10)
+        finally:
+            await asyncio.to_thread(rabbitmqctl, "start_app")
+        await until(lambda: consumer.state is ConsumerState.RUNNING, within=30)
+        await ms.publish_batch(topic, [{"n": i} for i in range(600, 700)])
+        await until(lambda: len(set(handled)) == 700, within=30)
+
+    assert set(handled) == set(range(700))
+
+
+async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(
+    shared: str, proxy: TcpProxy
+) -> None:
+    proxy.pause()  # unreachable at start: the consumer keeps trying...
+    ms = Millstream(f"amqp://guest:wrong@127.0.0.1:{proxy.port}/", reconnect_backoff=0.05)
+
+    @ms.consumer("payments", group="billing")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+        proxy.resume()  # ...until the broker answers, and refuses the password
+        await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
+        attempts = proxy.accepted
+        await asyncio.sleep(1.0)
+        assert proxy.accepted == attempts <= 2, "kept connecting after the refusal"
+        assert consumer.state is ConsumerState.FAILED
+        error = consumer.stats.last_error or ""
+        assert "refused the credentials" in error and "amqp://guest:***@" in error
+
+
+@pytest.mark.slow
+async def test_missing_permissions_name_the_fix(shared: str) -> None:
+    user = f"ms-test-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(rabbitmqctl, "add_user", user, "pw")
+    try:
+        with pytest.raises(AuthenticationError, match="virtual host"):
+            await opened(f"amqp://{user}:pw@127.0.0.1:5672/")
+        await asyncio.to_thread(rabbitmqctl, "set_permissions", user, "^$", ".*", ".*")
+        broker = await opened(f"amqp://{user}:pw@127.0.0.1:5672/")
+        try:
+            with pytest.raises(AuthenticationError, match="set_permissions"):
+                await broker.subscribe("payments-never-declared", "billing", prefetch=10)
+        finally:
+            await broker.close()
+    finally:
+        await asyncio.to_thread(rabbitmqctl, "delete_user", user)
+
+
+# -- several processes ------------------------------------------------------------
+
+
+def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
+    return subprocess.Popen(
+        [*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+
+
+def ends(log: Path) -> list[tuple[int, int]]:
+    """(number, attempt) of every handler that finished, in the order they did."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(int(n), int(a)) for kind, n, a in (line.split() for line in lines if " " in line)
+            if kind == "end"]  # fmt: skip
+
+
+def starts(log: Path) -> set[int]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {int(line.split()[1]) for line in lines if line.startswith("start")}
+
+
+def ready(logs: list[Path]) -> bool:
+    return all(log.exists() and "ready" in log.read_text() for log in logs)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
+    shared: str, topic: str, tmp_path: Path
+) -> None:
+    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
+    publisher = await opened(shared)
+    await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
+    processes = [spawn(shared, topic, log, sleep=0.01) for log in logs]
+    try:
+        await until(lambda: ready(logs), within=30)
+        await asyncio.sleep(1.0)  # connected and consuming
+        await publisher.publish(topic, events(3000))
+        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
+        assert all(ends(log) for log in logs), "a process got no work"
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait(timeout=10)
+        killed_started = starts(logs[0])
+        survivors = logs[1:]
+        await until(
+            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
+        )
+        await asyncio.sleep(0.5)
+        stop(processes[1:])
+        sub = await publisher.subscribe(topic, "billing", prefetch=10)
+        assert await total_lag(sub) == 0
+    finally:
+        stop([p for p in processes[1:] if p.poll() is None])
+        await publisher.close()
+
+    survived = [(n, a) for log in survivors for n, a in ends(log)]
+    twice = Counter(n for n, _ in survived)
+    assert max(twice.values()) == 1, "the survivors handled a message twice between them"
+    everywhere = Counter(n for log in logs for n, _ in ends(log))
+    duplicates = {n for n, count in everywhere.items() if count > 1}
+    assert duplicates <= killed_started, "a duplicate that the killed process never had"
+    # What the killed process held came back counted: RabbitMQ's x-delivery-count.
+    assert all(a == 2 for n, a in survived if n in killed_started)
+    assert {a for _, a in survived} <= {1, 2}
+
+
+async def test_raw_amqp_publishers_are_read(shared: str, topic: str) -> None:
+    """Another tool's message: no millstream headers, maybe no message id."""
+    broker = await opened(shared)
+    connection = await aiormq.connect(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        channel = await connection.channel()
+        await channel.basic_publish(
+            b'{"n": 1}',
+            exchange=topic,
+            properties=aiormq.spec.Basic.Properties(headers={"h": "v", "n": 7}),
+        )
+        [theirs] = await sub.fetch(10, 1.0)
+        assert (theirs.payload, theirs.key, theirs.headers) == (
+            b'{"n": 1}',
+            None,
+            {"h": "v", "n": "7"},
+        )
+        assert theirs.id and theirs.attempt == 1
+        assert abs(theirs.published_at - time.time()) < 5
+        await sub.settle([theirs], [], [])
+    finally:
+        await connection.close()
+        await broker.close()
