@@ -1,0 +1,351 @@
+"""One member of a group on NATS JetStream: fetch, settle, lag, release.
+
+**Pulling.** A member owns one inbox and asks the group's durable consumer
+for a batch (``$JS.API.CONSUMER.MSG.NEXT``) to it. It first asks with
+``no_wait`` (the server answers at once with what it has, then a status);
+only when that found nothing does it wait on the server with ``expires``
+(at most ``_LINGER`` seconds, so a closing member never waits long for its
+last request to end). At most one request is open at a time, and what a
+request delivers after ``fetch`` returned waits in the member for the next
+``fetch``: it is held like everything handed out.
+
+**Settling** is one publish per outcome on the delivery's acknowledgement
+subject (``+ACK``, ``-NAK {"delay": ns}``, ``+TERM``), with only the last
+one sent as a request. The server applies a consumer's acknowledgements in
+the order they arrive, so its reply means the whole batch is applied: one
+round trip per batch, and ``lag`` read right after sees it. A dead letter
+is copied into the dead-letter stream (acknowledged by the stream) before
+its ``+TERM``: a crash in between leaves it delivered again, never lost.
+
+**Attempts** are JetStream's delivery count, plus ``ms-attempt`` on
+group-private copies. ``close`` gives back what the member holds without
+counting an attempt, which a ``nak`` cannot do (it counts a delivery): it
+publishes a copy with ``ms-attempt`` = attempts so far to the group's
+private subject, then acks the original. Copies are in the topic's stream,
+whose consumers all read it whole (NATS 2.9 has one filter subject per
+consumer, and the topic is one subject already); a member that receives
+another group's private copy acks it and passes it by, so a released or
+replayed message reaches its own group only. Such copies are rare (a
+closing member, a replay).
+
+**Keeping alive.** A fetch sends ``+WPI`` (work in progress) for everything
+the member holds at most every quarter lease (5 s at most), so a slow
+handler keeps its message; a member that stopped calling loses its messages
+to the others when ``ack_wait`` runs out, and their delivery count says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from nats import errors as nats_errors
+from nats.js import errors as js_errors
+
+from millstream.brokers import redact
+from millstream.brokers.base import Lag
+from millstream.brokers.nats_connection import (
+    PRIVATE_PREFIX,
+    REQUEST_TIMEOUT,
+    Connection,
+    Names,
+    api_error,
+    translated,
+)
+from millstream.brokers.nats_envelope import decode, private_headers
+from millstream.errors import BrokerError, BrokerUnavailable
+from millstream.message import Message
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsInbox
+
+    from millstream.brokers.nats import NatsBroker
+
+__all__ = ["NatsSubscription"]
+
+_LINGER = 1.0  # seconds a waiting pull request stays on the server at most
+_ANSWER_WITHIN = 1.0  # seconds a pull request may go unanswered past its expiry
+_KEEP_ALIVE_MAX = 5.0  # seconds between +WPI rounds at most, whatever the lease
+_ACK = b"+ACK"
+_TERM = b"+TERM"
+_PROGRESS = b"+WPI"
+
+
+class NatsSubscription:
+    """A member of a group: a pull inbox on the group's durable consumer.
+
+    What it fetched stays unacknowledged on the server until settled;
+    ``close`` gives all of it back, uncounted.
+    """
+
+    def __init__(self, broker: NatsBroker, connection: Connection, names: Names) -> None:
+        self._broker = broker
+        self._connection = connection
+        self._names = names
+        self.topic = names.topic
+        self.group = names.group
+        self._stream = names.stream
+        self._client = connection.client
+        self._inbox = self._client.new_inbox()
+        self._sub: NatsInbox | None = None
+        self._pull = names.pull
+        self._others = f"{PRIVATE_PREFIX}.{names.stream}."
+        self._own = names.private
+        self._mine = (names.stream, "_INBOX")
+        self._consumer = (names.stream, names.consumer)
+        self._ready: deque[Message] = deque()
+        self._held: dict[str, Message] = {}  # acknowledgement subject -> delivery
+        self._open = 0  # messages the open pull request may still deliver (0: none open)
+        self._open_until = 0.0
+        self._idle = False  # the last request found nothing: wait on the server next time
+        self._lingering = False  # the open request waits on the server (not no_wait)
+        self._missing = False  # the consumer (or its stream) is gone: recreate it
+        self._arrived = asyncio.Event()
+        lease = broker.options.lease
+        self._keep_alive_every = min(lease / 4, _KEEP_ALIVE_MAX)
+        self._keep_alive_at = time.monotonic() + self._keep_alive_every
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open the member's inbox."""
+        with translated(self._broker.url):
+            self._sub = await self._client.subscribe(
+                self._inbox, cb=self._received, pending_msgs_limit=0, pending_bytes_limit=0
+            )
+        self._connection.listen(self._arrived.set)
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to ``max_messages``, waiting up to ``timeout`` for the first.
+
+        ``fetch(0, 0)`` takes nothing and only keeps what this member holds
+        alive. A fetch that fails or is cancelled loses nothing: what arrives
+        later waits for the next fetch, or ``close`` releases it.
+        """
+        self._check()
+        now = time.monotonic()
+        if now >= self._keep_alive_at:
+            await self._keep_alive(now)
+        if max_messages <= 0:
+            return []
+        if self._missing:
+            await self._recreate()
+            now = time.monotonic()
+        deadline = now + timeout
+        asked = False
+        while True:
+            ready = self._ready
+            if ready and (self._open <= 0 or self._lingering):
+                return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+            if self._open > 0 and now > self._open_until:
+                await self._unanswered()
+            if self._open <= 0:
+                if asked and now >= deadline:
+                    return []
+                await self._ask(max_messages, deadline - now)
+                asked = True
+            elif now >= deadline:  # out of time with a request still open
+                return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+            # A no_wait request is answered at once: wait for all of it.
+            until = self._open_until if not self._lingering else min(deadline, self._open_until)
+            self._arrived.clear()
+            if until > now:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), until - now)
+            self._connection.check(*self._mine)
+            if self._missing:
+                await self._recreate()
+            now = time.monotonic()
+
+    async def _ask(self, batch: int, remaining: float) -> None:
+        """Open one pull request: ``no_wait`` unless the last one found nothing."""
+        now = time.monotonic()
+        self._lingering = self._idle and remaining > 0.001
+        if self._lingering:
+            expires = min(remaining, _LINGER)
+            request: dict[str, object] = {"batch": batch, "expires": int(expires * 1e9)}
+            self._open_until = now + expires + _ANSWER_WITHIN
+        else:
+            request = {"batch": batch, "no_wait": True}
+            self._open_until = now + _ANSWER_WITHIN
+        self._open = batch
+        with translated(self._broker.url):
+            await self._client.publish(self._pull, json.dumps(request).encode(), reply=self._inbox)
+
+    async def _unanswered(self) -> None:
+        """The open request was never ended: a lost reply, or (NATS 2.9) a deleted consumer.
+
+        A pull request to a consumer that is gone gets no answer at all, so
+        look: recreate the consumer if it is not there, else just ask anew.
+        """
+        self._open = 0
+        js = self._client.jsm(timeout=REQUEST_TIMEOUT)
+        try:
+            await self._connection.guard(js.consumer_info(*self._consumer), *self._mine)
+        except js_errors.NotFoundError:
+            self._missing = True
+        except js_errors.APIError as exc:
+            raise api_error(self._broker.url, exc, f"looking up {self._consumer[1]!r}") from None
+
+    async def _received(self, msg: Msg) -> None:
+        """Every delivery and status of this member's pull requests, in order."""
+        reply = msg.reply
+        if not reply:  # a status: the open request ended, or the consumer is not there
+            status = (msg.headers or {}).get("Status", "")
+            if status == "100":  # an idle heartbeat; none are asked for
+                return
+            if status == "503" or (status == "409" and "Deleted" in str(msg.headers)):
+                self._missing = True
+            elif status in ("404", "409"):
+                # Nothing there, or the group is at max_ack_pending: the next
+                # request waits on the server instead of asking again at once.
+                self._idle = True
+            self._open = 0
+            self._arrived.set()
+            return
+        self._open -= 1
+        self._idle = False
+        subject = msg.subject
+        if subject.startswith(self._others) and subject != self._own:
+            # Another group's released or replayed message: not for this group.
+            await self._client.publish(reply, _ACK)
+            return
+        message = decode(self.topic, self._stream, msg)
+        self._held[reply] = message
+        self._ready.append(message)
+        self._arrived.set()
+
+    async def settle(
+        self,
+        acks: Sequence[Message],
+        retries: Sequence[tuple[Message, float]],
+        deads: Sequence[tuple[Message, str]],
+    ) -> None:
+        """Apply a batch of outcomes in one round trip; deliveries not from here are skipped."""
+        self._check()
+        held = self._held
+        if deads:
+            buried = [(m, reason) for m, reason in deads if m.receipt in held]
+            if buried:
+                await self._broker.bury(self._names, buried)
+        commands: list[tuple[str, bytes]] = []
+        for m, _ in deads:
+            if held.pop(m.receipt, None) is not None:
+                commands.append((m.receipt, _TERM))
+        for m, delay in retries:
+            if held.pop(m.receipt, None) is not None:
+                ns = max(0, round(delay * 1e9))
+                commands.append((m.receipt, b'-NAK {"delay": %d}' % ns if ns else b"-NAK"))
+        for m in acks:
+            if held.pop(m.receipt, None) is not None:
+                commands.append((m.receipt, _ACK))
+        await self._send(commands)
+
+    async def _send(self, commands: list[tuple[str, bytes]]) -> None:
+        """Publish acknowledgements, the last as a request: its reply means all are applied."""
+        if not commands:
+            return
+        client = self._client
+        connection = self._connection
+        with translated(self._broker.url):
+            for subject, payload in commands[:-1]:
+                await client.publish(subject, payload)
+        last_subject, last_payload = commands[-1]
+        if last_payload == _TERM:
+            # The server answers no request to +TERM; +WPI after it is answered, and
+            # since the consumer takes its acknowledgements in order, it fences the batch.
+            with translated(self._broker.url):
+                await client.publish(last_subject, _TERM)
+            last_payload = _PROGRESS
+        if not await connection.guard(self._fence(last_subject, last_payload), *self._mine):
+            # No responders: the consumer is gone (deleted, or its stream). Its
+            # successor starts over and delivers these again.
+            self._missing = True
+
+    async def _fence(self, subject: str, payload: bytes) -> bool:
+        """Send the batch's last acknowledgement as a request; ``False`` if no consumer answers."""
+        try:
+            await self._client.request(subject, payload, timeout=REQUEST_TIMEOUT)
+        except nats_errors.NoRespondersError:
+            return False
+        return True
+
+    async def _keep_alive(self, now: float) -> None:
+        self._keep_alive_at = now + self._keep_alive_every
+        if self._held:
+            with translated(self._broker.url):
+                for subject in list(self._held):
+                    await self._client.publish(subject, _PROGRESS)
+
+    async def _recreate(self) -> None:
+        """The consumer (or its stream) was deleted: create it again, from the stream's start."""
+        self._missing = False
+        self._open = 0
+        self._idle = False
+        self._broker.forget_stream(self._stream)
+        await self._broker.ensure_consumer(self._names)
+
+    async def lag(self) -> Lag | None:
+        """Waiting plus in flight (retries waiting for their delay included)."""
+        self._check()
+        connection = self._connection
+        js = self._client.jetstream(timeout=REQUEST_TIMEOUT)
+        names = self._names
+        consumer = self._consumer
+        what = f"reading the lag of {names.consumer!r}"
+        try:
+            try:
+                info = await connection.guard(js.consumer_info(*consumer), *self._mine)
+            except js_errors.NotFoundError:
+                await self._recreate()
+                info = await connection.guard(js.consumer_info(*consumer), *self._mine)
+        except js_errors.APIError as exc:
+            raise api_error(self._broker.url, exc, what) from None
+        return Lag(total=(info.num_pending or 0) + (info.num_ack_pending or 0))
+
+    async def close(self) -> None:
+        """Give back everything this member holds, uncounted. Safe twice, and when disconnected."""
+        if self._closed:
+            return
+        self._closed = True
+        self._broker.forget(self)
+        connection = self._connection
+        connection.unlisten(self._arrived.set)
+        # Whatever the open request still delivers is held too: let it end first.
+        until = min(self._open_until, time.monotonic() + _LINGER + 0.2)
+        while self._open > 0 and connection.alive and time.monotonic() < until:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), until - time.monotonic())
+            except TimeoutError:
+                break
+        sub, self._sub = self._sub, None
+        if sub is not None and connection.alive:
+            try:
+                with translated(self._broker.url):
+                    await sub.unsubscribe()
+            except BrokerError:
+                pass
+        held = list(self._held.values())
+        self._held.clear()
+        self._ready.clear()
+        if not held or not connection.alive:
+            return  # after a lost connection, ack_wait gives them back (counted)
+        try:
+            copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
+            await self._broker.send(self._own, copies, self._stream)
+            await self._send([(m.receipt, _ACK) for m in held])
+        except BrokerError:
+            pass  # not released: they come back after ack_wait, counted
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(
+                f"broker {redact(self._broker.url)}: subscription to {self.topic!r} is closed"
+            )
+        self._connection.check(*self._mine)

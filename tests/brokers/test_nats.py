@@ -1,0 +1,618 @@
+"""The NATS JetStream broker beyond the shared conformance suite, against real servers.
+
+The shared NATS at 127.0.0.1:4222 serves most tests, each on a topic named
+by a fresh uuid whose streams it deletes afterwards. Tests that restart a
+server or need users and permissions start a private ``nats-server -js``
+(tests/brokers/nats_server.py); tests that break the network put a TCP
+proxy in between (tests/proxy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from typer.testing import CliRunner
+
+from millstream import Message, Millstream, OutgoingMessage
+from millstream.brokers import connect
+from millstream.brokers.nats import NatsBroker, NatsSubscription
+from millstream.brokers.nats_connection import Names
+from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
+from millstream.runtime import ConsumerState
+from tests.brokers.nats_server import NatsServer, delete_streams
+from tests.brokers.redis_server import free_port
+from tests.conftest import require_service
+from tests.proxy import TcpProxy
+from tests.support import until, until_equal
+
+SHARED = "nats://127.0.0.1:4222"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shared() -> str:
+    require_service("NATS", "127.0.0.1", 4222)
+    return SHARED
+
+
+@pytest.fixture
+async def topic(shared: str) -> AsyncIterator[str]:
+    """A topic no other test uses; its streams are deleted afterwards."""
+    name = f"test.{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_streams(shared, name)
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 4222) as running:
+        yield running
+
+
+async def opened(url: str) -> NatsBroker:
+    broker = NatsBroker.from_url(url)
+    await broker.connect()
+    return broker
+
+
+def events(count: int, start: int = 0) -> list[OutgoingMessage]:
+    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
+
+
+def numbers(messages: list[Message]) -> list[int]:
+    return [json.loads(m.payload)["n"] for m in messages]
+
+
+async def total_lag(subscription: NatsSubscription) -> int | None:
+    lag = await subscription.lag()
+    return None if lag is None else lag.total
+
+
+async def drain(subscription: NatsSubscription, *, timeout: float = 0.3) -> list[Message]:
+    """Fetch and ack until a fetch comes back empty."""
+    taken: list[Message] = []
+    while batch := await subscription.fetch(100, timeout):
+        await subscription.settle(batch, [], [])
+        taken += batch
+    return taken
+
+
+async def gather(subscription: NatsSubscription, count: int, within: float = 5.0) -> list[Message]:
+    """Fetch and ack until ``count`` arrived or ``within`` seconds passed."""
+    taken: list[Message] = []
+    deadline = time.monotonic() + within
+    while len(taken) < count and time.monotonic() < deadline:
+        batch = await subscription.fetch(100, 0.5)
+        await subscription.settle(batch, [], [])
+        taken += batch
+    return taken
+
+
+# -- URL, names and connection ------------------------------------------------
+
+
+def test_url_parameters_are_read_and_mistakes_name_the_fix() -> None:
+    broker = connect("nats://app:s3cret@127.0.0.1:4222?lease=2.5&max_ack_pending=500")
+    assert isinstance(broker, NatsBroker)
+    assert (broker.options.lease, broker.options.max_ack_pending) == (2.5, 500)
+    assert broker.options.server == "nats://app:s3cret@127.0.0.1:4222"
+
+    for url, words in [
+        ("nats://:s3cret@127.0.0.1:4222?lease=soon", ["lease='soon'", "nats://:***@"]),
+        ("nats://127.0.0.1:4222?lease=0", ["lease='0'", "more than 0"]),
+        ("nats://127.0.0.1:4222?max_ack_pending=-1", ["max_ack_pending='-1'"]),
+        ("nats://127.0.0.1:4222?ack=1", ["unknown parameter 'ack'"]),
+        ("nats://", ["has no host", "nats://[user:password@]host:4222"]),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            connect(url)
+        assert all(word in str(caught.value) for word in words), str(caught.value)
+        assert "s3cret" not in str(caught.value)
+
+
+def test_names_are_safe_and_distinct_for_dotted_topics() -> None:
+    plain, dotted, underscored = Names("orders", "billing"), Names("a.b", "g"), Names("a_b", "g")
+    assert (plain.stream, plain.consumer) == ("MS_orders", "billing")
+    assert plain.private == "_ms.MS_orders.billing"
+    assert dotted.stream.startswith("MS_a_b_") and underscored.stream == "MS_a_b"
+    assert Names("t", "billing.eu").consumer != Names("t", "billing_eu").consumer
+    assert Names("t", "a").dead_stream != Names("t", "b").dead_stream
+
+
+async def test_topics_that_are_not_plain_subjects_are_refused(shared: str) -> None:
+    broker = await opened(shared)
+    try:
+        for bad in ["orders.*", "orders..eu", "orders eu", "_ms.x", ""]:
+            with pytest.raises(ConfigError, match="a NATS topic is a subject"):
+                await broker.publish(bad, events(1))
+    finally:
+        await broker.close()
+
+
+async def test_an_unreachable_server_is_unavailable_not_a_crash() -> None:
+    broker = NatsBroker.from_url(f"nats://u:pw@127.0.0.1:{free_port()}")
+    with pytest.raises(BrokerUnavailable, match=r"nats://u:\*\*\*@127\.0\.0\.1:\d+"):
+        await broker.connect()
+    await broker.close()
+
+
+# -- the data in JetStream ------------------------------------------------------
+
+
+async def test_messages_are_plain_on_the_subject_and_other_publishers_are_read(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    client = await nats.connect(shared)
+    try:
+        sent = OutgoingMessage(b'{"n": 1}', key="k-1", headers={"h": "\u00fc"})
+        await broker.publish(topic, [sent])
+        raw = await client.jsm().get_msg(Names(topic, "").stream, 1)
+        assert raw.subject == topic and raw.data == b'{"n": 1}'
+        assert raw.headers is not None and raw.headers["Nats-Msg-Id"] == sent.id
+
+        # Another tool's message: no envelope, just a payload.
+        ack = await client.jetstream().publish(topic, b'{"n": 2}')
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        ours, theirs = await sub.fetch(10, 1.0)
+        assert (ours.id, ours.key, ours.headers) == (sent.id, "k-1", {"h": "\u00fc"})
+        assert theirs.id == f"{Names(topic, '').stream}:{ack.seq}" and theirs.attempt == 1
+        assert abs(theirs.published_at - time.time()) < 5
+        await sub.settle([ours, theirs], [], [])
+        assert await total_lag(sub) == 0
+
+        # A publish retried after a lost acknowledgement is stored once.
+        await broker.publish(topic, [sent])
+        assert await sub.fetch(10, 0.3) == []
+    finally:
+        await client.close()
+        await broker.close()
+
+
+async def test_keepalive_fetch_takes_nothing_and_does_not_wait(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(5))
+        started = time.monotonic()
+        assert await sub.fetch(0, 0) == []
+        assert await sub.fetch(0, 5.0) == []
+        assert time.monotonic() - started < 0.5
+        assert await total_lag(sub) == 5
+        assert numbers(await drain(sub)) == [0, 1, 2, 3, 4]
+    finally:
+        await broker.close()
+
+
+async def test_retries_and_dead_letters_stay_in_their_group(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    try:
+        billing = await broker.subscribe(topic, "billing", prefetch=10)
+        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
+        await broker.publish(topic, events(2))
+        failed, poison = await billing.fetch(10, 1.0)
+        assert numbers(await drain(shipping)) == [0, 1]
+        await billing.settle([], [(failed, 0.1)], [(poison, "FatalError: no")])
+
+        [again] = await billing.fetch(10, 2.0)
+        assert (again.id, again.attempt) == (failed.id, 2)
+        await billing.settle([again], [], [])
+        dlq = await broker.dead_letters(topic, "billing")
+        assert await dlq.replay() == 1
+        [replayed] = await billing.fetch(10, 2.0)
+        assert (replayed.id, replayed.attempt) == (poison.id, 1)
+        await billing.settle([replayed], [], [])
+
+        assert await shipping.fetch(10, 0.5) == [], "the other group got a retry or a replay"
+        assert await (await broker.dead_letters(topic, "shipping")).count() == 0
+        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
+    finally:
+        await broker.close()
+
+
+async def test_a_slow_member_keeps_its_messages_past_the_lease(shared: str, topic: str) -> None:
+    url = f"{shared}?lease=0.6"
+    slow_broker, other_broker = await opened(url), await opened(url)
+    try:
+        slow = await slow_broker.subscribe(topic, "billing", prefetch=10)
+        other = await other_broker.subscribe(topic, "billing", prefetch=10)
+        await slow_broker.publish(topic, events(3))
+        held = await slow.fetch(10, 1.0)
+        assert len(held) == 3
+
+        # The slow member only keeps calling fetch(0, 0), as the runtime does
+        # while its handlers run; the other must not take its messages.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            await slow.fetch(0, 0)
+            assert await other.fetch(10, 0.1) == []
+        await slow.settle(held, [], [])
+        assert await other.fetch(10, 0.8) == []
+    finally:
+        await slow_broker.close()
+        await other_broker.close()
+
+
+async def test_close_releases_what_was_delivered_but_not_yet_fetched(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=300)
+        await broker.publish(topic, events(300))
+        held = await sub.fetch(50, 1.0)
+        assert len(held) == 50
+        await broker.publish(topic, events(10, start=300))
+        # A waiting pull request delivers more than this fetch takes.
+        assert len(await sub.fetch(5, 1.0)) == 5
+
+        await sub.close()
+
+        again = await broker.subscribe(topic, "billing", prefetch=300)
+        redelivered = await drain(again)
+        assert sorted(numbers(redelivered)) == list(range(310))
+        assert {m.attempt for m in redelivered} == {1}
+        assert await total_lag(again) == 0
+    finally:
+        await broker.close()
+
+
+async def test_a_deleted_consumer_or_stream_is_recreated_and_consuming_goes_on(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    client = await nats.connect(shared)
+    try:
+        names = Names(topic, "billing")
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await broker.publish(topic, events(2))
+        assert numbers(await drain(sub)) == [0, 1]
+
+        await client.jsm().delete_consumer(names.stream, names.consumer)
+        await broker.publish(topic, events(1, start=2))
+        assert numbers(await gather(sub, 3)) == [0, 1, 2]  # from the start again
+
+        await client.jsm().delete_stream(names.stream)
+        assert await sub.fetch(10, 0.5) == []
+        await broker.publish(topic, events(1, start=3))
+        assert numbers(await gather(sub, 1)) == [3]
+    finally:
+        await client.close()
+        await broker.close()
+
+
+def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
+    from millstream.cli import app
+
+    topic = f"test-{uuid.uuid4().hex[:12]}"
+    runner = CliRunner()
+
+    async def bury() -> list[str]:
+        broker = await opened(shared)
+        try:
+            sub = await broker.subscribe(topic, "orders", prefetch=10)
+            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
+            got = await sub.fetch(10, 1.0)
+            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
+            return [m.id for m in got]
+        finally:
+            await broker.close()
+
+    async def redelivered() -> list[Message]:
+        broker = await opened(shared)
+        try:
+            sub = await broker.subscribe(topic, "orders", prefetch=10)
+            return await sub.fetch(10, 1.0)
+        finally:
+            await broker.close()
+
+    try:
+        ids = asyncio.run(bury())
+        listed = runner.invoke(app, ["dlq", "list", topic, "-g", "orders", "-b", shared, "--json"])
+        assert listed.exit_code == 0, listed.output
+        letters = [json.loads(line) for line in listed.output.splitlines()]
+        assert [(x["message_id"], x["error"]) for x in letters] == [
+            (ids[1], "FatalError: poison 1"),
+            (ids[0], "FatalError: poison 0"),
+        ]
+        assert letters[1]["key"] == "k" and letters[1]["attempts"] == 1
+
+        replay = ["dlq", "replay", topic, "-g", "orders", "-b", shared, "--id", letters[1]["id"]]
+        replayed = runner.invoke(app, replay)
+        assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
+        [back] = asyncio.run(redelivered())
+        assert (back.id, back.payload, back.attempt) == (ids[0], b"\xffbin", 1)
+
+        purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "orders", "-b", shared, "-y"])
+        assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+    finally:
+        asyncio.run(delete_streams(shared, topic))
+
+
+# -- the running consumer -----------------------------------------------------------
+
+
+async def _lag(ms: Millstream) -> int | None:
+    lag = await ms.consumers["handle"].lag()
+    return None if lag is None else lag.total
+
+
+def at_least(handled: list[int], count: int) -> Callable[[], bool]:
+    return lambda: len(set(handled)) >= count
+
+
+async def test_lag_is_reported_in_the_consumer_health(shared: str, topic: str) -> None:
+    ms = Millstream(shared)
+
+    @ms.consumer(topic, group="billing")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    async with ms:
+        consumer = ms.consumers["handle"]
+        consumer.pause()
+        await ms.publish_batch(topic, [{"n": i} for i in range(25)])
+        lag = await consumer.lag()
+        assert lag is not None and lag.total == 25
+
+        health = pytest.importorskip("millstream.observability.health")
+        [report] = await health.collect([consumer])
+        document = health.Health(ms.broker.url, True, False, [report]).document()
+        assert document["components"]["consumers"]["components"]["handle"]["details"]["lag"] == 25
+
+        consumer.resume()
+        await until_equal(lambda: _lag(ms), 0)
+
+
+async def test_a_cut_connection_mid_stream_loses_nothing(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    url = f"nats://127.0.0.1:{proxy.port}?lease=1"
+    ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
+    handled: list[int] = []
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.append(event["n"])
+
+    publisher = await opened(shared)  # not through the proxy: publishing goes on
+    try:
+        async with ms:
+            consumer = ms.consumers["handle"]
+            for wave in range(4):
+                await publisher.publish(topic, events(250, start=wave * 250))
+                await until(at_least(handled, wave * 250 + 50), within=10)
+                proxy.cut()
+                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+                await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
+            await until(lambda: len(set(handled)) == 1000, within=20)
+            await until_equal(lambda: _lag(ms), 0)
+    finally:
+        await publisher.close()
+
+    assert set(handled) == set(range(1000))
+    assert consumer.stats.reconnects >= 4
+    assert len(handled) - 1000 <= 4 * 256
+
+
+async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats") as server:
+        topic = "payments.eu"
+        ms = Millstream(f"{server.url()}?lease=1", reconnect_backoff=0.05, poll_timeout=0.2)
+        handled: list[int] = []
+
+        @ms.consumer(topic, group="billing", concurrency=4)
+        async def handle(event: dict[str, int]) -> None:
+            await asyncio.sleep(0.003)
+            handled.append(event["n"])
+
+        publisher = await opened(server.url())
+        await publisher.publish(topic, events(600))
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await until(lambda: len(set(handled)) >= 200, within=10)
+            server.restart(kill=True, down_for=0.5)  # SIGKILL: the file store must carry it
+            await until(lambda: consumer.stats.reconnects >= 1, within=15)
+            await until(lambda: consumer.state is ConsumerState.RUNNING, within=15)
+            await publish_until_accepted(publisher, topic, events(100, start=600))
+            await until(lambda: len(set(handled)) == 700, within=20)
+            await until_equal(lambda: _lag(ms), 0)
+        await publisher.close()
+
+        assert set(handled) == set(range(700))
+        assert consumer.stats.reconnects >= 1
+
+
+async def publish_until_accepted(
+    broker: NatsBroker, topic: str, messages: list[OutgoingMessage]
+) -> None:
+    """Publish as a service would after a restart: reconnect and repeat (ids dedupe)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await broker.connect()
+            await broker.publish(topic, messages)
+            return
+        except BrokerUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# -- refused credentials and permissions ---------------------------------------------
+
+USERS: list[dict[str, Any]] = [
+    {"user": "app", "password": "right"},
+    {
+        "user": "reader",
+        "password": "pw",
+        "permissions": {"publish": {"deny": ["$JS.API.STREAM.CREATE.>"]}},
+    },
+    {"user": "mute", "password": "pw", "permissions": {"publish": {"deny": ["payments"]}}},
+]
+
+
+async def test_a_wrong_password_is_refused_at_connect_with_the_fix(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "nats", users=USERS) as server:
+        broker = NatsBroker.from_url(server.url("app", "wrong"))
+        with pytest.raises(AuthenticationError) as caught:
+            await broker.connect()
+        message = str(caught.value)
+        assert f"nats://app:***@127.0.0.1:{server.port}" in message
+        assert "refused the credentials" in message and "check the user and password" in message
+        assert "wrong" not in message
+        await broker.close()
+
+
+async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(tmp_path: Path) -> None:
+    with (
+        NatsServer(tmp_path / "nats", users=USERS) as server,
+        TcpProxy("127.0.0.1", server.port) as proxy,
+    ):
+        proxy.pause()  # unreachable at start: the consumer keeps trying...
+        ms = Millstream(f"nats://app:wrong@127.0.0.1:{proxy.port}", reconnect_backoff=0.05)
+
+        @ms.consumer("payments", group="billing")
+        async def handle(event: dict[str, int]) -> None:
+            pass
+
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
+            proxy.resume()  # ...until the server answers, and refuses the password
+            await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
+            attempts = proxy.accepted
+            await asyncio.sleep(1.0)
+            assert proxy.accepted == attempts <= 2, "kept connecting after the refusal"
+            error = consumer.stats.last_error or ""
+            assert "refused the credentials" in error and "nats://app:***@" in error
+
+
+async def test_a_missing_permission_fails_the_consumer_with_the_subject(tmp_path: Path) -> None:
+    with (
+        NatsServer(tmp_path / "nats", users=USERS) as server,
+        TcpProxy("127.0.0.1", server.port) as proxy,
+    ):
+        ms = Millstream(f"nats://reader:pw@127.0.0.1:{proxy.port}", reconnect_backoff=0.05)
+
+        @ms.consumer("payments", group="billing")
+        async def handle(event: dict[str, int]) -> None:
+            pass
+
+        started = time.monotonic()
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
+            assert time.monotonic() - started < 3, "waited for a timeout instead of the refusal"
+            attempts = proxy.accepted
+            await asyncio.sleep(1.0)
+            assert proxy.accepted == attempts, "kept connecting after the refusal"
+            error = consumer.stats.last_error or ""
+            assert "refused a permission" in error and "$JS.API.STREAM.CREATE.MS_payments" in error
+
+        # With the stream there (made by a user allowed to), the same user consumes.
+        admin = await opened(server.url("app", "right"))
+        await admin.publish("payments", events(1))
+        reader = await opened(server.url("reader", "pw"))
+        mute = await opened(server.url("mute", "pw"))
+        try:
+            sub = await reader.subscribe("payments", "billing", prefetch=10)
+            assert numbers(await drain(sub)) == [0]
+            # A publish the server drops for a permission fails at once, naming it.
+            started = time.monotonic()
+            with pytest.raises(AuthenticationError, match="publish to 'payments'"):
+                await mute.publish("payments", events(1))
+            assert time.monotonic() - started < 2
+        finally:
+            await mute.close()
+            await reader.close()
+            await admin.close()
+
+
+# -- several processes ------------------------------------------------------------
+
+
+def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
+    return subprocess.Popen(
+        [*command, str(log), str(sleep), "4"],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def ends(log: Path) -> list[tuple[int, int]]:
+    """(number, attempt) of every handler that finished, in the order they did."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(int(n), int(a)) for kind, n, a in (line.split() for line in lines if " " in line)
+            if kind == "end"]  # fmt: skip
+
+
+def starts(log: Path) -> set[int]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {int(line.split()[1]) for line in lines if line.startswith("start")}
+
+
+def ready(logs: list[Path]) -> bool:
+    return all(log.exists() and "ready" in log.read_text() for log in logs)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
+    shared: str, topic: str, tmp_path: Path
+) -> None:
+    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
+    processes = [spawn(f"{shared}?lease=1", topic, log, sleep=0.01) for log in logs]
+    publisher = await opened(shared)
+    try:
+        await until(lambda: ready(logs), within=30)
+        await asyncio.sleep(0.5)
+        await publisher.publish(topic, events(3000))
+        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait(timeout=10)
+        killed_started = starts(logs[0])
+        assert 0 < len(ends(logs[0])) < 3000
+        survivors = logs[1:]
+        await until(
+            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
+        )
+        await asyncio.sleep(0.5)
+        stop(processes[1:])
+        sub = await publisher.subscribe(topic, "billing", prefetch=10)
+        assert await total_lag(sub) == 0
+    finally:
+        stop([p for p in processes[1:] if p.poll() is None])
+        await publisher.close()
+
+    assert all(ends(log) for log in logs), "a process got no work"
+    survived = [(n, a) for log in survivors for n, a in ends(log)]
+    twice = Counter(n for n, _ in survived)
+    assert max(twice.values()) == 1, "the survivors handled a message twice between them"
+    everywhere = Counter(n for log in logs for n, _ in ends(log))
+    duplicates = {n for n, count in everywhere.items() if count > 1}
+    assert duplicates <= killed_started, "a duplicate that the killed process never had"
+    # What the killed process had came back after ack_wait: its second delivery.
+    assert all(a == 2 for n, a in survived if n in killed_started)
+    assert {a for _, a in survived} <= {1, 2}
