@@ -26,10 +26,10 @@ from bench.scenarios import BROKER_ROWS
 TARGETS = {"memory": 100_000, "sqlite": 20_000}
 
 
-def run(name: str, n: int) -> dict[str, float]:
+def run(name: str, n: int, *extra: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="millstream-bench-") as workdir:
         out = subprocess.run(
-            [sys.executable, "-m", "bench.scenarios", name, str(n), workdir],
+            [sys.executable, "-m", "bench.scenarios", name, str(n), workdir, *extra],
             check=True,
             capture_output=True,
             text=True,
@@ -52,6 +52,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--broker-repeat", type=int, default=2, help="runs of each broker row; the best counts"
+    )
+    parser.add_argument(
+        "--store-n", type=int, default=5_000, help="messages per idempotent-store row (0 skips)"
     )
     parser.add_argument(
         "--http-requests", type=int, default=1000, help="timed HTTP reads per phase (0 skips)"
@@ -91,6 +94,9 @@ def main() -> None:
             f"(growth {growth:+.1f} MB), "
             f"peak {row['peak_rss_mb']:.0f} MB"
         )
+
+    if args.store_n:
+        store_rows(console, args.store_n)
 
     if args.http_requests:
         from bench.http import report
@@ -145,6 +151,71 @@ def broker_rows(console: Console, broker: str, n: int, repeat: int) -> None:
             f">= {target}x",
         )
     console.print(table)
+
+
+def store_rows(console: Console, n: int) -> None:
+    """Idempotent handlers: one store transaction per message (ledger entry plus one insert)."""
+    table = Table(
+        title=f"idempotent handler, {n:,} messages from the memory broker, concurrency 8",
+        caption="each message: BEGIN, ledger insert, one row insert, COMMIT, then the ack",
+    )
+    for column in ("store", "consume+ack msgs/s"):
+        table.add_column(column, justify="right" if column != "store" else "left")
+    rows = [("sqlite, synchronous=FULL (default)", "store-sqlite-full", ())]
+    rows.append(("sqlite, synchronous=NORMAL", "store-sqlite-normal", ()))
+    database = _bench_database()
+    if database is not None:
+        rows.append(("postgresql", "store-postgres", (database.url,)))
+    try:
+        for label, name, extra in rows:
+            console.print(f"running {name} ...", style="dim")
+            table.add_row(label, f"{run(name, n, *extra)['consume_msgs_s']:,.0f}")
+    finally:
+        if database is not None:
+            database.drop()
+    console.print(table)
+
+
+class _Database:
+    """A scratch PostgreSQL database for the store row, dropped afterwards."""
+
+    ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+    def drop(self) -> None:
+        _admin(self.ADMIN, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def _admin(url: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(url, timeout=2)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _bench_database() -> _Database | None:
+    """A fresh database on the local PostgreSQL, or ``None`` when there is none to use."""
+    if importlib.util.find_spec("asyncpg") is None:
+        return None
+    import uuid
+
+    database = _Database(f"millstream_bench_{uuid.uuid4().hex[:8]}")
+    try:
+        _admin(_Database.ADMIN, f'CREATE DATABASE "{database.name}"')
+    except Exception:
+        return None
+    return database
 
 
 COLUMN_LABELS = {"consume_msgs_s": "consume+ack", "publish_msgs_s": "publish"}

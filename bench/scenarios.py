@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.events import OrderEvent, order_events
-from millstream import ConsumerRuntime, Millstream
+from millstream import ConsumerRuntime, Millstream, Transaction
 
 Row = dict[str, Any]
 PUBLISH_CHUNK = 5000
@@ -73,6 +73,33 @@ async def consume_all(url: str, n: int, *, key: str | None, concurrency: int) ->
     }
 
 
+async def idempotent(store_url: str, n: int) -> Row:
+    """An idempotent handler writing one row per message: a store transaction each."""
+    ms = Millstream("memory://", store_url=store_url)
+    ms.store.schema("CREATE TABLE IF NOT EXISTS effects (order_id TEXT, amount INTEGER)")
+    done = asyncio.Event()
+    count = 0
+
+    @ms.consumer("orders", group="bench", concurrency=8, idempotent=True)
+    async def handle(event: OrderEvent, tx: Transaction) -> None:
+        nonlocal count
+        await tx.execute(
+            "INSERT INTO effects (order_id, amount) VALUES ($1, $2)", event.order_id, event.amount
+        )
+        count += 1
+        if count >= n:
+            done.set()
+
+    await ms.broker.connect()
+    await publish_all(ms, "orders", n)
+    started = time.perf_counter()
+    async with ms:
+        await done.wait()
+        await settled(ms.consumers["handle"])
+        elapsed = time.perf_counter() - started
+    return {"publish_msgs_s": 0.0, "consume_msgs_s": n / elapsed, "peak_rss_mb": peak_rss_mb()}
+
+
 async def backlog(url: str, n: int) -> Row:
     """With ``n`` messages waiting, memory while consuming must stay flat."""
     ms = Millstream(url)
@@ -124,6 +151,11 @@ def scenarios(workdir: Path, name: str) -> dict[str, Callable[[int], Awaitable[R
         "memory-keyed": lambda n: consume_all("memory://", n, key="order_id", concurrency=8),
         "sqlite": lambda n: consume_all(sqlite, n, key=None, concurrency=8),
         "sqlite-backlog": lambda n: backlog(sqlite, n),
+        "store-sqlite-full": lambda n: idempotent(f"sqlite:///{workdir}/state.db", n),
+        "store-sqlite-normal": lambda n: idempotent(
+            f"sqlite:///{workdir}/state.db?synchronous=NORMAL", n
+        ),
+        "store-postgres": lambda n: idempotent(sys.argv[4], n),
     }
     broker = name.removesuffix("-raw")
     if broker in BROKER_ROWS:

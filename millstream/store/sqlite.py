@@ -116,9 +116,17 @@ class _SqliteTransaction(Transaction):
         self._thread = thread
 
     def _conn(self) -> sqlite3.Connection:
+        """The connection, inside this transaction: BEGIN rides with the first statement.
+
+        ``BEGIN IMMEDIATE`` takes the write lock at once, so no statement
+        fails half way for another process's write; sent with the first
+        statement, it costs no thread hop of its own.
+        """
         conn = self._thread.conn
         if conn is None:
             raise StoreError("store: the connection was closed")
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
         return conn
 
     async def _execute(self, sql: str, args: Sequence[Any]) -> int:
@@ -140,12 +148,17 @@ class _SqliteTransaction(Transaction):
         return await self._thread.run(run)
 
     async def _begin(self) -> None:
-        # IMMEDIATE: the write lock is taken now, so no statement fails half way
-        # for another process's write.
-        await self._thread.run(lambda: self._conn().execute("BEGIN IMMEDIATE"))
+        """Nothing yet: the first statement begins (see ``_conn``)."""
 
     async def _commit(self) -> None:
-        await self._thread.run(lambda: self._conn().execute("COMMIT"))
+        def run() -> None:
+            conn = self._thread.conn
+            if conn is None:
+                raise StoreError("store: the connection was closed")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+        await self._thread.run(run)
 
     async def _rollback(self) -> None:
         def run() -> None:

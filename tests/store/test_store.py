@@ -201,8 +201,8 @@ async def test_a_begin_cancelled_while_another_process_holds_the_lock_leaves_no_
         threading.Timer(0.5, lambda: other.execute("COMMIT")).start()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
-                async with store.transaction():
-                    pass
+                async with store.transaction() as waiting:
+                    await waiting.execute("INSERT INTO items (id, n) VALUES ($1, $2)", "x", 1)
         await asyncio.sleep(0.6)  # the abandoned BEGIN has its lock by now
         async with store.transaction() as tx:  # not stuck inside it
             await tx.execute("INSERT INTO items (id, n) VALUES ($1, $2)", "after", 1)
