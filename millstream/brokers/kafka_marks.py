@@ -1,0 +1,100 @@
+"""Delivery marks: how a member that takes a partition over knows what was handed out before.
+
+Kafka keeps no delivery count, yet a message redelivered after its consumer
+crashed must count an attempt (and the runtime buries one that keeps
+killing its consumers). Before handing out records beyond what it handed
+out before, a member commits the next offset as a *mark* in the companion
+group ``<group>.deliveries``, which has no members. A new owner reads the
+marks of the partitions it takes: a record below the mark was handed out
+and never settled. Clearing the marks (``clear``) makes a release not
+count.
+
+Marks run up to one fetch ahead and are written in the background while the
+handlers work, so a fetch rarely waits for one. The price: after a crash, up
+to one fetch of messages that were fetched but never handed out also count
+a second attempt. A mark says "at least once before", not how often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka.structs import TopicPartition
+
+from millstream.brokers.kafka_offsets import GroupOffsets
+from millstream.brokers.kafka_options import translated
+
+__all__ = ["DeliveryMarks", "retrieve"]
+
+log = logging.getLogger("millstream.brokers.kafka")
+
+
+class DeliveryMarks:
+    """The marks of the partitions one member owns."""
+
+    def __init__(self, offsets: GroupOffsets, url: str) -> None:
+        self._offsets = offsets
+        self._url = url
+        self._found: dict[TopicPartition, int] = {}  # marks there when the partition was taken
+        self._written: dict[TopicPartition, int] = {}  # marks this member wrote since
+        self._writing: asyncio.Future[None] | None = None
+
+    def before(self, tp: TopicPartition) -> int:
+        """Offsets of ``tp`` below this were handed out by an earlier owner and never settled."""
+        return self._found.get(tp, 0)
+
+    async def take(self, partitions: list[TopicPartition]) -> None:
+        """Read the marks of partitions this member now owns."""
+        try:
+            found = await self._offsets.fetch(partitions) if partitions else {}
+        except Exception as exc:  # without marks a new owner only undercounts attempts
+            log.warning("group %s: could not read delivery marks: %s", self._offsets.group, exc)
+            found = {}
+        for tp in partitions:
+            self._found[tp] = self._written[tp] = found.get(tp, 0)
+
+    def forget(self, tp: TopicPartition) -> None:
+        self._found.pop(tp, None)
+        self._written.pop(tp, None)
+
+    async def cover(self, handed: dict[TopicPartition, int], ahead: int) -> None:
+        """Make sure the marks cover ``handed`` (next offsets); start covering ``ahead`` more."""
+        written = self._written
+        if any(n > written.get(tp, 0) for tp, n in handed.items()):
+            with translated(self._url):
+                if self._writing is not None:
+                    writing, self._writing = self._writing, None
+                    await writing
+                short = {tp: n for tp, n in handed.items() if n > written.get(tp, 0)}
+                if short:
+                    await self._write({tp: n + ahead for tp, n in short.items()})
+        if self._writing is None:
+            low = {tp: n for tp, n in handed.items() if n + ahead // 2 > written.get(tp, 0)}
+            if low:
+                self._writing = asyncio.ensure_future(
+                    self._write({tp: n + ahead for tp, n in low.items()})
+                )
+                self._writing.add_done_callback(retrieve)
+
+    async def clear(self) -> None:
+        """Reset the marks of the owned partitions: what is released does not count."""
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
+        marks = {tp: 0 for tp, mark in self._written.items() if mark > 0}
+        if marks:
+            await self._offsets.commit(marks)
+
+    async def _write(self, marks: dict[TopicPartition, int]) -> None:
+        await self._offsets.commit(marks)
+        for tp, mark in marks.items():
+            if tp in self._found:  # still owned
+                self._written[tp] = max(mark, self._written.get(tp, 0))
+
+
+def retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a background write's failure as seen; whoever waits for it next raises it."""
+    if not future.cancelled():
+        future.exception()

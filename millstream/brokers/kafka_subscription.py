@@ -1,0 +1,370 @@
+"""One member of a consumer group on Kafka: fetch, settle, lag, release.
+
+A member reads the topic and its group's retry topic ``<topic>.retry.<group>``
+with one ``getmany``. What it hands out is tracked per partition
+(:class:`~millstream.runtime.offsets.OffsetTracker`); settling produces the
+batch's retries and dead letters first, waits for them, then commits the
+highest contiguous done offset of every partition that advanced, in one
+commit. Nothing past an unsettled offset is ever committed.
+
+- **Delayed retries.** A retry record carries its due time (``ms-due``). When
+  the head of a retry partition is not due, the member seeks back to it and
+  pauses that partition until it is: the handler never sleeps, and other
+  partitions flow meanwhile. Records behind a later-due head wait for it (one
+  retry topic per group, not one per delay tier).
+- **Rebalancing.** A revoked partition waits up to ``drain`` seconds (and at
+  most most of the rebalance timeout) for its messages in flight to settle,
+  then commits and is given up. Outcomes of messages whose partition was
+  given up are dropped: the new owner has them again.
+- **Attempts after a crash.** Kafka keeps no delivery count: delivery marks
+  in the companion group ``<group>.deliveries`` tell a new owner what was
+  handed out and never settled (:mod:`millstream.brokers.kafka_marks`).
+- **Lost connections.** aiokafka reconnects silently; a broken connection
+  here ends the subscription with ``BrokerUnavailable``, so the supervisor
+  reports RECONNECTING and the member rejoins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import errors as kafka_errors
+from aiokafka.structs import TopicPartition
+
+from millstream.brokers.base import Lag
+from millstream.brokers.kafka_marks import DeliveryMarks
+from millstream.brokers.kafka_offsets import GroupOffsets
+from millstream.brokers.kafka_options import redact, translated
+from millstream.brokers.kafka_records import (
+    dead_letter_headers,
+    dlq_topic,
+    message,
+    retry_headers,
+    retry_topic,
+)
+from millstream.errors import BrokerUnavailable
+from millstream.message import Message
+from millstream.runtime.offsets import OffsetTracker
+
+if TYPE_CHECKING:
+    from millstream.brokers.kafka import KafkaBroker, Record
+
+__all__ = ["KafkaSubscription"]
+
+log = logging.getLogger("millstream.brokers.kafka")
+
+_epochs = itertools.count(1)
+
+
+class KafkaSubscription:
+    """A group member; what it fetched is held by owning its partitions until settled."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        group: str,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self._broker = broker
+        self._consumer = consumer
+        self.topic = topic
+        self.group = group
+        self.retry_topic = retry_topic(topic, group)
+        self.dlq_topic = dlq_topic(topic)
+        self._trackers = {topic: OffsetTracker(), self.retry_topic: OffsetTracker()}
+        self._owned: dict[TopicPartition, int] = {}  # partition -> epoch of this ownership
+        self._paused: dict[TopicPartition, float] = {}  # retry partition -> head due (epoch s)
+        self._settled = asyncio.Event()
+        self._assigned = asyncio.Event()
+        self._lost: str | None = None
+        self._closing = False
+        self._closed = False
+        options = broker.options
+        self._drain = min(options.drain, options.rebalance_timeout * 0.8)
+        deliveries = GroupOffsets(consumer._client, f"{group}.deliveries")
+        self._marks = DeliveryMarks(deliveries, broker.url)
+        self._commits = GroupOffsets(consumer._client, group)
+
+    async def start(self) -> None:
+        """Join the group; returns once this member has its first assignment."""
+        consumer = self._consumer
+        consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
+        options = self._broker.options
+        within = options.session_timeout + options.rebalance_timeout + options.request_timeout
+        with translated(self._broker.url):
+            try:
+                # aiokafka's start waits for the first join: bound it as a whole.
+                async with asyncio.timeout(within):
+                    await consumer.start()
+                    await self._assigned.wait()
+            except TimeoutError:
+                raise BrokerUnavailable(
+                    f"broker {redact(self._broker.url)}: no partitions of {self.topic!r} "
+                    f"were assigned to a member of group {self.group!r} within {within:g}s"
+                ) from None
+        self._check()
+
+    def connection_lost(self, reason: str) -> None:
+        """A connection of this member broke: the next call ends the subscription."""
+        if not self._closing and self._lost is None:
+            self._lost = reason
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to ``max_messages`` of owned partitions, waiting up to ``timeout`` for the first.
+
+        ``fetch(0, 0)`` only resumes retry partitions whose head came due.
+        """
+        self._check()
+        now = time.time()
+        self._resume_due(now)
+        if max_messages <= 0:
+            return []
+        if self._paused:
+            timeout = max(0.0, min(timeout, min(self._paused.values()) - now))
+        with translated(self._broker.url):
+            batch = await self._consumer.getmany(
+                timeout_ms=round(timeout * 1000), max_records=max_messages
+            )
+        self._check()
+        if not batch:
+            return []
+        taken: list[Message] = []
+        handed: dict[TopicPartition, int] = {}
+        now = time.time()
+        for tp, records in batch.items():
+            epoch = self._owned.get(tp)
+            if epoch is None or not records:
+                continue
+            tracker = self._trackers[tp.topic]
+            before = self._marks.before(tp)
+            retry = tp.topic == self.retry_topic
+            last = None
+            for record in records:
+                msg, due = message(
+                    self.topic, record, record.offset < before, (tp, record.offset, epoch)
+                )
+                if retry and due > now:
+                    # Not due: read it again when it is, and let nothing behind it pass.
+                    self._consumer.seek(tp, record.offset)
+                    self._consumer.pause(tp)
+                    self._paused[tp] = due
+                    break
+                tracker.started(tp.partition, record.offset)
+                taken.append(msg)
+                last = record.offset
+            if last is not None:
+                handed[tp] = last + 1
+        if handed:
+            await self._marks.cover(handed, ahead=max_messages)
+        return taken
+
+    def _resume_due(self, now: float) -> None:
+        due = [tp for tp, at in self._paused.items() if at <= now]
+        for tp in due:
+            del self._paused[tp]
+        owned = [tp for tp in due if tp in self._owned]
+        if owned:
+            self._consumer.resume(*owned)
+
+    async def settle(
+        self,
+        acks: Sequence[Message],
+        retries: Sequence[tuple[Message, float]],
+        deads: Sequence[tuple[Message, str]],
+    ) -> None:
+        """Produce retries and dead letters, then commit contiguous progress: a round trip each."""
+        self._check()
+        now = time.time()
+        stamp = int(now * 1000)
+        retry_records: list[Record] = []
+        for msg, delay in retries:
+            if (tp := self._mine(msg)) is not None:
+                headers = retry_headers(msg, msg.attempt, now + max(0.0, delay))
+                retry_records.append((_key(msg), msg.payload, headers, stamp))
+        dead_records: list[Record] = []
+        for msg, reason in deads:
+            if (tp := self._mine(msg)) is not None:
+                source = (tp.topic, tp.partition, msg.receipt[1])
+                headers = dead_letter_headers(msg, self.group, source, reason)
+                dead_records.append((_key(msg), msg.payload, headers, stamp))
+        if retry_records or dead_records:
+            await asyncio.gather(
+                *(
+                    self._broker.send(name, records)
+                    for name, records in (
+                        (self.retry_topic, retry_records),
+                        (self.dlq_topic, dead_records),
+                    )
+                    if records
+                )
+            )
+        for msg in itertools.chain(acks, (m for m, _ in retries), (m for m, _ in deads)):
+            if (tp := self._mine(msg)) is not None:
+                self._trackers[tp.topic].finished(tp.partition, msg.receipt[1])
+        await self._commit()
+        self._settled.set()
+
+    def _mine(self, msg: Message) -> TopicPartition | None:
+        """The partition of a delivery this member made and still owns, else ``None``."""
+        receipt = msg.receipt
+        if (
+            type(receipt) is tuple
+            and len(receipt) == 3
+            and self._owned.get(receipt[0]) == receipt[2]
+        ):
+            tp: TopicPartition = receipt[0]
+            return tp
+        return None
+
+    async def _commit(self) -> None:
+        """Commit contiguous progress of the owned partitions; returns once it landed.
+
+        Settling waits for it: an acked message must not come back after a
+        crash right after ``settle`` returned. A commit that fails leaves the
+        offsets where they were: their messages are read again.
+        """
+        offsets = {
+            tp: offset
+            for topic, tracker in self._trackers.items()
+            for partition, offset in tracker.committable().items()
+            if (tp := TopicPartition(topic, partition)) in self._owned
+        }
+        if offsets:
+            with translated(self._broker.url):
+                await self._send_commit(offsets)
+
+    async def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except kafka_errors.CommitFailedError as exc:
+            # The group moved on without us (rebalanced): these partitions are
+            # someone else's now and will be read again from their last commit.
+            log.warning("group %s: commit refused after a rebalance: %s", self.group, exc)
+
+    async def lag(self) -> Lag | None:
+        """Per topic partition: end offset minus the group's commit; plus the retry backlog."""
+        self._check()
+        cluster = self._consumer._client.cluster
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (self.topic, self.retry_topic)
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return None
+        consumer = self._consumer
+        with translated(self._broker.url):
+            ends = await consumer.end_offsets(partitions)
+            committed = await self._commits.fetch(partitions)
+            missing = [tp for tp in partitions if tp not in committed]
+            starts = await consumer.beginning_offsets(missing) if missing else {}
+        by_partition: dict[int, int] = {}
+        retrying = 0
+        for tp in partitions:
+            end = ends.get(tp, 0)
+            if tp in self._owned:
+                # The high watermark of the last fetch can be ahead of what
+                # ListOffsets answered a moment ago.
+                end = max(end, consumer.highwater(tp) or 0)
+            done = committed.get(tp, starts.get(tp, 0))
+            behind = max(0, end - done)
+            if tp.topic == self.topic:
+                by_partition[tp.partition] = behind
+            else:
+                retrying += behind
+        return Lag(total=sum(by_partition.values()) + retrying, partitions=by_partition)
+
+    async def close(self) -> None:
+        """Commit what is done, clear this member's delivery marks, leave the group. Safe twice.
+
+        What was fetched and not settled is not committed, so the next owner
+        reads it again, with the attempt it had.
+        """
+        if self._closed:
+            return
+        self._closed = self._closing = True
+        self._broker.forget(self)
+        timeout = self._broker.options.request_timeout
+        if self._lost is None and self._owned:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._release(), timeout)
+        self._owned.clear()
+        stopping = asyncio.ensure_future(asyncio.wait_for(self._consumer.stop(), timeout))
+        if self._lost is not None:
+            # Leaving over a broken network can take the whole request timeout;
+            # the supervisor must not wait for it to report and rejoin.
+            self._broker.in_background(stopping)
+            return
+        with contextlib.suppress(Exception):
+            await stopping
+
+    async def _release(self) -> None:
+        await self._commit()
+        await self._marks.clear()
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        """Wait (bounded) for in-flight messages of ``partitions``, commit, give them up."""
+        if not self._closing and self._lost is None:
+            deadline = time.monotonic() + self._drain
+            while self._pending(partitions) and (left := deadline - time.monotonic()) > 0:
+                self._settled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), left)
+            with contextlib.suppress(Exception):
+                await self._commit()
+            if self._pending(partitions):
+                log.warning(
+                    "group %s: gave up %d partition(s) with messages still in flight after "
+                    "drain=%gs; the new owner handles them again",
+                    self.group,
+                    len(partitions),
+                    self._drain,
+                )
+        for tp in partitions:
+            self._owned.pop(tp, None)
+            self._marks.forget(tp)
+            self._paused.pop(tp, None)
+            self._trackers[tp.topic].forget(tp.partition)
+
+    def _pending(self, partitions: set[TopicPartition]) -> bool:
+        return any(self._trackers[tp.topic].pending(tp.partition) for tp in partitions)
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        """Take ``partitions`` over: read their delivery marks, then fetch from their commits."""
+        fresh = [tp for tp in partitions if tp not in self._owned]
+        await self._marks.take(fresh)
+        for tp in fresh:
+            self._owned[tp] = next(_epochs)
+        self._assigned.set()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(
+                f"broker {redact(self._broker.url)}: subscription to {self.topic!r} is closed"
+            )
+        if self._lost is not None:
+            raise BrokerUnavailable(f"broker {redact(self._broker.url)}: {self._lost}")
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, subscription: KafkaSubscription) -> None:
+        self._subscription = subscription
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._subscription.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._subscription.assigned(set(assigned))
+
+
+def _key(msg: Message) -> bytes | None:
+    return msg.key.encode() if msg.key is not None else None
