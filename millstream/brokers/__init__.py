@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from millstream.brokers.base import (
     Broker,
@@ -78,12 +78,17 @@ def connect(url: str) -> Broker:
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and health pages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` with any password replaced by ``***``, for logs and health pages.
+
+    Works on URLs listing several hosts (``kafka://u:p@a:9092,b:9092``),
+    which ``urlsplit`` cannot read a port from.
+    """
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if "?" in netloc:
+        netloc, _, query = netloc.partition("?")
+        tail, slash = f"?{query}{slash}{tail}", ""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:***"
+    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{tail}"

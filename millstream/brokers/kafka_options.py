@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from aiokafka import errors as kafka_errors
 
+from millstream.brokers import redact
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
 
 __all__ = ["KafkaOptions", "parse_url", "redact", "translated"]
@@ -40,23 +41,6 @@ _NUMBERS: dict[str, tuple[float, float]] = {
 }
 _FLAGS = {"idempotence": True}
 _TEXT = {"security_protocol": "", "sasl_mechanism": "SCRAM-SHA-512"}
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``; works with several hosts.
-
-    (:func:`millstream.brokers.redact` reads one port only, and a Kafka URL
-    may list several bootstrap hosts.)
-    """
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    if "?" in netloc:
-        netloc, _, query = netloc.partition("?")
-        tail, slash = f"?{query}{slash}{tail}", ""
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = f"{userinfo.partition(':')[0]}:***"
-    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{tail}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from millstream.brokers.base import Broker, Lag
-from millstream.errors import AuthenticationError, BrokerError
+from millstream.errors import AuthenticationError, BrokerError, ConfigError
 from millstream.message import Message
 from millstream.retry import RetryPolicy
 from millstream.runtime.handler import Invoke, bind_handler, with_timeout
@@ -207,11 +207,10 @@ class ConsumerRuntime:
                 self._session = Session(self, subscription)
                 self._set_state(ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING)
                 await self._session.run(self._stopping)
-            except AuthenticationError as exc:
+            except (AuthenticationError, ConfigError) as exc:
+                # Refused credentials or a wrong address: retrying cannot help.
                 self.stats.last_error = str(exc)
-                log.error(
-                    "consumer %s: the broker refused access, not retrying: %s", self.name, exc
-                )
+                log.error("consumer %s: not retrying: %s", self.name, exc)
                 self._set_state(ConsumerState.FAILED)
                 return
             except Exception as exc:

@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,13 +27,12 @@ from millstream.brokers.kafka import KafkaBroker
 from millstream.brokers.kafka_offsets import GroupOffsets
 from millstream.brokers.kafka_subscription import KafkaSubscription
 from millstream.errors import BrokerUnavailable, ConfigError
-from millstream.runtime import ConsumerState
+from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests.brokers.redis_server import free_port
 from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
+from tests.procs.group import ends, ready, spawn, starts, stop
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -141,6 +138,30 @@ async def test_a_wrong_address_is_unavailable_and_retried_with_backoff_not_a_sto
             await asyncio.sleep(2.0)
             assert nowhere.refused <= 12, f"{nowhere.refused} connection attempts in 2s"
             assert "unreachable" in (consumer.stats.last_error or "")
+
+
+async def test_a_host_that_does_not_exist_fails_the_start_and_the_consumer_with_the_fix() -> None:
+    url_ = f"kafka://no-such-host.invalid:9092?{QUIRKS}"
+    ms = Millstream(url_)
+
+    @ms.consumer("payments", group="billing")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match=r"no host named no-such-host\.invalid exists"):
+        await ms.start()  # a bad config fails at start, naming the fix
+    await ms.stop()
+
+    # A consumer whose broker cannot be found fails instead of retrying for ever.
+    broker = KafkaBroker.from_url(url_)
+    runtime = ConsumerRuntime(ms._specs["handle"], broker, ms.settings)
+    await runtime.start()
+    try:
+        await until(lambda: runtime.state is ConsumerState.FAILED, within=10)
+        assert "no-such-host.invalid" in (runtime.stats.last_error or "")
+    finally:
+        await runtime.stop()
+        await broker.close()
 
 
 async def test_an_idempotent_producer_refused_by_the_broker_names_the_fix(tansu: Tansu) -> None:
@@ -398,36 +419,6 @@ async def test_a_broker_restart_is_survived_but_memory_storage_forgets(tmp_path:
 
 
 # -- several processes ------------------------------------------------------------
-
-
-def spawn(address: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tests.procs.consumer", address, topic, "billing"]
-    return subprocess.Popen(
-        [*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=subprocess.DEVNULL
-    )
-
-
-def ends(log: Path) -> list[tuple[int, int]]:
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [(int(n), int(a)) for kind, n, a in (line.split() for line in lines if " " in line)
-            if kind == "end"]  # fmt: skip
-
-
-def starts(log: Path) -> set[int]:
-    lines = log.read_text().splitlines() if log.exists() else []
-    return {int(line.split()[1]) for line in lines if line.startswith("start")}
-
-
-def ready(logs: list[Path]) -> bool:
-    return all(log.exists() and "ready" in log.read_text() for log in logs)
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        assert process.wait(timeout=30) == 0
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,11 +30,11 @@ from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigErro
 from millstream.runtime import ConsumerState
 from tests.brokers.redis_server import RedisServer, free_port
 from tests.conftest import require_service
+from tests.procs.group import ends, ready, spawn, starts, stop
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
 
 SHARED = "redis://127.0.0.1:6379/0"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -587,39 +585,6 @@ async def test_a_changed_password_stops_a_running_consumer(tmp_path: Path) -> No
 
 
 # -- several processes ------------------------------------------------------------
-
-
-def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
-    return subprocess.Popen(
-        [*command, str(log), str(sleep), "4"],
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def ends(log: Path) -> list[tuple[int, int]]:
-    """(number, attempt) of every handler that finished, in the order they did."""
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [(int(n), int(a)) for kind, n, a in (line.split() for line in lines if " " in line)
-            if kind == "end"]  # fmt: skip
-
-
-def starts(log: Path) -> set[int]:
-    lines = log.read_text().splitlines() if log.exists() else []
-    return {int(line.split()[1]) for line in lines if line.startswith("start")}
-
-
-def ready(logs: list[Path]) -> bool:
-    return all(log.exists() and "ready" in log.read_text() for log in logs)
-
-
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        assert process.wait(timeout=20) == 0
 
 
 @pytest.mark.slow

@@ -1,0 +1,53 @@
+"""Driving ``tests.procs.consumer`` processes in one group, and reading what they logged.
+
+Each process appends ``start <n> <attempt>`` and ``end <n> <attempt>`` lines;
+a process killed mid-write may leave its last line torn, so only whole
+lines count.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+__all__ = ["ends", "ready", "spawn", "starts", "stop"]
+
+
+def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
+    """One member of group ``billing`` with concurrency 4, sleeping ``sleep`` per message."""
+    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
+    return subprocess.Popen(
+        [*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+
+
+def _lines(log: Path, kind: str) -> list[tuple[int, int]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    fields = [line.split() for line in lines]
+    return [(int(f[1]), int(f[2])) for f in fields if len(f) == 3 and f[0] == kind]
+
+
+def ends(log: Path) -> list[tuple[int, int]]:
+    """(number, attempt) of every handler that finished, in the order they did."""
+    return _lines(log, "end")
+
+
+def starts(log: Path) -> set[int]:
+    return {n for n, _ in _lines(log, "start")}
+
+
+def ready(logs: list[Path]) -> bool:
+    return all(log.exists() and "ready" in log.read_text() for log in logs)
+
+
+def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM every process still running; each must drain and exit 0."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait(timeout=timeout) == 0
