@@ -51,6 +51,11 @@ def main() -> None:
         help="messages per Redis, RabbitMQ, NATS and Kafka row (0 skips them)",
     )
     parser.add_argument(
+        "--brokers",
+        default=",".join(BROKER_ROWS),
+        help=f"which broker rows to run, comma-separated (default {','.join(BROKER_ROWS)})",
+    )
+    parser.add_argument(
         "--broker-repeat", type=int, default=2, help="runs of each broker row; the best counts"
     )
     parser.add_argument(
@@ -79,8 +84,8 @@ def main() -> None:
         )
     console.print(table)
 
-    for broker in BROKER_ROWS:
-        if args.broker_n:
+    for broker in args.brokers.split(","):
+        if args.broker_n and broker:
             broker_rows(console, broker, args.broker_n, args.broker_repeat)
 
     if args.backlog:
