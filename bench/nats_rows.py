@@ -14,7 +14,6 @@ chunk), millstream calls ``publish_batch`` with the same chunks.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -28,7 +27,7 @@ from nats.aio.client import Client
 from nats.js import api
 
 from bench.events import order_events
-from bench.scenarios import timed_consume
+from bench.scenarios import answers, timed_consume
 from millstream import Millstream
 
 Row = dict[str, Any]
@@ -140,11 +139,7 @@ def reachable() -> str | None:
         finally:
             await client.close()
 
-    try:
-        asyncio.run(ping())
-    except Exception as exc:
-        return f"{URL}: {exc!r}"
-    return None
+    return answers(URL, ping, why=repr)
 
 
 SCENARIOS: dict[str, Callable[[int], Awaitable[Row]]] = {

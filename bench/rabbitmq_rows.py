@@ -28,7 +28,7 @@ import aio_pika
 import orjson
 
 from bench.events import order_events
-from bench.scenarios import timed_consume
+from bench.scenarios import answers, timed_consume
 from millstream import Millstream
 from millstream.brokers.rabbitmq import RabbitMqBroker
 
@@ -172,11 +172,7 @@ def reachable() -> str | None:
         connection = await aio_pika.connect(URL, timeout=2)
         await connection.close()
 
-    try:
-        asyncio.run(ping())
-    except Exception as exc:
-        return f"{URL}: {exc}"
-    return None
+    return answers(URL, ping)
 
 
 SCENARIOS: dict[str, Callable[[int], Awaitable[Row]]] = {

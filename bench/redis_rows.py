@@ -12,7 +12,6 @@ stream each: the raw loop pipelines ``XADD`` in chunks, millstream calls
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -23,7 +22,7 @@ import orjson
 import redis.asyncio
 
 from bench.events import order_events
-from bench.scenarios import timed_consume
+from bench.scenarios import answers, timed_consume
 from millstream import Millstream
 
 Row = dict[str, Any]
@@ -126,11 +125,7 @@ def reachable() -> str | None:
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(ping())
-    except Exception as exc:
-        return f"{URL}: {exc}"
-    return None
+    return answers(URL, ping)
 
 
 SCENARIOS: dict[str, Callable[[int], Awaitable[Row]]] = {

@@ -132,6 +132,20 @@ async def backlog(url: str, n: int) -> Row:
     }
 
 
+def answers(
+    url: str, ping: Callable[[], Awaitable[None]], *, why: Callable[[Exception], str] = str
+) -> str | None:
+    """``None`` when ``ping()`` succeeds, else ``"<url>: <why it failed>"``.
+
+    What a row module's ``reachable`` returns, with ``ping`` its client's check.
+    """
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        return f"{url}: {why(exc)}"
+    return None
+
+
 async def settled(consumer: ConsumerRuntime) -> None:
     """Wait until every outcome has been settled with the broker."""
     while consumer.inflight:  # noqa: ASYNC110 - polling a counter, no event to wait on

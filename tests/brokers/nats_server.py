@@ -13,17 +13,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 
-from tests.brokers.redis_server import free_port
+from tests.brokers.server_process import ServerProcess
 from tests.conftest import REQUIRE_BROKERS
 
 __all__ = ["NatsServer", "delete_streams", "nats_server_binary"]
@@ -42,27 +39,27 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """One ``nats-server -js`` on 127.0.0.1, restartable on the same port and store.
 
     ``users`` are ``{"user": ..., "password": ..., "permissions": {...}}``
     entries of one account with JetStream enabled, as the config file has them.
     """
 
+    name = "nats-server"
+
     def __init__(self, directory: Path, *, users: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
         self.directory = directory
         self.users = users
-        self.port = free_port()
         self.binary = nats_server_binary()
-        self._process: subprocess.Popen[bytes] | None = None
 
     def url(self, user: str | None = None, password: str | None = None) -> str:
         """``nats://`` URL of the server, with credentials when given."""
         auth = f"{user}:{password}@" if user else ""
         return f"nats://{auth}127.0.0.1:{self.port}"
 
-    def start(self) -> NatsServer:
-        """Start the server and wait until it answers; returns it."""
+    def _launch(self) -> subprocess.Popen[bytes]:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "nats.conf"
         lines = [
@@ -75,53 +72,21 @@ class NatsServer:
             )
         config.write_text("\n".join(lines) + "\n")
         log = open(self.directory / "nats.log", "ab")  # noqa: SIM115 - the process owns it
-        self._process = subprocess.Popen(
+        process = subprocess.Popen(
             [self.binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        self._wait_up()
-        return self
+        return process
 
-    def stop(self, *, kill: bool = False) -> None:
-        """Stop the server: SIGTERM (clean shutdown) or SIGKILL (a crash)."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        process.wait(timeout=10)
+    def _exited(self, process: subprocess.Popen[bytes]) -> str:
+        return (self.directory / "nats.log").read_text()[-2000:]
 
-    def restart(self, *, kill: bool = True, down_for: float = 0.0) -> None:
-        """Stop (crash, by default), stay down ``down_for`` seconds, start on the same port."""
-        self.stop(kill=kill)
-        time.sleep(down_for)
-        self.start()
-
-    def __enter__(self) -> NatsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop(kill=True)
-
-    def _wait_up(self, within: float = 10.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            process = self._process
-            if process is not None and process.poll() is not None:
-                tail = (self.directory / "nats.log").read_text()[-2000:]
-                raise RuntimeError(f"nats-server on port {self.port} exited: {tail}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
-                    if conn.recv(4096).startswith(b"INFO"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"nats-server on port {self.port} did not answer within {within}s")
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
+                return conn.recv(4096).startswith(b"INFO")
+        except OSError:
+            return False
 
 
 async def delete_streams(url: str, topic: str) -> None:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
+from tests.brokers.server_process import ServerProcess, free_port
 from tests.conftest import REQUIRE_BROKERS
 
 __all__ = ["RedisServer", "free_port", "redis_server_binary"]
@@ -37,23 +35,16 @@ def redis_server_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """One ``redis-server`` process on 127.0.0.1, restartable on the same port and data."""
 
+    name = "redis-server"
+
     def __init__(self, directory: Path, *, password: str | None = None) -> None:
+        super().__init__()
         self.directory = directory
         self.password = password
-        self.port = free_port()
         self.binary = redis_server_binary()
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -61,8 +52,7 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
-        """Start the server and wait until it answers; returns it."""
+    def _launch(self) -> subprocess.Popen[bytes]:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
@@ -76,48 +66,13 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._wait_up()
-        return self
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def stop(self, *, kill: bool = False) -> None:
-        """Stop the server: SIGTERM (clean shutdown) or SIGKILL (a crash)."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        process.wait(timeout=10)
-
-    def restart(self, *, kill: bool = True, down_for: float = 0.0) -> None:
-        """Stop (crash, by default), stay down ``down_for`` seconds, start on the same port."""
-        self.stop(kill=kill)
-        time.sleep(down_for)
-        self.start()
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop(kill=True)
-
-    def _wait_up(self, within: float = 10.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            process = self._process
-            if process is not None and process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                log = self.directory / "redis.log"
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                raise RuntimeError(f"redis-server on port {self.port} exited: {err}{tail}")
-            if self._answers():
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within {within}s")
+    def _exited(self, process: subprocess.Popen[bytes]) -> str:
+        err = process.stderr.read().decode() if process.stderr else ""
+        log = self.directory / "redis.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        return f"{err}{tail}"
 
     def _answers(self) -> bool:
         """PONG, or NOAUTH when it wants a password: either way it serves commands."""

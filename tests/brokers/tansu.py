@@ -26,17 +26,13 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
-from tests.brokers.redis_server import free_port
+from tests.brokers.server_process import ServerProcess
 from tests.conftest import REQUIRE_BROKERS
 from tests.proxy import TcpProxy
 
@@ -68,15 +64,17 @@ def tansu_binary() -> str:
     return str(found)
 
 
-class Tansu:
+class Tansu(ServerProcess):
     """One ``tansu broker`` on 127.0.0.1, restartable on the same port (data is not kept)."""
 
+    name = "tansu"
+    start_within = 15.0
+
     def __init__(self, *, authentication: bool = False, log: Path | None = None) -> None:
-        self.port = free_port()
+        super().__init__()
         self.binary = tansu_binary()
         self.authentication = authentication
         self.log = log
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -86,28 +84,18 @@ class Tansu:
         auth = f"{user}@" if user else ""
         return f"kafka://{auth}{self.address}?{params}"
 
-    def start(self) -> Tansu:
+    def _launch(self) -> subprocess.Popen[bytes]:
         listener = f"tcp://{self.address}"
         args = [self.binary, "broker", "--listener-url", listener]
         args += ["--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
         if self.authentication:
             args.append("--authentication")
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_up()
-        return self
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self, *, kill: bool = True) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        process.wait(timeout=10)
-
-    def restart(self, *, down_for: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_for)
-        self.start()
+        """Stop the broker: SIGKILL by default (nothing is kept anyway), or SIGTERM."""
+        super().stop(kill=kill)
 
     def add_user(self, name: str, password: str) -> None:
         """Create a SCRAM-SHA-512 user (needs ``authentication=True``)."""
@@ -117,29 +105,6 @@ class Tansu:
             capture_output=True,
             timeout=30,
         )
-
-    def __enter__(self) -> Tansu:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _wait_up(self, within: float = 15.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"tansu on port {self.port} exited ({self._process.returncode})")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"tansu on port {self.port} did not answer within {within}s")
 
 
 _shared: Tansu | None = None

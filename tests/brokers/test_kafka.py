@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +21,16 @@ from aiokafka.structs import TopicPartition
 
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
+from millstream.brokers.base import Subscription
 from millstream.brokers.kafka import KafkaBroker
 from millstream.brokers.kafka_offsets import GroupOffsets
-from millstream.brokers.kafka_subscription import KafkaSubscription
 from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerRuntime, ConsumerState
+from tests.brokers import scenarios
 from tests.brokers.redis_server import free_port
+from tests.brokers.scenarios import consumer_lag, events, total_lag
 from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
-from tests.procs.group import ends, ready, spawn, starts, stop
+from tests.procs.group import ends, starts
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
 
@@ -71,26 +71,9 @@ async def opened(address: str, proxy: TcpProxy | None = None) -> KafkaBroker:
     return broker
 
 
-def events(count: int, start: int = 0) -> list[OutgoingMessage]:
-    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
-
-
-async def total_lag(subscription: KafkaSubscription) -> int | None:
-    lag = await subscription.lag()
-    return None if lag is None else lag.total
-
-
-async def fetch_n(sub: KafkaSubscription, count: int, within: float = 5.0) -> list[Message]:
+async def fetch_n(sub: Subscription, count: int, within: float = 5.0) -> list[Message]:
     """Fetch until ``count`` messages came (one-record batches arrive one by one)."""
-    got: list[Message] = []
-    deadline = time.monotonic() + within
-    while len(got) < count and time.monotonic() < deadline:
-        got += await sub.fetch(count - len(got), 0.2)
-    return got
-
-
-def at_least(handled: list[int], count: int) -> Callable[[], bool]:
-    return lambda: len(set(handled)) >= count
+    return await scenarios.fetch_n(sub, count, within, wait=0.2)
 
 
 # -- URL and connection -------------------------------------------------------
@@ -262,59 +245,12 @@ async def test_a_revoked_partition_waits_for_its_handlers_and_commits_before_mov
 
 
 def test_dead_letters_round_trip_through_the_cli(tansu: Tansu, topic: str) -> None:
-    from typer.testing import CliRunner
-
-    from millstream.cli import app
-
-    address = url(tansu, partitions=1)
-    runner = CliRunner()
-
-    async def bury() -> list[str]:
-        broker = await opened(address)
-        try:
-            sub = await broker.subscribe(topic, "orders", prefetch=10)
-            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
-            got = await fetch_n(sub, 2)
-            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
-            await sub.close()
-            return [m.id for m in got]
-        finally:
-            await broker.close()
-
-    async def redelivered() -> list[Message]:
-        broker = await opened(address)
-        try:
-            sub = await broker.subscribe(topic, "orders", prefetch=10)
-            return await fetch_n(sub, 1)
-        finally:
-            await broker.close()
-
-    ids = asyncio.run(bury())
-    listed = runner.invoke(app, ["dlq", "list", topic, "-g", "orders", "-b", address, "--json"])
-    assert listed.exit_code == 0, listed.output
-    letters = [json.loads(line) for line in listed.output.splitlines()]
-    assert [(x["message_id"], x["error"]) for x in letters] == [
-        (ids[1], "FatalError: poison 1"),
-        (ids[0], "FatalError: poison 0"),
-    ]
-    assert letters[1]["key"] == "k" and letters[1]["attempts"] == 1
-
-    replay = ["dlq", "replay", topic, "-g", "orders", "-b", address, "--id", letters[1]["id"]]
-    replayed = runner.invoke(app, replay)
-    assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
-    [back] = asyncio.run(redelivered())
-    assert (back.id, back.payload, back.attempt) == (ids[0], b"\xffbin", 1)
-
-    purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "orders", "-b", address, "-y"])
-    assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+    scenarios.dead_letters_round_trip_through_the_cli(
+        url(tansu, partitions=1), topic, opened, fetch_n, close_after_burying=True
+    )
 
 
 # -- the running consumer -----------------------------------------------------------
-
-
-async def _lag(ms: Millstream) -> int | None:
-    lag = await ms.consumers["handle"].lag()
-    return None if lag is None else lag.total
 
 
 async def test_lag_per_partition_is_in_health_and_metrics(tansu: Tansu, topic: str) -> None:
@@ -356,7 +292,7 @@ async def test_lag_per_partition_is_in_health_and_metrics(tansu: Tansu, topic: s
         assert lags == {str(p): float(n) for p, n in lag.partitions.items()}
 
         consumer.resume()
-        await until_equal(lambda: _lag(ms), 0)
+        await until_equal(lambda: consumer_lag(ms), 0)
 
 
 async def test_a_cut_connection_mid_stream_loses_nothing(
@@ -365,30 +301,8 @@ async def test_a_cut_connection_mid_stream_loses_nothing(
     ms = Millstream(
         broker=KafkaBroker(url(tansu), route=via(proxy)), reconnect_backoff=0.05, poll_timeout=0.2
     )
-    handled: list[int] = []
-
-    @ms.consumer(topic, group="billing", concurrency=4)
-    async def handle(event: dict[str, int]) -> None:
-        await asyncio.sleep(0.002)
-        handled.append(event["n"])
-
     publisher = await opened(url(tansu))  # not through the proxy: publishing goes on
-    try:
-        async with ms:
-            consumer = ms.consumers["handle"]
-            for wave in range(3):
-                await publisher.publish(topic, events(250, start=wave * 250))
-                await until(at_least(handled, wave * 250 + 50), within=10)
-                proxy.cut()
-                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-                await until(lambda: consumer.state is ConsumerState.RUNNING, within=10)
-            await until(lambda: len(set(handled)) == 750, within=20)
-            await until_equal(lambda: _lag(ms), 0)
-    finally:
-        await publisher.close()
-
-    assert set(handled) == set(range(750))
-    assert consumer.stats.reconnects >= 3
+    await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy, waves=3, back_within=10)
 
 
 async def test_a_broker_restart_is_survived_but_memory_storage_forgets(tmp_path: Path) -> None:
@@ -426,25 +340,20 @@ async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
     tansu: Tansu, topic: str, tmp_path: Path
 ) -> None:
     address = url(tansu, partitions=6)
-    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
     publisher = await opened(address)
-    await publisher.ensure_topics([topic])
-    processes = [spawn(address, topic, log, sleep=0.01) for log in logs]
     try:
-        await until(lambda: ready(logs), within=30)
-        await asyncio.sleep(4.0)  # all three joined and rebalanced
-        await publisher.publish(
-            topic, [OutgoingMessage(f'{{"n": {i}}}'.encode(), key=str(i)) for i in range(3000)]
+        await publisher.ensure_topics([topic])
+        keyed = [OutgoingMessage(f'{{"n": {i}}}'.encode(), key=str(i)) for i in range(3000)]
+        logs = await scenarios.sigkill_one_of_three(
+            address,
+            topic,
+            tmp_path,
+            publisher,
+            keyed,
+            joined=4.0,  # all three joined and rebalanced
+            all_busy="a process got no partitions",
+            lag_after=False,
         )
-        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
-        assert all(ends(log) for log in logs), "a process got no partitions"
-        processes[0].send_signal(signal.SIGKILL)
-        processes[0].wait(timeout=10)
-        await until(
-            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
-        )
-        await asyncio.sleep(0.5)
-        stop(processes[1:])
         # Every committed offset is at the end of its partition, and every
         # message was handled: no commit went past an unhandled message.
         # (Read from outside the group: Tansu can take long to let a new
@@ -460,9 +369,6 @@ async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
             await reader.stop()
         assert len(committed) == 6 and committed == last
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
         await publisher.close()
 
     survived = [(n, a) for log in logs[1:] for n, a in ends(log)]

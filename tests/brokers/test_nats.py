@@ -10,29 +10,28 @@ proxy in between (tests/proxy.py).
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from typer.testing import CliRunner
 
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
+from millstream.brokers.base import Subscription
 from millstream.brokers.nats import NatsBroker, NatsSubscription
 from millstream.brokers.nats_connection import Names
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
+from tests.brokers import scenarios
 from tests.brokers.nats_server import NatsServer, delete_streams
 from tests.brokers.redis_server import free_port
+from tests.brokers.scenarios import consumer_lag, drain, events, numbers, total_lag
 from tests.conftest import require_service
-from tests.procs.group import ends, ready, spawn, starts, stop
+from tests.procs.group import ends
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
 
@@ -65,26 +64,8 @@ async def opened(url: str) -> NatsBroker:
     return broker
 
 
-def events(count: int, start: int = 0) -> list[OutgoingMessage]:
-    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
-
-
-def numbers(messages: list[Message]) -> list[int]:
-    return [json.loads(m.payload)["n"] for m in messages]
-
-
-async def total_lag(subscription: NatsSubscription) -> int | None:
-    lag = await subscription.lag()
-    return None if lag is None else lag.total
-
-
-async def drain(subscription: NatsSubscription, *, timeout: float = 0.3) -> list[Message]:
-    """Fetch and ack until a fetch comes back empty."""
-    taken: list[Message] = []
-    while batch := await subscription.fetch(100, timeout):
-        await subscription.settle(batch, [], [])
-        taken += batch
-    return taken
+async def fetch_ten(subscription: Subscription, count: int) -> list[Message]:
+    return await subscription.fetch(10, 1.0)
 
 
 async def gather(subscription: NatsSubscription, count: int, within: float = 5.0) -> list[Message]:
@@ -180,18 +161,7 @@ async def test_messages_are_plain_on_the_subject_and_other_publishers_are_read(
 
 
 async def test_keepalive_fetch_takes_nothing_and_does_not_wait(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        await broker.publish(topic, events(5))
-        started = time.monotonic()
-        assert await sub.fetch(0, 0) == []
-        assert await sub.fetch(0, 5.0) == []
-        assert time.monotonic() - started < 0.5
-        assert await total_lag(sub) == 5
-        assert numbers(await drain(sub)) == [0, 1, 2, 3, 4]
-    finally:
-        await broker.close()
+    await scenarios.keepalive_fetch_takes_nothing_and_does_not_wait(shared, topic, opened)
 
 
 async def test_retries_and_dead_letters_stay_in_their_group(shared: str, topic: str) -> None:
@@ -221,26 +191,7 @@ async def test_retries_and_dead_letters_stay_in_their_group(shared: str, topic: 
 
 
 async def test_a_slow_member_keeps_its_messages_past_the_lease(shared: str, topic: str) -> None:
-    url = f"{shared}?lease=0.6"
-    slow_broker, other_broker = await opened(url), await opened(url)
-    try:
-        slow = await slow_broker.subscribe(topic, "billing", prefetch=10)
-        other = await other_broker.subscribe(topic, "billing", prefetch=10)
-        await slow_broker.publish(topic, events(3))
-        held = await slow.fetch(10, 1.0)
-        assert len(held) == 3
-
-        # The slow member only keeps calling fetch(0, 0), as the runtime does
-        # while its handlers run; the other must not take its messages.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            await slow.fetch(0, 0)
-            assert await other.fetch(10, 0.1) == []
-        await slow.settle(held, [], [])
-        assert await other.fetch(10, 0.8) == []
-    finally:
-        await slow_broker.close()
-        await other_broker.close()
+    await scenarios.a_slow_member_keeps_its_messages_past_the_lease(shared, topic, opened)
 
 
 async def test_close_releases_what_was_delivered_but_not_yet_fetched(
@@ -292,49 +243,9 @@ async def test_a_deleted_consumer_or_stream_is_recreated_and_consuming_goes_on(
 
 
 def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
-    from millstream.cli import app
-
     topic = f"test-{uuid.uuid4().hex[:12]}"
-    runner = CliRunner()
-
-    async def bury() -> list[str]:
-        broker = await opened(shared)
-        try:
-            sub = await broker.subscribe(topic, "orders", prefetch=10)
-            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
-            got = await sub.fetch(10, 1.0)
-            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
-            return [m.id for m in got]
-        finally:
-            await broker.close()
-
-    async def redelivered() -> list[Message]:
-        broker = await opened(shared)
-        try:
-            sub = await broker.subscribe(topic, "orders", prefetch=10)
-            return await sub.fetch(10, 1.0)
-        finally:
-            await broker.close()
-
     try:
-        ids = asyncio.run(bury())
-        listed = runner.invoke(app, ["dlq", "list", topic, "-g", "orders", "-b", shared, "--json"])
-        assert listed.exit_code == 0, listed.output
-        letters = [json.loads(line) for line in listed.output.splitlines()]
-        assert [(x["message_id"], x["error"]) for x in letters] == [
-            (ids[1], "FatalError: poison 1"),
-            (ids[0], "FatalError: poison 0"),
-        ]
-        assert letters[1]["key"] == "k" and letters[1]["attempts"] == 1
-
-        replay = ["dlq", "replay", topic, "-g", "orders", "-b", shared, "--id", letters[1]["id"]]
-        replayed = runner.invoke(app, replay)
-        assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
-        [back] = asyncio.run(redelivered())
-        assert (back.id, back.payload, back.attempt) == (ids[0], b"\xffbin", 1)
-
-        purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "orders", "-b", shared, "-y"])
-        assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+        scenarios.dead_letters_round_trip_through_the_cli(shared, topic, opened, fetch_ten)
     finally:
         asyncio.run(delete_streams(shared, topic))
 
@@ -342,36 +253,8 @@ def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
 # -- the running consumer -----------------------------------------------------------
 
 
-async def _lag(ms: Millstream) -> int | None:
-    lag = await ms.consumers["handle"].lag()
-    return None if lag is None else lag.total
-
-
-def at_least(handled: list[int], count: int) -> Callable[[], bool]:
-    return lambda: len(set(handled)) >= count
-
-
 async def test_lag_is_reported_in_the_consumer_health(shared: str, topic: str) -> None:
-    ms = Millstream(shared)
-
-    @ms.consumer(topic, group="billing")
-    async def handle(event: dict[str, int]) -> None:
-        pass
-
-    async with ms:
-        consumer = ms.consumers["handle"]
-        consumer.pause()
-        await ms.publish_batch(topic, [{"n": i} for i in range(25)])
-        lag = await consumer.lag()
-        assert lag is not None and lag.total == 25
-
-        health = pytest.importorskip("millstream.observability.health")
-        [report] = await health.collect([consumer])
-        document = health.Health(ms.broker.url, True, False, [report]).document()
-        assert document["components"]["consumers"]["components"]["handle"]["details"]["lag"] == 25
-
-        consumer.resume()
-        await until_equal(lambda: _lag(ms), 0)
+    await scenarios.lag_is_reported_in_the_consumer_health(shared, topic)
 
 
 async def test_a_cut_connection_mid_stream_loses_nothing(
@@ -379,30 +262,8 @@ async def test_a_cut_connection_mid_stream_loses_nothing(
 ) -> None:
     url = f"nats://127.0.0.1:{proxy.port}?lease=1"
     ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
-    handled: list[int] = []
-
-    @ms.consumer(topic, group="billing", concurrency=4)
-    async def handle(event: dict[str, int]) -> None:
-        await asyncio.sleep(0.002)
-        handled.append(event["n"])
-
     publisher = await opened(shared)  # not through the proxy: publishing goes on
-    try:
-        async with ms:
-            consumer = ms.consumers["handle"]
-            for wave in range(4):
-                await publisher.publish(topic, events(250, start=wave * 250))
-                await until(at_least(handled, wave * 250 + 50), within=10)
-                proxy.cut()
-                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-                await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
-            await until(lambda: len(set(handled)) == 1000, within=20)
-            await until_equal(lambda: _lag(ms), 0)
-    finally:
-        await publisher.close()
-
-    assert set(handled) == set(range(1000))
-    assert consumer.stats.reconnects >= 4
+    handled, _ = await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
     assert len(handled) - 1000 <= 4 * 256
 
 
@@ -427,7 +288,7 @@ async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None
             await until(lambda: consumer.state is ConsumerState.RUNNING, within=15)
             await publish_until_accepted(publisher, topic, events(100, start=600))
             await until(lambda: len(set(handled)) == 700, within=20)
-            await until_equal(lambda: _lag(ms), 0)
+            await until_equal(lambda: consumer_lag(ms), 0)
         await publisher.close()
 
         assert set(handled) == set(range(700))
@@ -480,23 +341,10 @@ async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(tmp_pat
         NatsServer(tmp_path / "nats", users=USERS) as server,
         TcpProxy("127.0.0.1", server.port) as proxy,
     ):
-        proxy.pause()  # unreachable at start: the consumer keeps trying...
-        ms = Millstream(f"nats://app:wrong@127.0.0.1:{proxy.port}", reconnect_backoff=0.05)
-
-        @ms.consumer("payments", group="billing")
-        async def handle(event: dict[str, int]) -> None:
-            pass
-
-        async with ms:
-            consumer = ms.consumers["handle"]
-            await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-            proxy.resume()  # ...until the server answers, and refuses the password
-            await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
-            attempts = proxy.accepted
-            await asyncio.sleep(1.0)
-            assert proxy.accepted == attempts <= 2, "kept connecting after the refusal"
-            error = consumer.stats.last_error or ""
-            assert "refused the credentials" in error and "nats://app:***@" in error
+        url = f"nats://app:wrong@127.0.0.1:{proxy.port}"
+        await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
+            url, proxy, "nats://app:***@"
+        )
 
 
 async def test_a_missing_permission_fails_the_consumer_with_the_subject(tmp_path: Path) -> None:
@@ -547,37 +395,15 @@ async def test_a_missing_permission_fails_the_consumer_with_the_subject(tmp_path
 async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
     shared: str, topic: str, tmp_path: Path
 ) -> None:
-    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
-    processes = [spawn(f"{shared}?lease=1", topic, log, sleep=0.01) for log in logs]
     publisher = await opened(shared)
     try:
-        await until(lambda: ready(logs), within=30)
-        await asyncio.sleep(0.5)
-        await publisher.publish(topic, events(3000))
-        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
-        processes[0].send_signal(signal.SIGKILL)
-        processes[0].wait(timeout=10)
-        killed_started = starts(logs[0])
-        assert 0 < len(ends(logs[0])) < 3000
-        survivors = logs[1:]
-        await until(
-            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
+        logs = await scenarios.sigkill_one_of_three(
+            f"{shared}?lease=1", topic, tmp_path, publisher, events(3000), joined=0.5
         )
-        await asyncio.sleep(0.5)
-        stop(processes[1:])
-        sub = await publisher.subscribe(topic, "billing", prefetch=10)
-        assert await total_lag(sub) == 0
     finally:
-        stop([p for p in processes[1:] if p.poll() is None])
         await publisher.close()
 
+    assert 0 < len(ends(logs[0])) < 3000
     assert all(ends(log) for log in logs), "a process got no work"
-    survived = [(n, a) for log in survivors for n, a in ends(log)]
-    twice = Counter(n for n, _ in survived)
-    assert max(twice.values()) == 1, "the survivors handled a message twice between them"
-    everywhere = Counter(n for log in logs for n, _ in ends(log))
-    duplicates = {n for n, count in everywhere.items() if count > 1}
-    assert duplicates <= killed_started, "a duplicate that the killed process never had"
     # What the killed process had came back after ack_wait: its second delivery.
-    assert all(a == 2 for n, a in survived if n in killed_started)
-    assert {a for _, a in survived} <= {1, 2}
+    scenarios.assert_the_killed_share_came_back_once(logs)

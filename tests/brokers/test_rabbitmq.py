@@ -9,28 +9,33 @@ it again, since other tests share it.
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import subprocess
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiormq
 import pytest
-from typer.testing import CliRunner
 
-from millstream import Message, Millstream, OutgoingMessage
+from millstream import Millstream
 from millstream.brokers import connect
-from millstream.brokers.rabbitmq import RabbitMqBroker, RabbitMqSubscription
+from millstream.brokers.rabbitmq import RabbitMqBroker
 from millstream.brokers.rabbitmq_envelope import retry_step
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
+from tests.brokers import scenarios
 from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
+from tests.brokers.scenarios import (
+    at_least,
+    consumer_lag,
+    drain,
+    events,
+    fetch_n,
+    numbers,
+    total_lag,
+)
 from tests.conftest import require_service
-from tests.procs.group import ends, ready, spawn, starts, stop
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
 
@@ -61,37 +66,6 @@ async def opened(url: str) -> RabbitMqBroker:
     broker = RabbitMqBroker.from_url(url)
     await broker.connect()
     return broker
-
-
-def events(count: int, start: int = 0) -> list[OutgoingMessage]:
-    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
-
-
-def numbers(messages: list[Message]) -> list[int]:
-    return [json.loads(m.payload)["n"] for m in messages]
-
-
-async def total_lag(subscription: RabbitMqSubscription) -> int | None:
-    lag = await subscription.lag()
-    return None if lag is None else lag.total
-
-
-async def fetch_n(subscription: RabbitMqSubscription, count: int) -> list[Message]:
-    """Fetch until ``count`` messages arrived (a fetch returns what is there once one is)."""
-    taken: list[Message] = []
-    deadline = time.monotonic() + 5
-    while len(taken) < count and time.monotonic() < deadline:
-        taken += await subscription.fetch(count - len(taken), 0.5)
-    return taken
-
-
-async def drain(subscription: RabbitMqSubscription, *, timeout: float = 0.3) -> list[Message]:
-    """Fetch and ack until a fetch comes back empty."""
-    taken: list[Message] = []
-    while batch := await subscription.fetch(100, timeout):
-        await subscription.settle(batch, [], [])
-        taken += batch
-    return taken
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -265,38 +239,11 @@ async def test_dead_letters_list_replay_and_purge_by_stable_ids(shared: str, top
 
 
 def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
-    from millstream.cli import app
-
     topic = f"test-{uuid.uuid4().hex[:12]}"
-    runner = CliRunner()
-
-    async def bury() -> list[str]:
-        broker = await opened(shared)
-        try:
-            sub = await broker.subscribe(topic, "billing", prefetch=10)
-            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
-            got = await fetch_n(sub, 2)
-            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
-            return [m.id for m in got]
-        finally:
-            await broker.close()
-
     try:
-        ids = asyncio.run(bury())
-        command = ["dlq", "list", topic, "-g", "billing", "-b", shared, "--json"]
-        listed = runner.invoke(app, command)
-        assert listed.exit_code == 0, listed.output
-        letters = [json.loads(line) for line in listed.output.splitlines()]
-        assert [(x["message_id"], x["error"]) for x in letters] == [
-            (ids[1], "FatalError: poison 1"),
-            (ids[0], "FatalError: poison 0"),
-        ]
-        assert letters[1]["key"] == "k" and letters[1]["attempts"] == 1
-        replay = ["dlq", "replay", topic, "-g", "billing", "-b", shared, "--id", letters[1]["id"]]
-        replayed = runner.invoke(app, replay)
-        assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
-        purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "billing", "-b", shared, "-y"])
-        assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+        scenarios.dead_letters_round_trip_through_the_cli(
+            shared, topic, opened, fetch_n, group="billing", redelivered=False
+        )
     finally:
         asyncio.run(delete_names(topic, GROUPS))
 
@@ -320,7 +267,7 @@ async def test_lag_is_reported_in_health_and_metrics(shared: str, topic: str) ->
         consumer.pause()
         await asyncio.sleep(0.3)  # a fetch already waiting would still take some
         await ms.publish_batch(topic, [{"n": i} for i in range(25)])
-        await until_equal(lambda: _lag(ms), 25)
+        await until_equal(lambda: consumer_lag(ms), 25)
 
         health = (await http.get("/actuator/health")).json()
         assert health["components"]["consumers"]["components"]["handle"]["details"]["lag"] == 25
@@ -333,16 +280,7 @@ async def test_lag_is_reported_in_health_and_metrics(shared: str, topic: str) ->
         assert lags == [25]
 
         consumer.resume()
-        await until_equal(lambda: _lag(ms), 0)
-
-
-async def _lag(ms: Millstream) -> int | None:
-    lag = await ms.consumers["handle"].lag()
-    return None if lag is None else lag.total
-
-
-def at_least(handled: list[int], count: int) -> Callable[[], bool]:
-    return lambda: len(set(handled)) >= count
+        await until_equal(lambda: consumer_lag(ms), 0)
 
 
 async def test_a_cut_connection_mid_stream_loses_nothing(
@@ -351,31 +289,13 @@ async def test_a_cut_connection_mid_stream_loses_nothing(
     ms = Millstream(
         f"amqp://guest:guest@127.0.0.1:{proxy.port}/", reconnect_backoff=0.05, poll_timeout=0.2
     )
-    handled: list[int] = []
-
-    @ms.consumer(topic, group="billing", concurrency=4)
-    async def handle(event: dict[str, int]) -> None:
-        await asyncio.sleep(0.002)
-        handled.append(event["n"])
-
     publisher = await opened(shared)  # not through the proxy: publishing goes on
     try:
         await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
-        async with ms:
-            consumer = ms.consumers["handle"]
-            for wave in range(4):
-                await publisher.publish(topic, events(250, start=wave * 250))
-                await until(at_least(handled, wave * 250 + 50), within=10)
-                proxy.cut()
-                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-                await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
-            await until(lambda: len(set(handled)) == 1000, within=20)
-            await until_equal(lambda: _lag(ms), 0)
-    finally:
+    except BaseException:
         await publisher.close()
-
-    assert set(handled) == set(range(1000))
-    assert consumer.stats.reconnects >= 4
+        raise
+    await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
 
 
 async def test_a_deleted_queue_is_declared_again_and_consuming_goes_on(
@@ -431,24 +351,10 @@ async def test_the_node_stopping_and_starting_loses_nothing(shared: str, topic: 
 async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(
     shared: str, proxy: TcpProxy
 ) -> None:
-    proxy.pause()  # unreachable at start: the consumer keeps trying...
-    ms = Millstream(f"amqp://guest:wrong@127.0.0.1:{proxy.port}/", reconnect_backoff=0.05)
-
-    @ms.consumer("payments", group="billing")
-    async def handle(event: dict[str, int]) -> None:
-        pass
-
-    async with ms:
-        consumer = ms.consumers["handle"]
-        await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-        proxy.resume()  # ...until the broker answers, and refuses the password
-        await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
-        attempts = proxy.accepted
-        await asyncio.sleep(1.0)
-        assert proxy.accepted == attempts <= 2, "kept connecting after the refusal"
-        assert consumer.state is ConsumerState.FAILED
-        error = consumer.stats.last_error or ""
-        assert "refused the credentials" in error and "amqp://guest:***@" in error
+    url = f"amqp://guest:wrong@127.0.0.1:{proxy.port}/"
+    await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
+        url, proxy, "amqp://guest:***@"
+    )
 
 
 @pytest.mark.slow
@@ -476,40 +382,23 @@ async def test_missing_permissions_name_the_fix(shared: str) -> None:
 async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
     shared: str, topic: str, tmp_path: Path
 ) -> None:
-    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
     publisher = await opened(shared)
-    await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
-    processes = [spawn(shared, topic, log, sleep=0.01) for log in logs]
     try:
-        await until(lambda: ready(logs), within=30)
-        await asyncio.sleep(1.0)  # connected and consuming
-        await publisher.publish(topic, events(3000))
-        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
-        assert all(ends(log) for log in logs), "a process got no work"
-        processes[0].send_signal(signal.SIGKILL)
-        processes[0].wait(timeout=10)
-        killed_started = starts(logs[0])
-        survivors = logs[1:]
-        await until(
-            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
+        await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
+        logs = await scenarios.sigkill_one_of_three(
+            shared,
+            topic,
+            tmp_path,
+            publisher,
+            events(3000),
+            joined=1.0,
+            all_busy="a process got no work",
         )
-        await asyncio.sleep(0.5)
-        stop(processes[1:])
-        sub = await publisher.subscribe(topic, "billing", prefetch=10)
-        assert await total_lag(sub) == 0
     finally:
-        stop([p for p in processes[1:] if p.poll() is None])
         await publisher.close()
 
-    survived = [(n, a) for log in survivors for n, a in ends(log)]
-    twice = Counter(n for n, _ in survived)
-    assert max(twice.values()) == 1, "the survivors handled a message twice between them"
-    everywhere = Counter(n for log in logs for n, _ in ends(log))
-    duplicates = {n for n, count in everywhere.items() if count > 1}
-    assert duplicates <= killed_started, "a duplicate that the killed process never had"
     # What the killed process held came back counted: RabbitMQ's x-delivery-count.
-    assert all(a == 2 for n, a in survived if n in killed_started)
-    assert {a for _, a in survived} <= {1, 2}
+    scenarios.assert_the_killed_share_came_back_once(logs)
 
 
 async def test_raw_amqp_publishers_are_read(shared: str, topic: str) -> None:

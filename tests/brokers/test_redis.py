@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio
 from redis.asyncio.connection import SSLConnection
-from typer.testing import CliRunner
 
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
-from millstream.brokers.redis import RedisBroker, RedisSubscription
+from millstream.brokers.base import Subscription
+from millstream.brokers.redis import RedisBroker
 from millstream.brokers.redis_connection import open_pool
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
+from tests.brokers import scenarios
 from tests.brokers.redis_server import RedisServer, free_port
+from tests.brokers.scenarios import consumer_lag, drain, events, numbers, total_lag
 from tests.conftest import require_service
-from tests.procs.group import ends, ready, spawn, starts, stop
+from tests.procs.group import ends, ready, spawn, stop
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
 
@@ -73,26 +73,8 @@ async def opened(url: str) -> RedisBroker:
     return broker
 
 
-def events(count: int, start: int = 0) -> list[OutgoingMessage]:
-    return [OutgoingMessage(f'{{"n": {i}}}'.encode()) for i in range(start, start + count)]
-
-
-def numbers(messages: list[Message]) -> list[int]:
-    return [json.loads(m.payload)["n"] for m in messages]
-
-
-async def total_lag(subscription: RedisSubscription) -> int | None:
-    lag = await subscription.lag()
-    return None if lag is None else lag.total
-
-
-async def drain(subscription: RedisSubscription, *, timeout: float = 0.3) -> list[Message]:
-    """Fetch and ack until a fetch comes back empty."""
-    taken: list[Message] = []
-    while batch := await subscription.fetch(100, timeout):
-        await subscription.settle(batch, [], [])
-        taken += batch
-    return taken
+async def fetch_ten(subscription: Subscription, count: int) -> list[Message]:
+    return await subscription.fetch(10, 1.0)
 
 
 # -- URL and connection -------------------------------------------------------
@@ -158,18 +140,7 @@ async def test_entries_are_plain_fields_and_other_writers_entries_are_read(
 
 
 async def test_keepalive_fetch_takes_nothing_and_does_not_wait(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        await broker.publish(topic, events(5))
-        started = time.monotonic()
-        assert await sub.fetch(0, 0) == []
-        assert await sub.fetch(0, 5.0) == []
-        assert time.monotonic() - started < 0.5
-        assert await total_lag(sub) == 5
-        assert numbers(await drain(sub)) == [0, 1, 2, 3, 4]
-    finally:
-        await broker.close()
+    await scenarios.keepalive_fetch_takes_nothing_and_does_not_wait(shared, topic, opened)
 
 
 async def test_waiting_on_an_idle_topic_stays_within_the_socket_timeout(
@@ -208,26 +179,7 @@ async def test_a_retry_goes_back_to_the_failing_group_only(shared: str, topic: s
 
 
 async def test_a_slow_member_keeps_its_messages_past_the_lease(shared: str, topic: str) -> None:
-    url = f"{shared}?lease=0.6"
-    slow_broker, other_broker = await opened(url), await opened(url)
-    try:
-        slow = await slow_broker.subscribe(topic, "billing", prefetch=10)
-        other = await other_broker.subscribe(topic, "billing", prefetch=10)
-        await slow_broker.publish(topic, events(3))
-        held = await slow.fetch(10, 1.0)
-        assert len(held) == 3
-
-        # The slow member only keeps calling fetch(0, 0), as the runtime does
-        # while its handlers run; the other must not take its messages.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            await slow.fetch(0, 0)
-            assert await other.fetch(10, 0.1) == []
-        await slow.settle(held, [], [])
-        assert await other.fetch(10, 0.8) == []
-    finally:
-        await slow_broker.close()
-        await other_broker.close()
+    await scenarios.a_slow_member_keeps_its_messages_past_the_lease(shared, topic, opened)
 
 
 async def test_a_delivery_whose_reply_was_lost_comes_back_after_the_lease(
@@ -327,50 +279,12 @@ async def test_trimming_drops_only_what_every_group_acked(shared: str, topic: st
 
 
 def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
-    from millstream.cli import app
-
     topic = f"test-{uuid.uuid4().hex[:12]}"
-    runner = CliRunner()
-
-    async def bury() -> list[str]:
-        broker = await opened(shared)
-        try:
-            sub = await broker.subscribe(topic, "orders", prefetch=10)
-            await broker.publish(topic, [OutgoingMessage(b"\xffbin", key="k"), *events(1)])
-            got = await sub.fetch(10, 1.0)
-            await sub.settle([], [], [(m, f"FatalError: poison {i}") for i, m in enumerate(got)])
-            return [m.id for m in got]
-        finally:
-            await broker.close()
-
-    async def redelivered() -> list[Message]:
-        broker = await opened(shared)
-        try:
-            sub = await broker.subscribe(topic, "orders", prefetch=10)
-            return await sub.fetch(10, 1.0)
-        finally:
-            await broker.close()
-
     try:
-        ids = asyncio.run(bury())
-        listed = runner.invoke(app, ["dlq", "list", topic, "-g", "orders", "-b", shared, "--json"])
-        assert listed.exit_code == 0, listed.output
-        letters = [json.loads(line) for line in listed.output.splitlines()]
-        assert [(x["message_id"], x["error"]) for x in letters] == [
-            (ids[1], "FatalError: poison 1"),
-            (ids[0], "FatalError: poison 0"),
-        ]
-        assert letters[1]["payload_encoding"] == "base64" and letters[1]["key"] == "k"
-        assert letters[1]["attempts"] == 1
-
-        replay = ["dlq", "replay", topic, "-g", "orders", "-b", shared, "--id", letters[1]["id"]]
-        replayed = runner.invoke(app, replay)
-        assert replayed.exit_code == 0 and "replayed 1 dead letter(s)" in replayed.output
-        [back] = asyncio.run(redelivered())
-        assert (back.id, back.payload, back.attempt) == (ids[0], b"\xffbin", 1)
-
-        purged = runner.invoke(app, ["dlq", "purge", topic, "-g", "orders", "-b", shared, "-y"])
-        assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
+        letters = scenarios.dead_letters_round_trip_through_the_cli(
+            shared, topic, opened, fetch_ten
+        )
+        assert letters[1]["payload_encoding"] == "base64"
     finally:
         asyncio.run(delete_keys(shared, topic))
 
@@ -379,35 +293,7 @@ def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
 
 
 async def test_lag_is_reported_in_the_consumer_health(shared: str, topic: str) -> None:
-    ms = Millstream(shared)
-
-    @ms.consumer(topic, group="billing")
-    async def handle(event: dict[str, int]) -> None:
-        pass
-
-    async with ms:
-        consumer = ms.consumers["handle"]
-        consumer.pause()
-        await ms.publish_batch(topic, [{"n": i} for i in range(25)])
-        lag = await consumer.lag()
-        assert lag is not None and lag.total == 25
-
-        health = pytest.importorskip("millstream.observability.health")
-        [report] = await health.collect([consumer])
-        document = health.Health(ms.broker.url, True, False, [report]).document()
-        assert document["components"]["consumers"]["components"]["handle"]["details"]["lag"] == 25
-
-        consumer.resume()
-        await until_equal(lambda: _lag(ms), 0)
-
-
-def at_least(handled: list[int], count: int) -> Callable[[], bool]:
-    return lambda: len(set(handled)) >= count
-
-
-async def _lag(ms: Millstream) -> int | None:
-    lag = await ms.consumers["handle"].lag()
-    return None if lag is None else lag.total
+    await scenarios.lag_is_reported_in_the_consumer_health(shared, topic)
 
 
 async def test_a_cut_connection_mid_stream_loses_nothing(
@@ -415,32 +301,8 @@ async def test_a_cut_connection_mid_stream_loses_nothing(
 ) -> None:
     url = f"redis://127.0.0.1:{proxy.port}/0?lease=1"
     ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
-    handled: list[int] = []
-    states: list[ConsumerState] = []
-
-    @ms.consumer(topic, group="billing", concurrency=4)
-    async def handle(event: dict[str, int]) -> None:
-        await asyncio.sleep(0.002)
-        handled.append(event["n"])
-
     publisher = await opened(shared)  # not through the proxy: publishing goes on
-    try:
-        async with ms:
-            consumer = ms.consumers["handle"]
-            for wave in range(4):
-                await publisher.publish(topic, events(250, start=wave * 250))
-                await until(at_least(handled, wave * 250 + 50), within=10)
-                proxy.cut()
-                await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-                states.append(consumer.state)
-                await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
-            await until(lambda: len(set(handled)) == 1000, within=20)
-            await until_equal(lambda: _lag(ms), 0)
-    finally:
-        await publisher.close()
-
-    assert set(handled) == set(range(1000))
-    assert consumer.stats.reconnects >= 4
+    handled, _ = await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
     # Handlers in flight finish and settle over a fresh connection: few run twice.
     assert len(handled) - 1000 <= 4 * 256
 
@@ -467,7 +329,7 @@ async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None
                 await until(lambda: consumer.state is ConsumerState.RUNNING, within=10)
                 await publisher.publish(topic, events(100, start=600))
                 await until(lambda: len(set(handled)) == 700, within=20)
-                await until_equal(lambda: _lag(ms), 0)
+                await until_equal(lambda: consumer_lag(ms), 0)
         finally:
             await publisher.close()
 
@@ -537,24 +399,10 @@ async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(tmp_pat
         RedisServer(tmp_path / "redis", password="right") as server,
         TcpProxy("127.0.0.1", server.port) as proxy,
     ):
-        proxy.pause()  # unreachable at start: the consumer keeps trying...
-        ms = Millstream(f"redis://:wrong@127.0.0.1:{proxy.port}/0", reconnect_backoff=0.05)
-
-        @ms.consumer("payments", group="billing")
-        async def handle(event: dict[str, int]) -> None:
-            pass
-
-        async with ms:
-            consumer = ms.consumers["handle"]
-            await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=5)
-            proxy.resume()  # ...until the server answers, and refuses the password
-            await until(lambda: consumer.state is ConsumerState.FAILED, within=5)
-            attempts = proxy.accepted
-            await asyncio.sleep(1.0)
-            assert proxy.accepted == attempts <= 2, "kept connecting after the refusal"
-            assert consumer.state is ConsumerState.FAILED
-            error = consumer.stats.last_error or ""
-            assert "refused the credentials" in error and "redis://:***@" in error
+        url = f"redis://:wrong@127.0.0.1:{proxy.port}/0"
+        await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
+            url, proxy, "redis://:***@"
+        )
 
 
 async def test_a_changed_password_stops_a_running_consumer(tmp_path: Path) -> None:
@@ -613,36 +461,14 @@ async def test_three_processes_share_a_group_and_handle_each_message_once(
 async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
     shared: str, topic: str, tmp_path: Path
 ) -> None:
-    logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
-    processes = [spawn(f"{shared}?lease=1", topic, log, sleep=0.01) for log in logs]
     publisher = await opened(shared)
     try:
-        await until(lambda: ready(logs), within=30)
-        await asyncio.sleep(0.5)
-        await publisher.publish(topic, events(3000))
-        await until(lambda: sum(len(ends(log)) for log in logs) >= 900, within=60)
-        processes[0].send_signal(signal.SIGKILL)
-        processes[0].wait(timeout=10)
-        killed_started = starts(logs[0])
-        assert 0 < len(ends(logs[0])) < 3000
-        survivors = logs[1:]
-        await until(
-            lambda: {n for log in logs for n, _ in ends(log)} == set(range(3000)), within=60
+        logs = await scenarios.sigkill_one_of_three(
+            f"{shared}?lease=1", topic, tmp_path, publisher, events(3000), joined=0.5
         )
-        await asyncio.sleep(0.5)
-        stop(processes[1:])
-        sub = await publisher.subscribe(topic, "billing", prefetch=10)
-        assert await total_lag(sub) == 0
     finally:
-        stop([p for p in processes[1:] if p.poll() is None])
         await publisher.close()
 
-    survived = [(n, a) for log in survivors for n, a in ends(log)]
-    twice = Counter(n for n, _ in survived)
-    assert max(twice.values()) == 1, "the survivors handled a message twice between them"
-    everywhere = Counter(n for log in logs for n, _ in ends(log))
-    duplicates = {n for n, count in everywhere.items() if count > 1}
-    assert duplicates <= killed_started, "a duplicate that the killed process never had"
+    assert 0 < len(ends(logs[0])) < 3000
     # What the killed process had was taken over after the lease: its second delivery.
-    assert all(a == 2 for n, a in survived if n in killed_started)
-    assert {a for _, a in survived} <= {1, 2}
+    scenarios.assert_the_killed_share_came_back_once(logs)

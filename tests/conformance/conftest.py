@@ -20,6 +20,7 @@ import pytest
 from millstream.brokers.base import Broker
 from millstream.brokers.memory import MemoryBroker, MemoryHub
 from tests.conftest import require_service
+from tests.proxy import TcpProxy
 
 LEASE = 1.0  # seconds a crashed member's messages stay held, where the broker uses leases
 
@@ -73,20 +74,26 @@ def _sqlite(tmp_path: Path) -> BrokerFactory:
     return BrokerFactory("sqlite", lambda: SqliteBroker.from_url(url), crash, cut)
 
 
-def _redis(tmp_path: Path) -> BrokerFactory:
-    require_service("Redis", "127.0.0.1", 6379)
-    import redis.asyncio
+def proxied(
+    name: str,
+    address: tuple[str, int],
+    make: Callable[[TcpProxy], Broker],
+    drop: Callable[[str], Awaitable[None]],
+    *,
+    redelivery_after_crash: float = LEASE,
+) -> BrokerFactory:
+    """A factory whose every connection goes through a TCP proxy of its own to ``address``.
 
-    from millstream.brokers.redis import RedisBroker
-    from tests.proxy import TcpProxy
-
-    # Each connection goes through its own proxy, so one can be cut (or
-    # crashed: cut and never let back in) while the others carry on.
+    ``make(proxy)`` builds a broker that connects through ``proxy``.
+    So one connection can be cut (a network drop) or crashed (cut and never
+    let back in) while the others carry on. Cleanup closes the proxies, then
+    ``drop(topic)`` removes what the test left on the broker.
+    """
     proxies: dict[int, TcpProxy] = {}
 
     def open_() -> Broker:
-        proxy = TcpProxy("127.0.0.1", 6379).start()
-        broker = RedisBroker.from_url(f"redis://127.0.0.1:{proxy.port}/0?lease={LEASE}")
+        proxy = TcpProxy(*address).start()
+        broker = make(proxy)
         proxies[id(broker)] = proxy
         return broker
 
@@ -100,6 +107,21 @@ def _redis(tmp_path: Path) -> BrokerFactory:
     async def cleanup(topic: str) -> None:
         for proxy in proxies.values():
             proxy.close()
+        await drop(topic)
+
+    return BrokerFactory(name, open_, crash, cut, redelivery_after_crash, cleanup=cleanup)
+
+
+def _redis(tmp_path: Path) -> BrokerFactory:
+    require_service("Redis", "127.0.0.1", 6379)
+    import redis.asyncio
+
+    from millstream.brokers.redis import RedisBroker
+
+    def make(proxy: TcpProxy) -> Broker:
+        return RedisBroker.from_url(f"redis://127.0.0.1:{proxy.port}/0?lease={LEASE}")
+
+    async def drop(topic: str) -> None:
         client = redis.asyncio.Redis(host="127.0.0.1", port=6379)
         try:
             keys = [key async for key in client.scan_iter(match=f"{topic}*")]
@@ -108,7 +130,7 @@ def _redis(tmp_path: Path) -> BrokerFactory:
         finally:
             await client.aclose()
 
-    return BrokerFactory("redis", open_, crash, cut, cleanup=cleanup)
+    return proxied("redis", ("127.0.0.1", 6379), make, drop)
 
 
 FACTORIES: dict[str, Callable[[Path], BrokerFactory]] = {

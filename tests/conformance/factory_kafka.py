@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from millstream.brokers.base import Broker
 from millstream.brokers.kafka import KafkaBroker
 from tests.brokers.tansu import QUIRKS, shared_tansu, via
-from tests.conformance.conftest import BrokerFactory
+from tests.conformance.conftest import BrokerFactory, proxied
 from tests.proxy import TcpProxy
 
 # The session timeout, then a rebalance: when a crashed member's partitions move.
@@ -27,24 +27,11 @@ REDELIVERY = 2.5
 def factory(tmp_path: Path) -> BrokerFactory:
     tansu = shared_tansu()
     url = tansu.url(f"partitions=1&{QUIRKS}")
-    proxies: dict[int, TcpProxy] = {}
 
-    def open_() -> Broker:
-        proxy = TcpProxy("127.0.0.1", tansu.port).start()
-        broker = KafkaBroker(url, route=via(proxy))
-        proxies[id(broker)] = proxy
-        return broker
+    def make(proxy: TcpProxy) -> Broker:
+        return KafkaBroker(url, route=via(proxy))
 
-    def crash(broker: Broker) -> None:
-        proxies[id(broker)].pause()
-        proxies[id(broker)].cut()
-
-    def cut(broker: Broker) -> None:
-        proxies[id(broker)].cut()
-
-    async def cleanup(topic: str) -> None:
-        for proxy in proxies.values():
-            proxy.close()
+    async def drop(topic: str) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=tansu.address)
         with contextlib.suppress(Exception):
             await admin.start()
@@ -54,4 +41,6 @@ def factory(tmp_path: Path) -> BrokerFactory:
         with contextlib.suppress(Exception):
             await admin.close()
 
-    return BrokerFactory("kafka", open_, crash, cut, REDELIVERY, cleanup=cleanup)
+    return proxied(
+        "kafka", ("127.0.0.1", tansu.port), make, drop, redelivery_after_crash=REDELIVERY
+    )

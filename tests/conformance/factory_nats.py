@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.conftest import LEASE, BrokerFactory
+from tests.conformance.conftest import LEASE, BrokerFactory, proxied
 from tests.conftest import require_service
+from tests.proxy import TcpProxy
 
 HOST, PORT = "127.0.0.1", 4222
 
@@ -21,26 +22,11 @@ def factory(tmp_path: Path) -> BrokerFactory:
     require_service("NATS", HOST, PORT)
     from millstream.brokers.nats import NatsBroker
     from tests.brokers.nats_server import delete_streams
-    from tests.proxy import TcpProxy
 
-    proxies: dict[int, TcpProxy] = {}
+    def make(proxy: TcpProxy) -> Broker:
+        return NatsBroker.from_url(f"nats://127.0.0.1:{proxy.port}?lease={LEASE:g}")
 
-    def open_() -> Broker:
-        proxy = TcpProxy(HOST, PORT).start()
-        broker = NatsBroker.from_url(f"nats://127.0.0.1:{proxy.port}?lease={LEASE:g}")
-        proxies[id(broker)] = proxy
-        return broker
-
-    def crash(broker: Broker) -> None:
-        proxies[id(broker)].pause()
-        proxies[id(broker)].cut()
-
-    def cut(broker: Broker) -> None:
-        proxies[id(broker)].cut()
-
-    async def cleanup(topic: str) -> None:
-        for proxy in proxies.values():
-            proxy.close()
+    async def drop(topic: str) -> None:
         await delete_streams(f"nats://{HOST}:{PORT}", topic)
 
-    return BrokerFactory("nats", open_, crash, cut, redelivery_after_crash=LEASE, cleanup=cleanup)
+    return proxied("nats", (HOST, PORT), make, drop, redelivery_after_crash=LEASE)

@@ -11,36 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.conftest import BrokerFactory
+from tests.conformance.conftest import BrokerFactory, proxied
 from tests.conftest import require_service
+from tests.proxy import TcpProxy
 
 
 def factory(tmp_path: Path) -> BrokerFactory:
     require_service("RabbitMQ", "127.0.0.1", 5672)
     from millstream.brokers.rabbitmq import RabbitMqBroker
     from tests.brokers.rabbitmq_admin import delete_declared
-    from tests.proxy import TcpProxy
 
-    proxies: dict[int, TcpProxy] = {}
     opened: list[RabbitMqBroker] = []
 
-    def open_() -> Broker:
-        proxy = TcpProxy("127.0.0.1", 5672).start()
+    def make(proxy: TcpProxy) -> Broker:
         broker = RabbitMqBroker.from_url(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
-        proxies[id(broker)] = proxy
         opened.append(broker)
         return broker
 
-    def crash(broker: Broker) -> None:
-        proxies[id(broker)].pause()
-        proxies[id(broker)].cut()
-
-    def cut(broker: Broker) -> None:
-        proxies[id(broker)].cut()
-
-    async def cleanup(topic: str) -> None:
-        for proxy in proxies.values():
-            proxy.close()
+    async def drop(topic: str) -> None:
         await delete_declared(opened)
 
-    return BrokerFactory("rabbitmq", open_, crash, cut, redelivery_after_crash=1.0, cleanup=cleanup)
+    return proxied("rabbitmq", ("127.0.0.1", 5672), make, drop, redelivery_after_crash=1.0)
