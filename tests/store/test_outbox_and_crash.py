@@ -181,3 +181,22 @@ async def test_a_relay_that_published_twice_still_has_one_effect(tmp_path: Path)
         assert sorted(handled) == [1, 2]
         assert await ms.store.fetchval("SELECT COUNT(*) FROM seen") == 2
         assert await ms.store.outbox_pending() == 0
+
+
+async def test_a_store_first_used_after_the_start_opens_and_relays(tmp_path: Path) -> None:
+    """A route that is the only user of ``ms.store`` still gets a schema and a relay."""
+    ms = Millstream("memory://", store_url=f"sqlite:///{tmp_path}/state.db", settle_interval=0.001)
+    seen: list[bytes] = []
+
+    @ms.consumer("notes")
+    async def note(body: bytes) -> None:
+        seen.append(body)
+
+    async with ms:
+        assert ms.opened_store is None and ms.relay is None
+        async with ms.store.transaction() as tx:  # opens on first use
+            await tx.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+            tx.publish("notes", b"hello")
+        await until(lambda: seen == [b"hello"])
+        assert ms.relay is not None
+    assert not ms.store.is_open  # closed with the app
