@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from millstream.errors import BrokerUnavailable
 from millstream.message import OutgoingMessage
 from millstream.store.base import OutboxRow, Store
 
@@ -123,17 +124,18 @@ class OutboxRelay:
         failed: list[tuple[int, float]] = []
         error = ""
         for topic, rows in _by_topic(claimed):
-            messages = [
-                OutgoingMessage(
-                    row.payload, key=row.key, headers=dict(row.headers), id=row.message_id
-                )
-                for _, row in rows
-            ]
             try:
-                await self._publish(topic, messages)
+                await self._publish(topic, [_outgoing(row) for _, row in rows])
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                failed.extend((row_id, now + self._backoff(row.attempts)) for row_id, row in rows)
+                if len(rows) > 1 and not _unreachable(exc):
+                    # The broker refused the batch, not the connection: one message
+                    # may be to blame (too large, say). Alone, the others go out.
+                    error = await self._one_by_one(topic, rows, now, sent, failed) or error
+                else:
+                    failed.extend(
+                        (row_id, now + self._backoff(row.attempts)) for row_id, row in rows
+                    )
             else:
                 sent.extend(row_id for row_id, _ in rows)
         self._failed_last = bool(failed)
@@ -152,6 +154,39 @@ class OutboxRelay:
             await self._store.outbox_failed(failed, error)
             with contextlib.suppress(Exception):
                 await self._reconnect()
+
+    async def _one_by_one(
+        self,
+        topic: str,
+        rows: Sequence[tuple[int, OutboxRow]],
+        now: float,
+        sent: list[int],
+        failed: list[tuple[int, float]],
+    ) -> str:
+        """Publish ``rows`` singly, in order; a key whose message failed holds its later ones.
+
+        Returns the last error, if any. Stops trying (and fails the rest) as
+        soon as the broker looks unreachable rather than refusing a message.
+        """
+        error = ""
+        held: set[str] = set()
+        unreachable = False
+        for row_id, row in rows:
+            retry_at = now + self._backoff(row.attempts)
+            if unreachable or (row.key is not None and row.key in held):
+                failed.append((row_id, retry_at))
+                continue
+            try:
+                await self._publish(topic, [_outgoing(row)])
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                failed.append((row_id, retry_at))
+                unreachable = _unreachable(exc)
+                if row.key is not None:
+                    held.add(row.key)
+            else:
+                sent.append(row_id)
+        return error
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self._max_backoff, 0.25 * 2 ** max(0, attempts - 1)))
@@ -186,6 +221,15 @@ class OutboxRelay:
             return
         self._next_prune = now + 60.0
         await self._store.prune(now - self._sent_retention, now - self._processed_retention)
+
+
+def _outgoing(row: OutboxRow) -> OutgoingMessage:
+    return OutgoingMessage(row.payload, key=row.key, headers=dict(row.headers), id=row.message_id)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker cannot be reached (rather than refusing a message)."""
+    return isinstance(exc, BrokerUnavailable | OSError | TimeoutError)
 
 
 def _by_topic(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from millstream.errors import BrokerError
 from millstream.message import OutgoingMessage
 from millstream.store import Store
 from millstream.store.outbox import OutboxRelay
@@ -21,6 +22,7 @@ class Wire:
         self.sent: list[tuple[str, bytes]] = []
         self.failures = 0
         self.delay = 0.0
+        self.refused: set[bytes] = set()
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         if self.delay:
@@ -28,6 +30,8 @@ class Wire:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("broker unreachable")
+        if any(m.payload in self.refused for m in messages):
+            raise BrokerError("message too large")
         self.sent.extend((topic, m.payload) for m in messages)
 
 
@@ -112,3 +116,25 @@ async def test_a_stop_that_times_out_hands_the_claimed_rows_back(store: Store) -
         "SELECT COUNT(*) FROM millstream_outbox WHERE claimed_until IS NOT NULL"
     )
     assert (claimed, await store.outbox_pending()) == (0, 1)
+
+
+async def test_a_message_the_broker_refuses_does_not_hold_back_the_rest(store: Store) -> None:
+    wire = Wire()
+    wire.refused = {b"huge"}
+    relay = OutboxRelay(store, wire.publish, reconnect, poll_interval=0.02)
+    await write(
+        store,
+        ("orders", "o-1", "PAID"),
+        ("orders", "o-2", "huge"),
+        ("orders", "o-2", "SHIPPED"),  # after the refused one, on its key: waits for it
+        ("orders", "o-3", "PAID"),
+    )
+    assert await relay.relay_once() == 4
+    assert wire.sent == [("orders", b"PAID"), ("orders", b"PAID")]
+    assert await store.outbox_pending() == 2
+    assert relay.stats.last_error == "BrokerError: message too large"
+    wire.refused = set()  # say the operator raised the broker's limit
+    await asyncio.sleep(0.3)
+    while await relay.relay_once():
+        pass
+    assert [body for _, body in wire.sent][2:] == [b"huge", b"SHIPPED"]
