@@ -63,7 +63,8 @@ class Service:
         self.draining = True
 
     async def health(self) -> Health:
-        store = self.ms.opened_store
+        # Only while started: a stopped app's store is closed, and a query would reopen it.
+        store = self.ms.opened_store if self.ms.started else None
         reports, store_report = await asyncio.gather(
             collect(list(self.ms.consumers.values())),
             check_store(store, redact(store.url)) if store is not None else _none(),

@@ -200,3 +200,5 @@ async def test_a_store_first_used_after_the_start_opens_and_relays(tmp_path: Pat
         await until(lambda: seen == [b"hello"])
         assert ms.relay is not None
     assert not ms.store.is_open  # closed with the app
+    health = await ms.web.health()  # a probe after the stop must not reopen it
+    assert health.store is None and not ms.store.is_open

@@ -210,3 +210,13 @@ async def test_a_begin_cancelled_while_another_process_holds_the_lock_leaves_no_
     finally:
         other.close()
         await store.close()
+
+
+async def test_health_reports_a_store_that_does_not_answer_as_down() -> None:
+    from millstream.observability.health import check_store
+    from tests.brokers.server_process import free_port
+
+    nowhere = open_store(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    report = await check_store(nowhere, "the-url")
+    assert (report.url, report.status, report.outbox_pending) == ("the-url", "DOWN", None)
+    assert report.error is not None and "cannot connect" in report.error
