@@ -32,19 +32,13 @@ from aiokafka.conn import CloseReason
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import BrokerMetadata
 
-from millstream.brokers.addresses import unknown_hosts
+from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.kafka_dead_letters import KafkaDeadLetters
-from millstream.brokers.kafka_options import (
-    EXPECTED,
-    KafkaOptions,
-    parse_url,
-    redact,
-    translated,
-)
+from millstream.brokers.kafka_options import KafkaOptions, parse_url, redact, translated
 from millstream.brokers.kafka_records import Headers, dlq_topic, retry_topic, topic_headers
 from millstream.brokers.kafka_subscription import KafkaSubscription
-from millstream.errors import BrokerError, BrokerUnavailable, ConfigError
+from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import OutgoingMessage
 
 __all__ = ["KafkaBroker", "KafkaDeadLetters", "KafkaSubscription"]
@@ -128,19 +122,9 @@ class KafkaBroker:
                 with suppress(Exception):
                     await admin.close()
                 if isinstance(exc, BrokerUnavailable):
-                    await self._refuse_unknown_hosts(exc)
+                    await refuse_unknown_hosts(self.url, exc)
                 raise
             self._producer, self._admin = producer, admin
-
-    async def _refuse_unknown_hosts(self, exc: BrokerUnavailable) -> None:
-        """A ``ConfigError`` (the consumer fails) if no bootstrap host name exists at all."""
-        names = [host.rpartition(":")[0] or host for host in self.options.bootstrap]
-        missing = await unknown_hosts(names)
-        if missing and len(missing) == len(names):
-            raise ConfigError(
-                f"broker URL {redact(self.url)!r}: no host named {', '.join(missing)} exists "
-                f"(DNS: name not known); fix the host in the URL, e.g. {EXPECTED}"
-            ) from exc
 
     async def close(self) -> None:
         """Close every subscription (committing what is done), then the clients."""

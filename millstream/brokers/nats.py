@@ -27,6 +27,7 @@ from nats.js import api
 from nats.js import errors as js_errors
 
 from millstream.brokers import redact
+from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.nats_connection import (
     REQUEST_TIMEOUT,
@@ -107,7 +108,11 @@ class NatsBroker:
         Consumers reconnecting at once share one new connection.
         """
         async with self._connecting:
-            await self._connect()
+            try:
+                await self._connect()
+            except BrokerUnavailable as exc:
+                await refuse_unknown_hosts(self.url, exc)
+                raise
 
     async def _connect(self) -> None:
         current = self._connection

@@ -32,6 +32,7 @@ from aiormq.channel import Channel
 from pamqp.commands import Basic
 
 from millstream.brokers import redact
+from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.rabbitmq_connection import (
     RabbitMqOptions,
@@ -93,7 +94,11 @@ class RabbitMqBroker:
                 with suppress(Exception):
                     await old.close()
             self._topics.clear()
-            self._connection = await open_connection(self.url, self.options)
+            try:
+                self._connection = await open_connection(self.url, self.options)
+            except BrokerUnavailable as exc:
+                await refuse_unknown_hosts(self.url, exc)
+                raise
 
     async def close(self) -> None:
         """Close every subscription (releasing what it holds), then the connection."""

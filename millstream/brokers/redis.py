@@ -24,6 +24,7 @@ from redis.asyncio import ConnectionPool, Redis
 
 from millstream.brokers import redact
 from millstream.brokers import redis_scripts as scripts
+from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.redis_connection import (
     RedisOptions,
@@ -83,7 +84,11 @@ class RedisBroker:
         if self._version_checked:
             await self.call(lambda client: execute(client, "PING"))
             return
-        found = await self.call(server_version)
+        try:
+            found = await self.call(server_version)
+        except BrokerUnavailable as exc:
+            await refuse_unknown_hosts(self.url, exc)
+            raise
         if found is not None and _release(found) < _OLDEST:
             raise BrokerError(
                 f"broker {redact(self.url)} runs Redis {found}; millstream needs "
