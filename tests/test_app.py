@@ -461,3 +461,38 @@ async def test_a_cancelled_stop_still_releases_what_it_held() -> None:
     sub = await other.subscribe("t", "slow", prefetch=8)
     assert len(await sub.fetch(8, timeout=1)) == 4
     await ms.stop()
+
+
+async def test_stop_ends_a_fetch_loop_whose_cancellation_was_lost_below(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py sends each command through asyncio.wait_for, which on Python 3.11
+    # returns a result that arrives with the cancellation and drops the
+    # cancellation (bpo-42130): the fetch loop must not then run on forever.
+    hub = MemoryHub()
+    ms = app(hub, poll_timeout=0.05)
+    lost: list[int] = []
+    fetch = MemorySubscription.fetch
+
+    async def loses_a_cancellation(
+        self: MemorySubscription, max_messages: int, timeout: float
+    ) -> list[Message]:
+        try:
+            return await fetch(self, max_messages, timeout)
+        except asyncio.CancelledError:
+            if lost:
+                raise
+            lost.append(1)
+            return []
+
+    @ms.consumer("t")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    monkeypatch.setattr(MemorySubscription, "fetch", loses_a_cancellation)
+    await ms.start()
+    async with asyncio.timeout(5):
+        await ms.stop()
+    assert lost == [1]
+    assert ms.consumers["handle"].state is ConsumerState.STOPPED
+    assert [t.get_name() for t in asyncio.all_tasks() if "millstream:handle" in t.get_name()] == []

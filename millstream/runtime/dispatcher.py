@@ -11,12 +11,12 @@ future is made per message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 from millstream.message import Message
+from millstream.runtime.tasks import cancel_and_wait
 
 __all__ = ["Dispatcher"]
 
@@ -136,12 +136,7 @@ class Dispatcher:
 
     async def stop(self) -> list[Message]:
         """Cancel the workers; returns the messages that were never started."""
-        tasks = [w.task for w in self._workers if w.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*(w.task for w in self._workers if w.task is not None))
         self._workers.clear()
         unstarted = [message for message, _ in self._ready]
         for queue in self._waiting.values():

@@ -21,6 +21,7 @@ from millstream.message import Message
 from millstream.retry import Dead, Requeue, describe
 from millstream.runtime.dispatcher import Dispatcher
 from millstream.runtime.settler import Settler
+from millstream.runtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from millstream.runtime.consumer import ConsumerRuntime
@@ -77,7 +78,10 @@ class Session:
         except asyncio.CancelledError:
             cancelled = True
         stop.cancel()
-        await _cancel(fetch)
+        try:
+            await cancel_and_wait(fetch)
+        except asyncio.CancelledError:
+            cancelled = True
         failure = None
         if settle.done() and not settle.cancelled():
             failure = settle.exception()
@@ -117,7 +121,7 @@ class Session:
             except Exception as exc:
                 log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
         finally:
-            await _cancel(keepalive)
+            await cancel_and_wait(keepalive)
             with contextlib.suppress(BrokerError):
                 await self.subscription.close()
 
@@ -230,9 +234,3 @@ class Session:
             self.settled += count
         self._room.set()
 
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task

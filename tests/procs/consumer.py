@@ -8,9 +8,12 @@ so what it did survives SIGKILL. Usage:
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
+import signal
 import sys
+from typing import Any
 
 from millstream import Message, Millstream
 
@@ -28,9 +31,32 @@ def main() -> None:
         await asyncio.sleep(delay)
         os.write(fd, f"end {event['n']} {msg.attempt}\n".encode())
 
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, _print_tasks)
+        await ms.serve()
+
     os.write(fd, b"ready\n")
-    asyncio.run(ms.serve())
+    asyncio.run(serve())
     os.write(fd, b"exit\n")
+
+
+def _print_tasks() -> None:
+    """On SIGUSR1 (a stop that hangs): every task's stack to stderr, then exit."""
+    faulthandler.dump_traceback(all_threads=True)
+    for task in asyncio.all_tasks():
+        print(f"task {task.get_name()}:", file=sys.stderr)
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is None:
+                print(f"  awaiting {awaited!r}", file=sys.stderr)
+                break
+            print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}",
+                  file=sys.stderr)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    sys.stderr.flush()
+    os._exit(3)
 
 
 if __name__ == "__main__":

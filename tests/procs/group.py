@@ -20,9 +20,8 @@ __all__ = ["ends", "ready", "spawn", "starts", "stop"]
 def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
     """One member of group ``billing`` with concurrency 4, sleeping ``sleep`` per message."""
     command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
-    return subprocess.Popen(
-        [*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=subprocess.DEVNULL
-    )
+    with log.with_suffix(".stderr").open("wb") as stderr:
+        return subprocess.Popen([*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=stderr)
 
 
 def _lines(log: Path, kind: str) -> list[tuple[int, int]]:
@@ -50,4 +49,20 @@ def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
-        assert process.wait(timeout=timeout) == 0
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)  # tests.procs.consumer: its tasks' stacks
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # its event loop itself is stuck
+                process.kill()
+                process.wait()
+            code = None
+        assert code == 0, _stderr_tail(process)
+
+
+def _stderr_tail(process: subprocess.Popen[bytes]) -> str:
+    log = Path(str(process.args[5])).with_suffix(".stderr")  # type: ignore[index]
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return f"exit {process.returncode}; its stderr ends:\n" + text[-6000:]
