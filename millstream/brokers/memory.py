@@ -366,6 +366,8 @@ class MemorySubscription:
                 return messages
             if next_due is not None:
                 remaining = min(remaining, max(0.0, next_due - time.monotonic()))
+            # Look again within half a lease: each take extends what this member holds.
+            remaining = min(remaining, self._hub.lease / 2)
             waiter: asyncio.Future[None] = loop.create_future()
             waiters = self._hub.topic(self.topic).waiters
             waiters.append(waiter)

@@ -29,8 +29,8 @@ replayed message reaches its own group only. Such copies are rare (a
 closing member, a replay).
 
 **Keeping alive.** A fetch sends ``+WPI`` (work in progress) for everything
-the member holds at most every quarter lease (5 s at most), so a slow
-handler keeps its message; a member that stopped calling loses its messages
+the member holds every quarter lease (5 s at most), also while it waits for
+more, so a slow handler keeps its message; a member that stopped calling loses its messages
 to the others when ``ack_wait`` runs out, and their delivery count says so.
 """
 
@@ -153,6 +153,8 @@ class NatsSubscription:
                 return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
             # A no_wait request is answered at once: wait for all of it.
             until = self._open_until if not self._lingering else min(deadline, self._open_until)
+            # What this member holds stays alive while it waits.
+            until = min(until, self._keep_alive_at)
             self._arrived.clear()
             if until > now:
                 with suppress(TimeoutError):
@@ -161,6 +163,8 @@ class NatsSubscription:
             if self._missing:
                 await self._recreate()
             now = time.monotonic()
+            if now >= self._keep_alive_at:
+                await self._keep_alive(now)
 
     async def _ask(self, batch: int, remaining: float) -> None:
         """Open one pull request: ``no_wait`` unless the last one found nothing."""

@@ -11,7 +11,7 @@ from millstream.brokers.base import Subscription
 from millstream.runtime import ConsumerState
 from tests.support import until, until_equal
 
-from .conftest import BrokerFactory
+from .conftest import LEASE, BrokerFactory
 
 GROUP = "g"
 
@@ -114,6 +114,23 @@ async def test_unacked_message_is_redelivered_after_its_consumer_dies(
     assert again[0].attempt == 2
     await other.settle(again, [], [])
     assert await other.fetch(10, timeout=brokers.redelivery_after_crash + 0.5) == []
+
+
+async def test_a_member_waiting_in_fetch_keeps_what_it_holds(
+    brokers: BrokerFactory, topic: str
+) -> None:
+    holder, rival = await brokers.connect(), await brokers.connect()
+    sub = await holder.subscribe(topic, GROUP, prefetch=8)
+    other = await rival.subscribe(topic, GROUP, prefetch=8)
+    await rival.publish(topic, [out(1)])
+    held = await fetch_n(sub, 1)
+    assert len(held) == 1
+    # A consumer with room fetches on while its handler works, for longer than
+    # the lease: waiting for more must keep what it holds its own.
+    waiting = asyncio.ensure_future(sub.fetch(8, timeout=2.5 * LEASE))
+    assert await other.fetch(8, timeout=2.5 * LEASE) == []
+    assert await waiting == []
+    await sub.settle(held, [], [])
 
 
 async def test_close_releases_unsettled_messages_without_counting_an_attempt(

@@ -52,8 +52,10 @@ def _print_tasks() -> None:
             if frame is None:
                 print(f"  awaiting {awaited!r}", file=sys.stderr)
                 break
-            print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}",
-                  file=sys.stderr)
+            print(
+                f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}",
+                file=sys.stderr,
+            )
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
     sys.stderr.flush()
     os._exit(3)
