@@ -85,8 +85,9 @@ class ConsumerRuntime:
 
     @property
     def max_inflight(self) -> int:
-        """Messages held at once: the explicit bound, or enough to keep every worker busy."""
-        return self._explicit_inflight or max(self.prefetch, 2 * self.concurrency)
+        """Messages held at once: the explicit bound, else two fetches (one handled while the
+        next is fetched and the one before settles) and enough to keep every worker busy."""
+        return self._explicit_inflight or 2 * max(self.prefetch, self.concurrency)
 
     @property
     def inflight(self) -> int:

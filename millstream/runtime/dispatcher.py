@@ -14,20 +14,22 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 from millstream.message import Message
 from millstream.runtime.tasks import cancel_and_wait
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Outcomes"]
 
 log = logging.getLogger("millstream.runtime")
 
-Process = Callable[[Message], Awaitable[None]]
+Invoke = Callable[[Message], Awaitable[None]]
 KeyOf = Callable[[Message], str | None]
 
-# A worker yields to the loop after this many messages that did not suspend,
-# so a burst of instant handlers cannot starve the HTTP side.
-_YIELD_EVERY = 8
+# A worker whose handlers did not suspend for this long yields to the loop,
+# so a burst of instant handlers cannot starve the HTTP side. By time, not by
+# count: a yield costs a loop turn, which instant handlers must not pay often.
+_HOLD = 0.0005
 
 
 class _Worker:
@@ -38,26 +40,37 @@ class _Worker:
         self.task: asyncio.Task[None] | None = None
 
 
-class Dispatcher:
-    """Runs ``process`` over submitted messages on ``concurrency`` workers.
+class Outcomes(Protocol):
+    """What becomes of each message: the dispatcher only reports, the session settles."""
 
-    ``process`` must not raise for a handler failure (it settles the outcome
-    itself); if it does, the error is logged and the message left unsettled.
-    ``inflight`` counts messages submitted and not yet processed, ``running``
-    those whose handler has started.
+    def succeeded(self, message: Message) -> None: ...
+
+    def failed(self, message: Message, exc: BaseException) -> None: ...
+
+    def unkeyable(self, message: Message, exc: Exception) -> None:
+        """The key function failed on ``message``: it never enters a lane."""
+
+
+class Dispatcher:
+    """Runs ``invoke`` over submitted messages on ``concurrency`` workers.
+
+    Each outcome goes to ``outcomes`` the moment ``invoke`` returns or raises;
+    if reporting it raises, the error is logged and the message left
+    unsettled. ``inflight`` counts messages submitted and not yet processed,
+    ``running`` those whose handler has started.
     """
 
     def __init__(
         self,
-        process: Process,
+        invoke: Invoke,
+        outcomes: Outcomes,
         key_of: KeyOf,
         concurrency: int,
         name: str,
-        unkeyable: Callable[[Message, Exception], None],
     ) -> None:
-        self._process = process
+        self._invoke = invoke
+        self._outcomes = outcomes
         self._key_of = key_of
-        self._unkeyable = unkeyable
         self._name = name
         self._ready: deque[tuple[Message, str | None]] = deque()
         self._waiting: dict[str, deque[Message]] = {}
@@ -81,7 +94,7 @@ class Dispatcher:
             try:
                 key = key_of(message)
             except Exception as exc:
-                self._unkeyable(message, exc)  # settles it: it never enters a lane
+                self._outcomes.unkeyable(message, exc)
                 continue
             added += 1
             if key is None:
@@ -155,31 +168,42 @@ class Dispatcher:
 
     async def _work(self, worker: _Worker) -> None:
         ready = self._ready
-        process = self._process
-        since_yield = 0
+        invoke = self._invoke
+        outcomes = self._outcomes
         loop = asyncio.get_running_loop()
+        clock = loop.time
+        held_since = clock()
         while not worker.retired and not self._draining:
             if not ready:
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
-                since_yield = 0
+                held_since = clock()
                 continue
             message, key = ready.popleft()
             self.running += 1
             try:
-                await process(message)
+                try:
+                    await invoke(message)
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the runtime is stopping this worker
+                    outcomes.failed(message, exc)  # the handler's own: a failure like others
+                except Exception as exc:
+                    outcomes.failed(message, exc)
+                else:
+                    outcomes.succeeded(message)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("consumer %s: processing message %s failed", self._name, message.id)
+                log.exception("consumer %s: settling message %s failed", self._name, message.id)
             finally:
                 self.running -= 1
                 self._finish(key)
-            since_yield += 1
-            if since_yield >= _YIELD_EVERY:
-                since_yield = 0
+            if clock() - held_since >= _HOLD:
                 await asyncio.sleep(0)
+                held_since = clock()
         # A retired worker may have been woken for work it will not take.
         self._wake(len(ready))
 

@@ -53,7 +53,7 @@ class Session:
             on_settled=self._settled,
         )
         self.dispatcher = Dispatcher(
-            self._process, consumer.key_of, consumer.concurrency, consumer.name, self._unkeyable
+            consumer.invoke, self, consumer.key_of, consumer.concurrency, consumer.name
         )
 
     def proved_itself(self) -> bool:
@@ -150,7 +150,7 @@ class Session:
             if messages:
                 self.held += len(messages)
                 consumer.stats.consumed += len(messages)
-                self.dispatcher.submit(messages)
+                self._submit(messages)
 
     async def _idle(self, until: Coroutine[Any, Any, Any]) -> None:
         """Wait for ``until`` while not fetching, keeping held messages alive.
@@ -168,31 +168,28 @@ class Session:
         finally:
             waiter.cancel()
 
-    async def _process(self, message: Message) -> None:
-        consumer = self.consumer
-        if message.attempt > consumer.retry.attempts:
-            # Delivered more often than it may be tried without ever getting an
-            # outcome: whatever handles it takes the process down with it.
-            self._bury(
-                message,
-                f"delivered {message.attempt} times without an outcome; the process "
-                "handling it may have crashed or been killed each time",
-            )
-            return
-        try:
-            await consumer.invoke(message)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the runtime is stopping this worker
-            self._failed(message, exc)  # the handler's own business: a failure like any other
-        except Exception as exc:
-            self._failed(message, exc)
-        else:
-            consumer.stats.acked += 1
-            self.settler.ack(message)
+    def _submit(self, messages: list[Message]) -> None:
+        limit = self.consumer.retry.attempts
+        overdue = [message for message in messages if message.attempt > limit]
+        if overdue:
+            # Delivered more often than they may be tried without ever getting an
+            # outcome: whatever handles them takes the process down with it.
+            for message in overdue:
+                self._bury(
+                    message,
+                    f"delivered {message.attempt} times without an outcome; the process "
+                    "handling it may have crashed or been killed each time",
+                )
+            messages = [message for message in messages if message.attempt <= limit]
+        self.dispatcher.submit(messages)
 
-    def _failed(self, message: Message, exc: BaseException) -> None:
+    # -- Outcomes, reported by the dispatcher ---------------------------------
+
+    def succeeded(self, message: Message) -> None:
+        self.consumer.stats.acked += 1
+        self.settler.ack(message)
+
+    def failed(self, message: Message, exc: BaseException) -> None:
         consumer = self.consumer
         try:
             outcome = consumer.retry.classify(exc, message.attempt)
@@ -224,7 +221,7 @@ class Session:
         )
         self.settler.dead(message, reason)
 
-    def _unkeyable(self, message: Message, exc: Exception) -> None:
+    def unkeyable(self, message: Message, exc: Exception) -> None:
         """The consumer's ``key=`` failed on this message: it can never be ordered."""
         self._bury(message, f"key function failed: {describe(exc)}")
 
@@ -233,4 +230,3 @@ class Session:
         if ok:
             self.settled += count
         self._room.set()
-
