@@ -301,7 +301,7 @@ class KafkaBroker:
             fetch_max_wait_ms=100,
         )
         self.adopt(consumer._client)
-        subscription = KafkaSubscription(self, consumer, topic, group, producer)
+        subscription = KafkaSubscription(self, consumer, topic, group, producer, prefetch)
         watch_connections(consumer._client, subscription.connection_lost)
         self._subscriptions.append(subscription)
         try:

@@ -9,10 +9,12 @@ marks of the partitions it takes: a record below the mark was handed out
 and never settled. Clearing the marks (``clear``) makes a release not
 count.
 
-Marks run up to one fetch ahead and are written in the background while the
-handlers work, so a fetch rarely waits for one. The price: after a crash, up
-to one fetch of messages that were fetched but never handed out also count
-a second attempt. A mark says "at least once before", not how often.
+Marks run a window of four fetches (``4 x prefetch`` offsets) ahead of what
+was handed out, and a new one is written in the background once half the
+window is used, so a fetch waits for a mark only when the writes fall two
+fetches behind. The price: after a crash, up to four fetches of messages per
+partition that were never handed out also count a second attempt. A mark
+says "at least once before", not how often.
 """
 
 from __future__ import annotations
@@ -59,23 +61,26 @@ class DeliveryMarks:
         self._found.pop(tp, None)
         self._written.pop(tp, None)
 
-    async def cover(self, handed: dict[TopicPartition, int], ahead: int) -> None:
-        """Make sure the marks cover ``handed`` (next offsets); start covering ``ahead`` more."""
+    async def cover(self, handed: dict[TopicPartition, int], window: int) -> None:
+        """Make sure the marks cover ``handed`` (next offsets), ``window`` ahead of them."""
         written = self._written
-        if any(n > written.get(tp, 0) for tp, n in handed.items()):
+        half = window // 2
+        low = {tp: n + window for tp, n in handed.items() if n + half > written.get(tp, 0)}
+        if not low:
+            return
+        if any(handed[tp] > written.get(tp, 0) for tp in low):
+            # This fetch outran the marks: the one case where it waits for them.
             with translated(self._url):
                 if self._writing is not None:
                     writing, self._writing = self._writing, None
                     await writing
-                short = {tp: n for tp, n in handed.items() if n > written.get(tp, 0)}
-                if short:
-                    await self._write({tp: n + ahead for tp, n in short.items()})
+                behind = {tp: m for tp, m in low.items() if handed[tp] > written.get(tp, 0)}
+                if behind:
+                    await self._write(behind)
         if self._writing is None:
-            low = {tp: n for tp, n in handed.items() if n + ahead // 2 > written.get(tp, 0)}
-            if low:
-                self._writing = asyncio.ensure_future(
-                    self._write({tp: n + ahead for tp, n in low.items()})
-                )
+            ahead = {tp: m for tp, m in low.items() if handed[tp] + half > written.get(tp, 0)}
+            if ahead:
+                self._writing = asyncio.ensure_future(self._write(ahead))
                 self._writing.add_done_callback(retrieve)
 
     async def clear(self) -> None:

@@ -129,10 +129,8 @@ def read_headers(raw: Iterable[tuple[str, bytes]]) -> tuple[dict[str, str], dict
     return ours, theirs
 
 
-def message(
-    topic: str, record: Any, delivered_before: bool, receipt: object
-) -> tuple[Message, float]:
-    """The delivery of ``record`` (topic or retry topic) and when it is due (0: now).
+def message(topic: str, record: Any, delivered_before: bool, receipt: object) -> Message:
+    """The delivery of ``record`` (of the topic or its retry topic).
 
     ``delivered_before``: the group handed it out already and never settled
     it (a member crashed), so this delivery counts one more attempt. The hot
@@ -153,14 +151,12 @@ def message(
             theirs[name] = raw.decode(errors="replace")
     key = record.key
     value = record.value
-    attempts, published_at, due = 0, record.timestamp / 1000, 0.0
+    attempts, published_at = 0, record.timestamp / 1000
     if ours is not None:
         attempts = int(ours.get(HEADER_ATTEMPT, 0))
         if published := ours.get(HEADER_PUBLISHED_AT):
             published_at = float(published)
-        if at := ours.get(HEADER_DUE):
-            due = float(at)
-    msg = Message(
+    return Message(
         msg_id or f"{record.topic}-{record.partition}-{record.offset}",
         topic,
         value if value is not None else b"",
@@ -172,7 +168,14 @@ def message(
         record.offset,
         receipt,
     )
-    return msg, due
+
+
+def due(record: Any) -> float:
+    """When a retry record is due (epoch seconds); 0 when it says nothing."""
+    for name, raw in record.headers:
+        if name == HEADER_DUE:
+            return float(raw)
+    return 0.0
 
 
 def dead_letter(topic: str, record: Any) -> DeadLetter | None:

@@ -45,6 +45,7 @@ from millstream.brokers.kafka_options import redact, translated
 from millstream.brokers.kafka_records import (
     dead_letter_headers,
     dlq_topic,
+    due,
     message,
     retry_headers,
     retry_topic,
@@ -73,6 +74,7 @@ class KafkaSubscription:
         topic: str,
         group: str,
         producer: AIOKafkaProducer,
+        prefetch: int,
     ) -> None:
         self._broker = broker
         self._consumer = consumer
@@ -92,6 +94,7 @@ class KafkaSubscription:
         self._drain = min(options.drain, options.rebalance_timeout * 0.8)
         deliveries = GroupOffsets(consumer._client, f"{group}.deliveries")
         self._marks = DeliveryMarks(deliveries, broker.url)
+        self._marks_window = 4 * prefetch
         self._commits = GroupOffsets(consumer._client, group)
 
     async def start(self) -> None:
@@ -139,33 +142,35 @@ class KafkaSubscription:
             return []
         taken: list[Message] = []
         handed: dict[TopicPartition, int] = {}
-        now = time.time()
+        topic = self.topic
         for tp, records in batch.items():
             epoch = self._owned.get(tp)
-            if epoch is None or not records:
+            if epoch is None:
                 continue
-            tracker = self._trackers[tp.topic]
+            if tp.topic == self.retry_topic:
+                records = self._due(tp, records)
+            if not records:
+                continue
             before = self._marks.before(tp)
-            retry = tp.topic == self.retry_topic
-            last = None
-            for record in records:
-                msg, due = message(
-                    self.topic, record, record.offset < before, (tp, record.offset, epoch)
-                )
-                if retry and due > now:
-                    # Not due: read it again when it is, and let nothing behind it pass.
-                    self._consumer.seek(tp, record.offset)
-                    self._consumer.pause(tp)
-                    self._paused[tp] = due
-                    break
-                tracker.started(tp.partition, record.offset)
-                taken.append(msg)
-                last = record.offset
-            if last is not None:
-                handed[tp] = last + 1
+            taken += [message(topic, r, r.offset < before, (tp, r.offset, epoch)) for r in records]
+            self._trackers[tp.topic].started(tp.partition, [r.offset for r in records])
+            handed[tp] = records[-1].offset + 1
         if handed:
-            await self._marks.cover(handed, ahead=max_messages)
+            await self._marks.cover(handed, self._marks_window)
         return taken
+
+    def _due(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """The records of a retry partition up to the first not due; that one is read
+        again when it is, and nothing behind it passes meanwhile."""
+        now = time.time()
+        for i, record in enumerate(records):
+            at = due(record)
+            if at > now:
+                self._consumer.seek(tp, record.offset)
+                self._consumer.pause(tp)
+                self._paused[tp] = at
+                return records[:i]
+        return records
 
     def _resume_due(self, now: float) -> None:
         due = [tp for tp, at in self._paused.items() if at <= now]
@@ -207,9 +212,12 @@ class KafkaSubscription:
                     if records
                 )
             )
+        owned, trackers = self._owned, self._trackers
         for msg in itertools.chain(acks, (m for m, _ in retries), (m for m, _ in deads)):
-            if (tp := self._mine(msg)) is not None:
-                self._trackers[tp.topic].finished(tp.partition, msg.receipt[1])
+            receipt = msg.receipt  # what _mine checks, inline: this runs once per message
+            if type(receipt) is tuple and len(receipt) == 3 and owned.get(receipt[0]) == receipt[2]:
+                tp = receipt[0]
+                trackers[tp.topic].finished(tp.partition, receipt[1])
         await self._commit()
         self._settled.set()
 

@@ -9,6 +9,7 @@ redelivers what was unfinished and never skips it. Pure state, no I/O.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 __all__ = ["OffsetTracker"]
 
@@ -29,17 +30,19 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._partitions: dict[int, _Partition] = {}
 
-    def started(self, partition: int, offset: int) -> None:
-        """Record a fetched offset; offsets of a partition must arrive increasing."""
+    def started(self, partition: int, offsets: Sequence[int]) -> None:
+        """Record fetched offsets, increasing, after any this partition had."""
+        if not offsets:
+            return
         state = self._partitions.get(partition)
         if state is None:
             state = self._partitions[partition] = _Partition()
-        if state.order and offset <= state.order[-1]:
+        if state.order and offsets[0] <= state.order[-1]:
             raise ValueError(
-                f"partition {partition}: offset {offset} arrived after {state.order[-1]}"
+                f"partition {partition}: offset {offsets[0]} arrived after {state.order[-1]}"
             )
-        state.order.append(offset)
-        state.outstanding.add(offset)
+        state.order.extend(offsets)
+        state.outstanding.update(offsets)
 
     def finished(self, partition: int, offset: int) -> None:
         """Mark an offset done (acked, retried elsewhere or dead-lettered).
