@@ -165,14 +165,12 @@ def translated(url: str) -> Iterator[None]:
     try:
         yield
     except _REFUSED as exc:
-        fix = (
-            "put the user and password in the URL (kafka://user:password@host:9092)"
-            if "@" not in url
-            else "check the user, password and ?sasl_mechanism= (SCRAM-SHA-512 by default)"
-        )
-        raise AuthenticationError(
-            f"broker URL {shown!r} refused the credentials ({_text(exc)}); {fix}"
-        ) from exc
+        raise _refused(url, _text(exc)) from exc
+    except (KeyError, ValueError) as exc:
+        said = _scram_refusal(exc)
+        if said is None:
+            raise
+        raise _refused(url, f"SCRAM: {said or 'an answer that is not SCRAM'}") from exc
     except _FORBIDDEN as exc:
         raise AuthenticationError(
             f"broker URL {shown!r} refused an operation ({_text(exc)}); grant the user "
@@ -205,6 +203,43 @@ def translated(url: str) -> Iterator[None]:
         if getattr(exc, "retriable", False):
             raise BrokerUnavailable(f"broker {shown} is not serving: {_text(exc)}") from exc
         raise BrokerError(f"broker {shown} failed: {_text(exc)}") from exc
+
+
+def _refused(url: str, reason: str) -> AuthenticationError:
+    fix = (
+        "put the user and password in the URL (kafka://user:password@host:9092)"
+        if "@" not in url
+        else "check the user, password and ?sasl_mechanism= (SCRAM-SHA-512 by default)"
+    )
+    return AuthenticationError(
+        f"broker URL {redact(url)!r} refused the credentials ({reason}); {fix}"
+    )
+
+
+# aiokafka's SCRAM steps and the argument holding what the server said.
+_SCRAM_STEPS = {
+    "process_server_first_message": "server_first",
+    "process_server_final_message": "server_final",
+}
+
+
+def _scram_refusal(exc: BaseException) -> str | None:
+    """What the server said, when ``exc`` broke aiokafka's SCRAM exchange; else ``None``.
+
+    A server may refuse SCRAM credentials inside the exchange, as RFC 5802
+    has it (``e=unknown-user``, ``e=invalid-proof``), rather than with
+    Kafka's error code. aiokafka does not read that answer: it fails with a
+    ``KeyError`` or ``ValueError`` on it, which is a refusal all the same.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        argument = _SCRAM_STEPS.get(frame.f_code.co_name)
+        if argument is not None and frame.f_globals.get("__name__") == "aiokafka.conn":
+            said = frame.f_locals.get(argument)
+            return said if isinstance(said, str) else ""
+        tb = tb.tb_next
+    return None
 
 
 def _text(exc: BaseException) -> str:

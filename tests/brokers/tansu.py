@@ -97,15 +97,6 @@ class Tansu(ServerProcess):
         """Stop the broker: SIGKILL by default (nothing is kept anyway), or SIGTERM."""
         super().stop(kill=kill)
 
-    def add_user(self, name: str, password: str) -> None:
-        """Create a SCRAM-SHA-512 user (needs ``authentication=True``)."""
-        subprocess.run(
-            [self.binary, "user", "create", "--broker", f"tcp://{self.address}", name, password],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
 
 _shared: Tansu | None = None
 

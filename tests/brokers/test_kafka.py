@@ -24,7 +24,7 @@ from millstream.brokers import connect
 from millstream.brokers.base import Subscription
 from millstream.brokers.kafka import KafkaBroker
 from millstream.brokers.kafka_offsets import GroupOffsets
-from millstream.errors import BrokerUnavailable, ConfigError
+from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests.brokers import scenarios
 from tests.brokers.redis_server import free_port
@@ -145,6 +145,28 @@ async def test_a_host_that_does_not_exist_fails_the_start_and_the_consumer_with_
     finally:
         await runtime.stop()
         await broker.close()
+
+
+async def test_a_wrong_password_is_refused_at_connect_with_the_fix() -> None:
+    # Tansu refuses SCRAM credentials it does not know inside the exchange
+    # (RFC 5802 e=unknown-user), where Kafka answers an error code.
+    with Tansu(authentication=True) as server:
+        broker = KafkaBroker.from_url(server.url(user="alice:wrong"))
+        with pytest.raises(AuthenticationError) as caught:
+            await broker.connect()
+        await broker.close()
+    message = str(caught.value)
+    assert f"kafka://alice:***@{server.address}" in message
+    assert "refused the credentials (SCRAM: e=unknown-user)" in message
+    assert "check the user, password" in message and "wrong" not in message
+
+
+async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm() -> None:
+    with Tansu(authentication=True) as server, TcpProxy("127.0.0.1", server.port) as proxy:
+        url = f"kafka://alice:wrong@127.0.0.1:{proxy.port}?{QUIRKS}"
+        await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
+            url, proxy, "kafka://alice:***@"
+        )
 
 
 async def test_an_idempotent_producer_refused_by_the_broker_names_the_fix(tansu: Tansu) -> None:
