@@ -79,7 +79,7 @@ def _decode_envelope(message: Message) -> Message:
 
 def _json_decoder(hint: Any) -> Decoder:
     adapter: TypeAdapter[Any] = TypeAdapter(hint)
-    validate = adapter.validate_json
+    validate = adapter.validator.validate_json  # the core validator: no wrapper per message
     name = getattr(hint, "__name__", repr(hint))
 
     def decode(message: Message) -> Any:
