@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 
 from millstream import Message, Millstream, OutgoingMessage, Retry
-from millstream.brokers.base import Subscription
+from millstream.brokers.base import Broker, Subscription
 from millstream.runtime import ConsumerState
 from tests.support import until, until_equal
 
@@ -27,6 +27,16 @@ async def fetch_n(sub: Subscription, count: int, within: float = 5.0) -> list[Me
 
 def out(i: int, key: str | None = None) -> OutgoingMessage:
     return OutgoingMessage(f'{{"n": {i}}}'.encode(), key=key)
+
+
+async def two_members(
+    brokers: BrokerFactory, topic: str
+) -> tuple[Broker, Subscription, Broker, Subscription]:
+    """Two connections (two processes), each a member of group ``GROUP`` on ``topic``."""
+    first, second = await brokers.connect(), await brokers.connect()
+    sub_a = await first.subscribe(topic, GROUP, prefetch=8)
+    sub_b = await second.subscribe(topic, GROUP, prefetch=8)
+    return first, sub_a, second, sub_b
 
 
 async def test_round_trip_keeps_payload_key_and_headers(brokers: BrokerFactory, topic: str) -> None:
@@ -56,9 +66,7 @@ async def test_round_trip_keeps_payload_key_and_headers(brokers: BrokerFactory, 
 async def test_members_of_a_group_share_without_duplicates(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    first, second = await brokers.connect(), await brokers.connect()
-    sub_a = await first.subscribe(topic, GROUP, prefetch=8)
-    sub_b = await second.subscribe(topic, GROUP, prefetch=8)
+    first, sub_a, _, sub_b = await two_members(brokers, topic)
     await first.publish(topic, [out(i) for i in range(60)])
 
     seen: list[str] = []
@@ -99,9 +107,7 @@ async def test_backlog_published_before_the_group_exists_is_delivered(
 async def test_unacked_message_is_redelivered_after_its_consumer_dies(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    doomed, survivor = await brokers.connect(), await brokers.connect()
-    sub = await doomed.subscribe(topic, GROUP, prefetch=8)
-    other = await survivor.subscribe(topic, GROUP, prefetch=8)
+    doomed, sub, survivor, other = await two_members(brokers, topic)
     await survivor.publish(topic, [out(1), out(2)])
     held = await fetch_n(sub, 2)
     assert len(held) == 2
@@ -119,9 +125,7 @@ async def test_unacked_message_is_redelivered_after_its_consumer_dies(
 async def test_a_member_waiting_in_fetch_keeps_what_it_holds(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    holder, rival = await brokers.connect(), await brokers.connect()
-    sub = await holder.subscribe(topic, GROUP, prefetch=8)
-    other = await rival.subscribe(topic, GROUP, prefetch=8)
+    _, sub, rival, other = await two_members(brokers, topic)
     await rival.publish(topic, [out(1)])
     held = await fetch_n(sub, 1)
     assert len(held) == 1
