@@ -41,6 +41,7 @@ class DeliveryMarks:
         self._url = url
         self._found: dict[TopicPartition, int] = {}  # marks there when the partition was taken
         self._written: dict[TopicPartition, int] = {}  # marks this member wrote since
+        self._handed: dict[TopicPartition, int] = {}  # next offset to hand out, per partition
         self._writing: asyncio.Future[None] | None = None
 
     def before(self, tp: TopicPartition) -> int:
@@ -60,28 +61,43 @@ class DeliveryMarks:
     def forget(self, tp: TopicPartition) -> None:
         self._found.pop(tp, None)
         self._written.pop(tp, None)
+        self._handed.pop(tp, None)
 
     async def cover(self, handed: dict[TopicPartition, int], window: int) -> None:
-        """Make sure the marks cover ``handed`` (next offsets), ``window`` ahead of them."""
+        """Make sure the marks cover ``handed`` (next offsets), ``window`` ahead of them.
+
+        One write serves every partition running low, not only this fetch's:
+        writes go one at a time, and a partition that had to wait for another's
+        would find its own margin used up.
+        """
+        self._handed.update(handed)
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._writing = None
+            with translated(self._url):
+                writing.result()  # a background write that failed fails this fetch
         written = self._written
         half = window // 2
-        low = {tp: n + window for tp, n in handed.items() if n + half > written.get(tp, 0)}
-        if not low:
+        if all(n + half <= written.get(tp, 0) for tp, n in handed.items()):
             return
-        if any(handed[tp] > written.get(tp, 0) for tp in low):
+        if any(n > written.get(tp, 0) for tp, n in handed.items()):
             # This fetch outran the marks: the one case where it waits for them.
             with translated(self._url):
                 if self._writing is not None:
                     writing, self._writing = self._writing, None
                     await writing
-                behind = {tp: m for tp, m in low.items() if handed[tp] > written.get(tp, 0)}
-                if behind:
-                    await self._write(behind)
-        if self._writing is None:
-            ahead = {tp: m for tp, m in low.items() if handed[tp] + half > written.get(tp, 0)}
-            if ahead:
-                self._writing = asyncio.ensure_future(self._write(ahead))
-                self._writing.add_done_callback(retrieve)
+                if any(n > written.get(tp, 0) for tp, n in handed.items()):
+                    await self._write(self._low(window))
+        if self._writing is None and (low := self._low(window)):
+            self._writing = asyncio.ensure_future(self._write(low))
+            self._writing.add_done_callback(retrieve)
+
+    def _low(self, window: int) -> dict[TopicPartition, int]:
+        """New marks for every partition with less than half a window of margin left."""
+        written = self._written
+        return {
+            tp: n + window for tp, n in self._handed.items() if n + window // 2 > written.get(tp, 0)
+        }
 
     async def clear(self) -> None:
         """Reset the marks of the owned partitions: what is released does not count."""
