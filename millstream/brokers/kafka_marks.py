@@ -74,8 +74,9 @@ class DeliveryMarks:
         writing = self._writing
         if writing is not None and writing.done():
             self._writing = None
-            with translated(self._url):
-                writing.result()  # a background write that failed fails this fetch
+            if writing.cancelled() or writing.exception() is not None:
+                with translated(self._url):
+                    writing.result()  # a background write that failed fails this fetch
         written = self._written
         half = window // 2
         if all(n + half <= written.get(tp, 0) for tp, n in handed.items()):
