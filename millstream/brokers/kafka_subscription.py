@@ -212,12 +212,9 @@ class KafkaSubscription:
                     if records
                 )
             )
-        owned, trackers = self._owned, self._trackers
         for msg in itertools.chain(acks, (m for m, _ in retries), (m for m, _ in deads)):
-            receipt = msg.receipt  # what _mine checks, inline: this runs once per message
-            if type(receipt) is tuple and len(receipt) == 3 and owned.get(receipt[0]) == receipt[2]:
-                tp = receipt[0]
-                trackers[tp.topic].finished(tp.partition, receipt[1])
+            if (tp := self._mine(msg)) is not None:
+                self._trackers[tp.topic].finished(tp.partition, msg.receipt[1])
         await self._commit()
         self._settled.set()
 

@@ -30,8 +30,9 @@ closing member, a replay).
 
 **Keeping alive.** A fetch sends ``+WPI`` (work in progress) for everything
 the member holds every quarter lease (5 s at most), also while it waits for
-more, so a slow handler keeps its message; a member that stopped calling loses its messages
-to the others when ``ack_wait`` runs out, and their delivery count says so.
+more, so a slow handler keeps its message; a member that stopped calling
+loses its messages to the others when ``ack_wait`` runs out, and their
+delivery count says so.
 """
 
 from __future__ import annotations

@@ -44,11 +44,7 @@ class Settler:
 
     def ack(self, message: Message) -> None:
         self._acks.append(message)
-        self.pending += 1  # _added, inline: this runs once per message
-        if self.pending == 1:
-            self._has_items.set()
-        if self.pending >= self._batch:
-            self._full.set()
+        self._added()
 
     def retry(self, message: Message, delay: float) -> None:
         self._retries.append((message, delay))

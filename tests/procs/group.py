@@ -63,6 +63,7 @@ def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
 
 
 def _stderr_tail(process: subprocess.Popen[bytes]) -> str:
-    log = Path(str(process.args[5])).with_suffix(".stderr")  # type: ignore[index]
+    log = next(Path(a) for a in process.args if str(a).endswith(".log"))  # type: ignore[union-attr]
+    log = log.with_suffix(".stderr")
     text = log.read_text(errors="replace") if log.exists() else ""
     return f"exit {process.returncode}; its stderr ends:\n" + text[-6000:]
