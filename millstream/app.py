@@ -16,6 +16,7 @@ from millstream.brokers.base import Broker, DeadLetterQueue
 from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.message import OutgoingMessage
 from millstream.retry import RetryPolicy
+from millstream.runtime import heap
 from millstream.runtime.consumer import ConsumerRuntime
 from millstream.runtime.handler import Handler, HandlerLink, wants_transaction
 from millstream.runtime.spec import ConsumerSpec, KeySpec
@@ -271,6 +272,8 @@ class Millstream:
             runtime = ConsumerRuntime(spec, self.broker, self.settings)
             self._consumers[spec.name] = runtime
         await asyncio.gather(*(c.start() for c in self._consumers.values()))
+        if self.settings.gc_freeze:
+            heap.freeze()
 
     async def stop(self) -> None:
         """Drain and stop every consumer, then close the broker."""
@@ -287,6 +290,8 @@ class Millstream:
                     log.error("consumer %s did not stop cleanly: %r", consumer.name, result)
             await self._close_state()
         finally:
+            if self.settings.gc_freeze:
+                heap.thaw()
             await self.broker.close()
 
     async def _open_state(self) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "HEADER_ID",
     "HEADER_KEY",
     "HEADER_PUBLISHED_AT",
+    "NO_HEADERS",
     "Message",
     "OutgoingMessage",
     "new_message_id",
@@ -25,6 +28,9 @@ HEADER_KEY = "ms-key"
 HEADER_ATTEMPT = "ms-attempt"
 HEADER_PUBLISHED_AT = "ms-published-at"
 HEADER_ERROR = "ms-error"
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+"""The headers of a message that arrived without any: shared, read-only, free."""
 
 _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
@@ -47,14 +53,16 @@ class Message:
     ``id`` is stable across redeliveries (it is what idempotent handlers key
     on); ``attempt`` counts deliveries, starting at 1. ``receipt`` is the
     broker's own handle for settling this delivery and means nothing outside
-    the subscription that produced it.
+    the subscription that produced it. ``headers`` are the application
+    headers it arrived with, read-only (copy them with ``dict()`` to publish
+    onwards).
     """
 
     id: str
     topic: str
     payload: bytes
     key: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
     attempt: int = 1
     published_at: float = 0.0
     partition: int | None = None

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     settle_interval: float = Field(
         0.005, gt=0, le=5, description="seconds an outcome may wait to join a batch"
     )
+    gc_freeze: bool = Field(
+        True,
+        description="after start, hide the objects alive then from the garbage collector "
+        "(gc.freeze): shorter full-collection pauses under load",
+    )
     poll_timeout: float = Field(1.0, gt=0, description="seconds one fetch waits for messages")
     handler_timeout: float | None = Field(
         None, gt=0, description="seconds a handler may run before it counts as failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import threading
 import time
@@ -250,6 +251,51 @@ def test_bad_configuration_fails_at_construction_naming_the_fix() -> None:
 
         @ms.consumer("t", concurrency=0)
         async def handle(event: dict[str, int]) -> None: ...
+
+
+async def test_the_heap_alive_at_start_is_hidden_from_the_collector_until_the_last_stop() -> None:
+    assert gc.get_freeze_count() == 0
+    first, second, unfrozen = app(), app(), app(gc_freeze=False)
+    async with unfrozen:
+        assert gc.get_freeze_count() == 0
+    await first.start()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    await second.start()
+    await first.stop()
+    assert gc.get_freeze_count() >= frozen  # the second app still runs
+    await second.stop()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_handlers_that_never_suspend_still_let_the_event_loop_run() -> None:
+    """A burst of CPU-bound async handlers must not starve HTTP and heartbeats."""
+    ms = app(prefetch=4000, max_inflight=4000)
+    burst = 4000  # 0.1 ms each: 0.4 s if one worker ran them all without yielding
+
+    @ms.consumer("t", concurrency=1)
+    async def busy(event: dict[str, int]) -> None:
+        end = time.perf_counter() + 0.0001
+        while time.perf_counter() < end:
+            pass
+
+    await ms.broker.connect()
+    await ms.publish_batch("t", [{"n": n} for n in range(burst)])
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    async with ms:
+        await until(lambda: ms.consumers["busy"].stats.acked == burst, within=30)
+    ticker.cancel()
+    assert max(gaps) < 0.1, f"the loop was blocked for {max(gaps):.3f}s"
 
 
 async def test_publish_batch_keys_by_field_and_sync_handlers_work() -> None:

@@ -23,6 +23,7 @@ from millstream.message import (
     HEADER_ERROR,
     HEADER_ID,
     HEADER_PUBLISHED_AT,
+    NO_HEADERS,
     Message,
     OutgoingMessage,
 )
@@ -135,11 +136,12 @@ def message(topic: str, record: Any, delivered_before: bool, receipt: object) ->
     ``delivered_before``: the group handed it out already and never settled
     it (a member crashed), so this delivery counts one more attempt. The hot
     path of consuming: one pass over the headers, and no dict for ours
-    unless the record (of the retry topic) has more than the id.
+    unless the record (of the retry topic) has more than the id, nor for the
+    application's unless it has any.
     """
     msg_id = None
     ours: dict[str, str] | None = None
-    theirs: dict[str, str] = {}
+    theirs: dict[str, str] | None = None
     for name, raw in record.headers:
         if name == HEADER_ID:
             msg_id = raw.decode()
@@ -148,6 +150,8 @@ def message(topic: str, record: Any, delivered_before: bool, receipt: object) ->
                 ours = {}
             ours[name] = raw.decode(errors="replace")
         else:
+            if theirs is None:
+                theirs = {}
             theirs[name] = raw.decode(errors="replace")
     key = record.key
     value = record.value
@@ -161,7 +165,7 @@ def message(topic: str, record: Any, delivered_before: bool, receipt: object) ->
         topic,
         value if value is not None else b"",
         key.decode(errors="replace") if key is not None else None,
-        theirs,
+        theirs if theirs is not None else NO_HEADERS,
         attempts + (2 if delivered_before else 1),
         published_at,
         record.partition,

@@ -32,7 +32,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import errors as kafka_errors
@@ -61,7 +61,18 @@ __all__ = ["KafkaSubscription"]
 
 log = logging.getLogger("millstream.brokers.kafka")
 
-_epochs = itertools.count(1)
+
+class _Claim:
+    """One ownership of a partition: the receipt of every message it handed out.
+
+    Outcomes count only while the claim holds: once the partition is revoked
+    (even if it comes back), messages of the old claim are the new owner's.
+    """
+
+    __slots__ = ("tp",)
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
 
 
 class KafkaSubscription:
@@ -83,7 +94,7 @@ class KafkaSubscription:
         self.retry_topic = retry_topic(topic, group)
         self.dlq_topic = dlq_topic(topic)
         self._trackers = {topic: OffsetTracker(), self.retry_topic: OffsetTracker()}
-        self._owned: dict[TopicPartition, int] = {}  # partition -> epoch of this ownership
+        self._owned: dict[TopicPartition, _Claim] = {}
         self._paused: dict[TopicPartition, float] = {}  # retry partition -> head due (epoch s)
         self._settled = asyncio.Event()
         self._assigned = asyncio.Event()
@@ -144,15 +155,15 @@ class KafkaSubscription:
         handed: dict[TopicPartition, int] = {}
         topic = self.topic
         for tp, records in batch.items():
-            epoch = self._owned.get(tp)
-            if epoch is None:
+            claim = self._owned.get(tp)
+            if claim is None:
                 continue
             if tp.topic == self.retry_topic:
                 records = self._due(tp, records)
             if not records:
                 continue
             before = self._marks.before(tp)
-            taken += [message(topic, r, r.offset < before, (tp, r.offset, epoch)) for r in records]
+            taken += [message(topic, r, r.offset < before, claim) for r in records]
             self._trackers[tp.topic].started(tp.partition, [r.offset for r in records])
             handed[tp] = records[-1].offset + 1
         if handed:
@@ -197,8 +208,8 @@ class KafkaSubscription:
                 retry_records.append((_key(msg), msg.payload, headers, stamp))
         dead_records: list[Record] = []
         for msg, reason in deads:
-            if (tp := self._mine(msg)) is not None:
-                source = (tp.topic, tp.partition, msg.receipt[1])
+            if (tp := self._mine(msg)) is not None and msg.offset is not None:
+                source = (tp.topic, tp.partition, msg.offset)
                 headers = dead_letter_headers(msg, self.group, source, reason)
                 dead_records.append((_key(msg), msg.payload, headers, stamp))
         if retry_records or dead_records:
@@ -212,23 +223,27 @@ class KafkaSubscription:
                     if records
                 )
             )
+        done: dict[_Claim, list[int]] = {}  # offsets by claim: one tracker call each
         for msg in itertools.chain(acks, (m for m, _ in retries), (m for m, _ in deads)):
-            if (tp := self._mine(msg)) is not None:
-                self._trackers[tp.topic].finished(tp.partition, msg.receipt[1])
+            claim = msg.receipt
+            if type(claim) is _Claim and msg.offset is not None:
+                if (offsets := done.get(claim)) is None:
+                    offsets = done[claim] = []
+                offsets.append(msg.offset)
+        for claim, offsets in done.items():
+            if self._holds(claim):
+                self._trackers[claim.tp.topic].finished(claim.tp.partition, offsets)
         await self._commit()
         self._settled.set()
 
     def _mine(self, msg: Message) -> TopicPartition | None:
         """The partition of a delivery this member made and still owns, else ``None``."""
-        receipt = msg.receipt
-        if (
-            type(receipt) is tuple
-            and len(receipt) == 3
-            and self._owned.get(receipt[0]) == receipt[2]
-        ):
-            tp: TopicPartition = receipt[0]
-            return tp
-        return None
+        claim = msg.receipt
+        return claim.tp if self._holds(claim) else None
+
+    def _holds(self, claim: object) -> TypeGuard[_Claim]:
+        """Whether ``claim`` is this member's current ownership of its partition."""
+        return type(claim) is _Claim and self._owned.get(claim.tp) is claim
 
     async def _commit(self) -> None:
         """Commit contiguous progress of the owned partitions; returns once it landed.
@@ -348,7 +363,7 @@ class KafkaSubscription:
         fresh = [tp for tp in partitions if tp not in self._owned]
         await self._marks.take(fresh)
         for tp in fresh:
-            self._owned[tp] = next(_epochs)
+            self._owned[tp] = _Claim(tp)
         self._assigned.set()
 
     def _check(self) -> None:

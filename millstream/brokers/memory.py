@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from millstream.brokers.base import Capabilities, DeadLetter, Lag
 from millstream.errors import BrokerUnavailable, ConfigError
-from millstream.message import Message, OutgoingMessage
+from millstream.message import NO_HEADERS, Message, OutgoingMessage
 
 __all__ = ["MemoryBroker", "MemoryHub"]
 
@@ -141,7 +141,7 @@ class MemoryHub:
                     topic=topic_name,
                     payload=out.payload,
                     key=out.key,
-                    headers=dict(out.headers),
+                    headers=dict(out.headers) if out.headers else NO_HEADERS,
                     attempt=delivery.attempt,
                     published_at=out.published_at,
                     offset=delivery.record.offset,

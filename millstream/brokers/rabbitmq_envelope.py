@@ -242,7 +242,7 @@ def letter(names: Names, delivered: DeliveredMessage) -> DeadLetter:
         group=names.group,
         payload=found.payload,
         key=found.key,
-        headers=found.headers,
+        headers=dict(found.headers),
         attempts=_int(raw.get(HEADER_ATTEMPT)),
         error=_text(raw.get(HEADER_ERROR, "")),
         failed_at=_int(raw.get(HEADER_FAILED_AT)) / 1000,

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from millstream.brokers.base import DeadLetter
-from millstream.message import Message, OutgoingMessage
+from millstream.message import NO_HEADERS, Message, OutgoingMessage
 
 __all__ = ["RETRY", "TOPIC", "Keys", "dead_letter", "encode", "message", "valid_ids"]
 
@@ -115,7 +115,7 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
                     topic,
                     flat[5],
                     key,
-                    headers if headers is not None else {},
+                    headers if headers is not None else NO_HEADERS,
                     1,
                     float(flat[3]),
                     None,
@@ -143,7 +143,7 @@ def message(
         topic=topic,
         payload=fields.get(b"payload", b""),
         key=key.decode() if key is not None else None,
-        headers=orjson.loads(headers) if headers else {},
+        headers=orjson.loads(headers) if headers else NO_HEADERS,
         attempt=(int(attempts) if attempts else 0) + deliveries,
         published_at=float(published) if published else _entry_time(entry_id),
         receipt=(source, entry_id),

@@ -39,7 +39,7 @@ from contextlib import contextmanager, suppress
 import orjson
 
 from millstream.errors import BrokerError, ConfigError
-from millstream.message import Message, OutgoingMessage
+from millstream.message import NO_HEADERS, Message, OutgoingMessage
 
 __all__ = [
     "LIVE",
@@ -314,7 +314,7 @@ def take(
             topic=topic,
             payload=payload,
             key=key,
-            headers=orjson.loads(headers) if headers else {},
+            headers=orjson.loads(headers) if headers else NO_HEADERS,
             attempt=attempts[seq],
             published_at=published_at,
             receipt=(seq, token),

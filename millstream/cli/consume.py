@@ -90,7 +90,7 @@ def _describe(message: Message) -> Text:
         ("  attempt=", "dim"),
         str(message.attempt),
         ("  headers=", "dim"),
-        orjson.dumps(message.headers).decode(),
+        orjson.dumps(dict(message.headers)).decode(),
         (f"  {kind}=", "dim"),
         shown,
     )

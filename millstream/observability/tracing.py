@@ -15,7 +15,7 @@ context through to what the handler publishes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -189,7 +189,7 @@ class _CreationContext:
         self._headers: dict[str, str] = {}
         self._context = Context()
 
-    def of(self, headers: dict[str, str]) -> Context:
+    def of(self, headers: Mapping[str, str]) -> Context:
         if headers != self._headers:
             self._context = propagate.extract(headers)
             self._headers = dict(headers)  # a copy: handlers may change theirs

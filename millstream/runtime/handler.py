@@ -16,7 +16,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -213,15 +213,18 @@ def bind_handler(
 
         return invoke_in_transaction
     if _is_async(handler):
+        # The handler's own coroutine is the invocation: no wrapper coroutine
+        # per message. A payload that does not decode raises on the call.
+        coroutine = cast(Callable[..., Awaitable[None]], handler)
         if signature.wants_envelope:
 
-            async def invoke_async_envelope(message: Message) -> None:
-                await handler(decode(message), message)
+            def invoke_async_envelope(message: Message) -> Awaitable[None]:
+                return coroutine(decode(message), message)
 
             return invoke_async_envelope
 
-        async def invoke_async(message: Message) -> None:
-            await handler(decode(message))
+        def invoke_async(message: Message) -> Awaitable[None]:
+            return coroutine(decode(message))
 
         return invoke_async
 

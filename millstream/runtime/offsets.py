@@ -9,7 +9,7 @@ redelivers what was unfinished and never skips it. Pure state, no I/O.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = ["OffsetTracker"]
 
@@ -44,15 +44,15 @@ class OffsetTracker:
         state.order.extend(offsets)
         state.outstanding.update(offsets)
 
-    def finished(self, partition: int, offset: int) -> None:
-        """Mark an offset done (acked, retried elsewhere or dead-lettered).
+    def finished(self, partition: int, offsets: Iterable[int]) -> None:
+        """Mark offsets done (acked, retried elsewhere or dead-lettered).
 
         An offset that was never started (or whose partition was forgotten)
         is ignored: it must not count as done if it is fetched again later.
         """
         state = self._partitions.get(partition)
-        if state is not None and offset in state.outstanding:
-            state.done.add(offset)
+        if state is not None:
+            state.done.update(state.outstanding.intersection(offsets))
 
     def committable(self) -> dict[int, int]:
         """Per partition with progress: the next offset to commit (last contiguous done + 1).

@@ -266,6 +266,35 @@ async def test_a_revoked_partition_waits_for_its_handlers_and_commits_before_mov
         await second_broker.close()
 
 
+async def test_a_late_outcome_from_a_lost_ownership_does_not_settle_the_next_delivery(
+    tansu: Tansu, topic: str
+) -> None:
+    quick_drain = tansu.url(f"partitions=1&{QUIRKS}&drain=0.2")
+    first_broker, second_broker = await opened(quick_drain), await opened(quick_drain)
+    try:
+        first = await first_broker.subscribe(topic, "reclaimed", prefetch=100)
+        await first_broker.publish(topic, [OutgoingMessage(b"{}") for _ in range(5)])
+        stale = await fetch_n(first, 5)
+
+        # A second member joins and leaves again. Each rebalance takes the
+        # partition from the first (its handlers outlive the drain) and
+        # assigns it anew; it ends with the first, handed the same offsets again.
+        second = await second_broker.subscribe(topic, "reclaimed", prefetch=100)
+        await second.close()
+        fresh = await fetch_n(first, 5, within=20)
+        assert [m.offset for m in fresh] == [m.offset for m in stale]
+
+        # The old handlers finish now: their outcomes belong to the lost
+        # ownership and must not commit past the new, unsettled deliveries.
+        await first.settle(stale, [], [])
+        assert await total_lag(first) == 5
+        await first.settle(fresh, [], [])
+        assert await total_lag(first) == 0
+    finally:
+        await first_broker.close()
+        await second_broker.close()
+
+
 def test_dead_letters_round_trip_through_the_cli(tansu: Tansu, topic: str) -> None:
     scenarios.dead_letters_round_trip_through_the_cli(
         url(tansu, partitions=1), topic, opened, fetch_n, close_after_burying=True

@@ -11,18 +11,18 @@ def test_commits_only_the_contiguous_prefix_per_partition() -> None:
     tracker.started(0, [12, 13, 14])
     tracker.started(1, [7])
 
-    tracker.finished(0, 11)
-    tracker.finished(0, 12)
+    tracker.finished(0, [11])
+    tracker.finished(0, [12])
     assert tracker.committable() == {}
 
-    tracker.finished(0, 10)
-    tracker.finished(1, 7)
+    tracker.finished(0, [10])
+    tracker.finished(1, [7])
     assert tracker.committable() == {0: 13, 1: 8}
     assert tracker.committable() == {}
     assert tracker.pending(0) == 2
 
-    tracker.finished(0, 14)
-    tracker.finished(0, 13)
+    tracker.finished(0, [14])
+    tracker.finished(0, [13])
     assert tracker.committable() == {0: 15}
 
 
@@ -33,14 +33,14 @@ def test_rejects_offsets_that_go_backwards_and_forgets_revoked_partitions() -> N
         tracker.started(3, [5, 6])
     tracker.forget(3)
     assert tracker.pending(3) == 0
-    tracker.finished(3, 5)
+    tracker.finished(3, [5])
     assert tracker.committable() == {}
 
 
 def test_an_offset_finished_before_it_was_started_does_not_count() -> None:
     tracker = OffsetTracker()
-    tracker.finished(0, 4)  # e.g. an outcome from before the partition was revoked
+    tracker.finished(0, [4])  # e.g. an outcome from before the partition was revoked
     tracker.started(0, [4])
     assert tracker.committable() == {}
-    tracker.finished(0, 4)
+    tracker.finished(0, [4])
     assert tracker.committable() == {0: 5}
