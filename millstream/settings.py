@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     max_inflight: int | None = Field(
         None,
         ge=1,
-        description="messages held per consumer at once (default: 2 x max(prefetch, concurrency))",
+        description="messages held per consumer (default: 4 x prefetch, at least 2 x concurrency)",
     )
     settle_batch: int = Field(256, ge=1, description="outcomes settled per round trip at most")
     settle_interval: float = Field(

@@ -85,9 +85,10 @@ class ConsumerRuntime:
 
     @property
     def max_inflight(self) -> int:
-        """Messages held at once: the explicit bound, else two fetches (one handled while the
-        next is fetched and the one before settles) and enough to keep every worker busy."""
-        return self._explicit_inflight or 2 * max(self.prefetch, self.concurrency)
+        """Messages held at once: the explicit bound, else four fetches (one handled, one
+        fetched meanwhile, one settling, one to spare when a round trip is slow) and at
+        least two messages per worker."""
+        return self._explicit_inflight or max(4 * self.prefetch, 2 * self.concurrency)
 
     @property
     def inflight(self) -> int:

@@ -139,9 +139,13 @@ class Session:
             if consumer.paused:
                 await self._idle(consumer.wait_resumed())
                 continue
-            room = consumer.max_inflight - self.held
-            if room <= 0:
-                self.settler.flush_now()
+            limit = consumer.max_inflight
+            room = limit - self.held
+            if room <= 0 or room < min(consumer.prefetch, limit) // 2:
+                # Not for a sliver: a small fetch costs a round trip like a
+                # whole one. Held messages settle and make room meanwhile.
+                if room <= 0:
+                    self.settler.flush_now()
                 self._room.clear()
                 await self._idle(self._room.wait())
                 continue
