@@ -296,7 +296,9 @@ class KafkaBroker:
             session_timeout_ms=round(options.session_timeout * 1000),
             heartbeat_interval_ms=round(options.heartbeat * 1000),
             rebalance_timeout_ms=round(options.rebalance_timeout * 1000),
-            max_poll_interval_ms=max(300_000, round(options.rebalance_timeout * 1000)),
+            max_poll_interval_ms=round(
+                max(options.max_poll_interval, options.rebalance_timeout) * 1000
+            ),
             max_partition_fetch_bytes=1_048_576,
             fetch_max_wait_ms=100,
         )

@@ -34,6 +34,7 @@ _NUMBERS: dict[str, tuple[float, float]] = {
     "session_timeout": (10.0, 0.1),  # a member silent this long is out of the group
     "heartbeat": (1.0, 0.05),
     "rebalance_timeout": (30.0, 0.05),  # how long a rebalance waits for members to rejoin
+    "max_poll_interval": (300.0, 0.5),  # a member that does not poll this long leaves
     "drain": (10.0, 0.0),  # how long a revoked partition waits for its handlers
     "linger": (0.005, 0.0),  # producer batching window
     "batch_size": (1_048_576, 1),  # producer batch bytes
@@ -53,6 +54,7 @@ class KafkaOptions:
     session_timeout: float = 10.0
     heartbeat: float = 1.0
     rebalance_timeout: float = 30.0
+    max_poll_interval: float = 300.0
     drain: float = 10.0
     linger: float = 0.005
     batch_size: int = 1_048_576

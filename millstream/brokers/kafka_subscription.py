@@ -62,6 +62,9 @@ __all__ = ["KafkaSubscription"]
 log = logging.getLogger("millstream.brokers.kafka")
 
 
+_NOWHERE = TopicPartition("", -1)  # assigned to no one: polling it takes nothing
+
+
 class _Claim:
     """One ownership of a partition: the receipt of every message it handed out.
 
@@ -141,6 +144,12 @@ class KafkaSubscription:
         now = time.time()
         self._resume_due(now)
         if max_messages <= 0:
+            # A poll that takes nothing: while slow handlers keep the runtime
+            # from fetching, aiokafka would count the time against
+            # max_poll_interval and leave the group, handing their partitions
+            # (and the messages in their hands) to another member.
+            with translated(self._broker.url):
+                await self._consumer.getmany(_NOWHERE, timeout_ms=0)
             return []
         if self._paused:
             timeout = max(0.0, min(timeout, min(self._paused.values()) - now))

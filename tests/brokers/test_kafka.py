@@ -295,6 +295,37 @@ async def test_a_late_outcome_from_a_lost_ownership_does_not_settle_the_next_del
         await second_broker.close()
 
 
+async def test_a_member_whose_handlers_outlast_max_poll_interval_stays_in_its_group(
+    tansu: Tansu, topic: str
+) -> None:
+    impatient = tansu.url(f"partitions=1&{QUIRKS}&max_poll_interval=1")
+    slow_broker, other_broker = await opened(impatient), await opened(impatient)
+    slow = await slow_broker.subscribe(topic, "patient", prefetch=10)
+
+    async def handlers_hold_the_loop() -> None:
+        # What the runtime does while handlers hold a full loop: fetch(0, 0)
+        # every 0.25 s. It must count as polling, or aiokafka leaves the
+        # group after max_poll_interval and the messages go to the other.
+        while True:
+            await slow.fetch(0, 0)
+            await asyncio.sleep(0.25)
+
+    keepalive = asyncio.ensure_future(handlers_hold_the_loop())
+    try:
+        other = await other_broker.subscribe(topic, "patient", prefetch=10)
+        await slow_broker.publish(topic, events(3))
+        held = await fetch_n(slow, 3, within=10)  # the older member keeps the partition
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert await other.fetch(10, 0.2) == [], "the slow member was dropped"
+        await slow.settle(held, [], [])
+        assert await total_lag(slow) == 0
+    finally:
+        keepalive.cancel()
+        await slow_broker.close()
+        await other_broker.close()
+
+
 def test_dead_letters_round_trip_through_the_cli(tansu: Tansu, topic: str) -> None:
     scenarios.dead_letters_round_trip_through_the_cli(
         url(tansu, partitions=1), topic, opened, fetch_n, close_after_burying=True
