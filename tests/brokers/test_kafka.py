@@ -71,6 +71,17 @@ async def opened(address: str, proxy: TcpProxy | None = None) -> KafkaBroker:
     return broker
 
 
+@contextlib.asynccontextmanager
+async def two_brokers(address: str) -> AsyncIterator[tuple[KafkaBroker, KafkaBroker]]:
+    """Two connected brokers, as two members' processes would have; closed afterwards."""
+    first, second = await opened(address), await opened(address)
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def fetch_n(sub: Subscription, count: int, within: float = 5.0) -> list[Message]:
     """Fetch until ``count`` messages came (one-record batches arrive one by one)."""
     return await scenarios.fetch_n(sub, count, within, wait=0.2)
@@ -242,8 +253,7 @@ async def test_a_revoked_partition_waits_for_its_handlers_and_commits_before_mov
     tansu: Tansu, topic: str
 ) -> None:
     slow_rebalance = tansu.url(f"partitions=2&{QUIRKS}&rebalance_timeout=3&drain=2")
-    first_broker, second_broker = await opened(slow_rebalance), await opened(slow_rebalance)
-    try:
+    async with two_brokers(slow_rebalance) as (first_broker, second_broker):
         first = await first_broker.subscribe(topic, "billing", prefetch=100)
         keyed = [OutgoingMessage(f'{{"n": {i}}}'.encode(), key=f"k{i}") for i in range(20)]
         await first_broker.publish(topic, keyed)
@@ -261,17 +271,13 @@ async def test_a_revoked_partition_waits_for_its_handlers_and_commits_before_mov
         assert await first.fetch(100, 0.5) == []
         assert await second.fetch(100, 1.0) == [], "a handled message was delivered again"
         assert await total_lag(second) == 0
-    finally:
-        await first_broker.close()
-        await second_broker.close()
 
 
 async def test_a_late_outcome_from_a_lost_ownership_does_not_settle_the_next_delivery(
     tansu: Tansu, topic: str
 ) -> None:
     quick_drain = tansu.url(f"partitions=1&{QUIRKS}&drain=0.2")
-    first_broker, second_broker = await opened(quick_drain), await opened(quick_drain)
-    try:
+    async with two_brokers(quick_drain) as (first_broker, second_broker):
         first = await first_broker.subscribe(topic, "reclaimed", prefetch=100)
         await first_broker.publish(topic, [OutgoingMessage(b"{}") for _ in range(5)])
         stale = await fetch_n(first, 5)
@@ -290,40 +296,35 @@ async def test_a_late_outcome_from_a_lost_ownership_does_not_settle_the_next_del
         assert await total_lag(first) == 5
         await first.settle(fresh, [], [])
         assert await total_lag(first) == 0
-    finally:
-        await first_broker.close()
-        await second_broker.close()
 
 
 async def test_a_member_whose_handlers_outlast_max_poll_interval_stays_in_its_group(
     tansu: Tansu, topic: str
 ) -> None:
     impatient = tansu.url(f"partitions=1&{QUIRKS}&max_poll_interval=1")
-    slow_broker, other_broker = await opened(impatient), await opened(impatient)
-    slow = await slow_broker.subscribe(topic, "patient", prefetch=10)
+    async with two_brokers(impatient) as (slow_broker, other_broker):
+        slow = await slow_broker.subscribe(topic, "patient", prefetch=10)
 
-    async def handlers_hold_the_loop() -> None:
-        # What the runtime does while handlers hold a full loop: fetch(0, 0)
-        # every 0.25 s. It must count as polling, or aiokafka leaves the
-        # group after max_poll_interval and the messages go to the other.
-        while True:
-            await slow.fetch(0, 0)
-            await asyncio.sleep(0.25)
+        async def handlers_hold_the_loop() -> None:
+            # What the runtime does while handlers hold a full loop: fetch(0, 0)
+            # every 0.25 s. It must count as polling, or aiokafka leaves the
+            # group after max_poll_interval and the messages go to the other.
+            while True:
+                await slow.fetch(0, 0)
+                await asyncio.sleep(0.25)
 
-    keepalive = asyncio.ensure_future(handlers_hold_the_loop())
-    try:
-        other = await other_broker.subscribe(topic, "patient", prefetch=10)
-        await slow_broker.publish(topic, events(3))
-        held = await fetch_n(slow, 3, within=10)  # the older member keeps the partition
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            assert await other.fetch(10, 0.2) == [], "the slow member was dropped"
-        await slow.settle(held, [], [])
-        assert await total_lag(slow) == 0
-    finally:
-        keepalive.cancel()
-        await slow_broker.close()
-        await other_broker.close()
+        keepalive = asyncio.ensure_future(handlers_hold_the_loop())
+        try:
+            other = await other_broker.subscribe(topic, "patient", prefetch=10)
+            await slow_broker.publish(topic, events(3))
+            held = await fetch_n(slow, 3, within=10)  # the older member keeps the partition
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                assert await other.fetch(10, 0.2) == [], "the slow member was dropped"
+            await slow.settle(held, [], [])
+            assert await total_lag(slow) == 0
+        finally:
+            keepalive.cancel()
 
 
 def test_dead_letters_round_trip_through_the_cli(tansu: Tansu, topic: str) -> None:
