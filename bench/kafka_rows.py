@@ -95,7 +95,7 @@ async def raw(n: int) -> Row:
 
     await _fill(topic, n)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=_bootstrap(), group_id="bench", enable_auto_commit=False,
+        topic, bootstrap_servers=_bootstrap(), group_id=topic, enable_auto_commit=False,
         auto_offset_reset="earliest", session_timeout_ms=3000, heartbeat_interval_ms=300,
         rebalance_timeout_ms=500,
     )  # fmt: skip
@@ -145,7 +145,7 @@ async def _consume(topic: str, n: int) -> float:
     first = 0.0
     totals: dict[str, int] = {}
 
-    @ms.consumer(topic, group="bench", concurrency=8)
+    @ms.consumer(topic, group=topic, concurrency=8)
     async def handle(event: OrderEvent) -> None:
         nonlocal count, first
         if not first:
