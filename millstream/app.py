@@ -85,6 +85,7 @@ class Millstream:
         self._links: list[HandlerLink] = []
         self._publish: Publish = self.broker.publish
         self._started = False
+        self._frozen = False  # this app's share of heap.freeze()
         self._web: Any = None
         self._store: Store | None = None
         self._relay: OutboxRelay | None = None
@@ -274,6 +275,7 @@ class Millstream:
         await asyncio.gather(*(c.start() for c in self._consumers.values()))
         if self.settings.gc_freeze:
             heap.freeze()
+            self._frozen = True
 
     async def stop(self) -> None:
         """Drain and stop every consumer, then close the broker."""
@@ -290,7 +292,8 @@ class Millstream:
                     log.error("consumer %s did not stop cleanly: %r", consumer.name, result)
             await self._close_state()
         finally:
-            if self.settings.gc_freeze:
+            if self._frozen:
+                self._frozen = False
                 heap.thaw()
             await self.broker.close()
 
