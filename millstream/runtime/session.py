@@ -141,7 +141,7 @@ class Session:
                 continue
             limit = consumer.max_inflight
             room = limit - self.held
-            if room <= 0 or room < min(consumer.prefetch, limit) // 2:
+            if room < max(1, min(consumer.prefetch, limit) // 2):
                 # Not for a sliver: a small fetch costs a round trip like a
                 # whole one. Held messages settle and make room meanwhile.
                 if room <= 0:
