@@ -3,7 +3,9 @@
 ``TcpProxy(host, port)`` listens on a free 127.0.0.1 port and forwards every
 connection to the target. ``cut()`` kills the live connections (what a
 network failure or a broker restart looks like to the client), ``pause()``
-turns new connections away until ``resume()``, and ``accepted`` counts the
+turns new connections away until ``resume()``, ``blackhole()`` drops every
+byte both ways without closing anything (a silent partition: no reset, no
+FIN, new connections hang) until ``heal()``, and ``accepted`` counts the
 connections let through, which is how a test sees a reconnect storm.
 
 It runs its own event loop on a daemon thread, so the synchronous hooks of a
@@ -43,6 +45,7 @@ class TcpProxy:
         self.refused = 0
         """Connections turned away while paused (or because the target refused them)."""
         self._paused = False
+        self._blackholed = False
         self._links: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -73,6 +76,17 @@ class TcpProxy:
         """Let new connections through again."""
         self._paused = False
 
+    def blackhole(self) -> None:
+        """Drop everything both ways, silently: live connections stay open but carry
+        nothing, new ones are accepted and then hear nothing, until :meth:`heal`."""
+        self._blackholed = True
+
+    def heal(self) -> None:
+        """End a :meth:`blackhole`: traffic flows again; what was dropped stays lost,
+        and the connections that lived through it are cut (their streams have holes)."""
+        self._blackholed = False
+        self.cut()
+
     def close(self) -> None:
         """Stop listening, kill live connections and stop the thread. Safe twice."""
         if not self._loop.is_closed():
@@ -99,6 +113,15 @@ class TcpProxy:
     async def _accept(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
     ) -> None:
+        if self._blackholed:
+            # A silent partition: the connect seems to work, then nothing comes back.
+            self._links.add(client_out)
+            with contextlib.suppress(Exception):
+                while await client_in.read(_CHUNK):
+                    pass
+            self._links.discard(client_out)
+            client_out.transport.abort()
+            return
         if self._paused:
             self.refused += 1
             client_out.transport.abort()
@@ -113,7 +136,9 @@ class TcpProxy:
         self._links.update((client_out, target_out))
         try:
             await asyncio.gather(
-                _pump(client_in, target_out), _pump(target_in, client_out), return_exceptions=True
+                _pump(client_in, target_out, self),
+                _pump(target_in, client_out, self),
+                return_exceptions=True,
             )
         finally:
             for writer in (client_out, target_out):
@@ -135,10 +160,15 @@ class TcpProxy:
                 await self._server.wait_closed()
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy one direction until it ends; then end the other side's writing too."""
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, proxy: TcpProxy) -> None:
+    """Copy one direction until it ends; then end the other side's writing too.
+
+    While the proxy is blackholed, what arrives is read and dropped.
+    """
     try:
         while data := await source.read(_CHUNK):
+            if proxy._blackholed:
+                continue
             sink.write(data)
             await sink.drain()
     finally:

@@ -106,6 +106,13 @@ class Subscription(Protocol):
         """
         ...
 
+    @property
+    def taken_over(self) -> int:
+        """Messages this member has taken over from members that stopped without
+        releasing them (a crash), since it subscribed. The broker logs each takeover
+        once, with the count and, where it knows it, the member that held them."""
+        ...
+
     async def settle(
         self,
         acks: Sequence[Message],
@@ -152,6 +159,18 @@ class Broker(Protocol):
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None: ...
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> Subscription: ...
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> Subscription:
+        """Join ``group`` on ``topic`` as one member.
+
+        ``member`` is a stable name for this member (the same after a restart
+        of its process; never used by two live members at once). A member
+        that subscribes under the name of one that crashed takes back at once
+        what that one held, with the attempt counted, where the broker can
+        tell; ``None`` makes a fresh member whose crashed predecessor's
+        messages come back only when their lease runs out.
+        """
+        ...
 
     async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue: ...

@@ -277,7 +277,9 @@ class KafkaBroker:
         """Partitions of a topic ``ensure_topics`` has seen."""
         return self._known.get(topic, 1)
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> KafkaSubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> KafkaSubscription:
         """Join ``group`` on ``topic`` and its retry topic; returns once partitions are assigned."""
         producer = self.producer()
         await self.ensure_topics([topic])

@@ -90,6 +90,7 @@ class KafkaSubscription:
         producer: AIOKafkaProducer,
         prefetch: int,
     ) -> None:
+        self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self._consumer = consumer
         self.topic = topic

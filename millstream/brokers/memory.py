@@ -325,7 +325,9 @@ class MemoryBroker:
         self.check()
         self.hub.publish(topic, messages)
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> MemorySubscription:
         self.check()
         self.hub.group(topic, group)
         subscription = MemorySubscription(self, topic, group, self.hub.new_owner(), self._epoch)
@@ -347,6 +349,7 @@ class MemorySubscription:
     def __init__(
         self, broker: MemoryBroker, topic: str, group: str, owner: int, epoch: int
     ) -> None:
+        self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self._hub = broker.hub
         self.topic = topic

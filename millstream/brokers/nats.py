@@ -238,7 +238,9 @@ class NatsBroker:
         if pending.received >= pending.target and not pending.woken.done():
             pending.woken.set_result(None)
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> NatsSubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> NatsSubscription:
         """Join ``group`` on ``topic``: its durable consumer, created at the start of the stream."""
         check_topic(topic)
         names = Names(topic, group)

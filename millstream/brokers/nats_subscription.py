@@ -86,6 +86,7 @@ class NatsSubscription:
     """
 
     def __init__(self, broker: NatsBroker, connection: Connection, names: Names) -> None:
+        self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self._connection = connection
         self._names = names

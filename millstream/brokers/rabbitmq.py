@@ -167,7 +167,9 @@ class RabbitMqBroker:
                     ]
                 )
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> RabbitMqSubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> RabbitMqSubscription:
         """Join ``group`` on ``topic``: declare its topology, adopt unrouted messages, consume.
 
         Consuming starts at the first fetch, so a member that never fetches

@@ -53,6 +53,7 @@ class RabbitMqSubscription:
     def __init__(
         self, broker: RabbitMqBroker, names: Names, channel: AbstractChannel, prefetch: int
     ) -> None:
+        self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self._names = names
         self._channel = channel

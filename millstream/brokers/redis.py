@@ -141,7 +141,9 @@ class RedisBroker:
 
         await self.call(pipelined)
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> RedisSubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> RedisSubscription:
         """Join ``group`` on ``topic``, creating it at the start of the stream if it is new."""
         keys = Keys(topic, group)
         await self.ensure_group(keys)

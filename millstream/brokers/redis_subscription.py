@@ -52,6 +52,7 @@ class RedisSubscription:
     """
 
     def __init__(self, broker: RedisBroker, keys: Keys, reader: Redis, longest_wait: float) -> None:
+        self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self._keys = keys
         self._reader = reader

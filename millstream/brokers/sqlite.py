@@ -141,7 +141,9 @@ class SqliteBroker:
             await connection.run(schema.publish, topic, list(messages))
             self.wake(topic)
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> SqliteSubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> SqliteSubscription:
         """Join ``group`` on ``topic``, creating the group if it is new."""
         connection = self.current()
         gid = await connection.run(schema.ensure_group, topic, group)
@@ -200,6 +202,7 @@ class SqliteSubscription:
     """
 
     def __init__(self, broker: SqliteBroker, topic: str, group: str, gid: int, epoch: int) -> None:
+        self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self.topic = topic
         self.group = group

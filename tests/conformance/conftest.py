@@ -4,6 +4,14 @@ A factory opens connections to one broker (two connections stand for two
 processes), can make a connection die without releasing anything (a crash),
 and can cut it (a network drop the supervisor must recover from). An adapter
 joins the suite by adding a factory here; the tests do not change.
+
+The fault suite (``test_faults.py``) needs more of a broker, each an optional
+hook; a broker without one cannot take that fault and its test skips, saying
+so (Watermill's capability flags): ``blackhole``/``heal`` (a silent
+partition), ``publish_malformed`` (another producer's bad metadata, through
+the raw client), ``process_url`` (a URL child processes consume from, for
+SIGKILL tests) and ``durable_server`` (a private server with durable storage
+that the test may kill -9 and restart).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,7 +31,24 @@ from millstream.brokers.memory import MemoryBroker, MemoryHub
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
+if TYPE_CHECKING:
+    from tests.brokers.server_process import ServerProcess
+
 LEASE = 1.0  # seconds a crashed member's messages stay held, where the broker uses leases
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A message another producer wrote with metadata ``field`` set to ``value``.
+
+    ``payload`` is what it carries; a consumer either handles it (the field
+    ignored, a default in its place) or dead-letters it with a reason naming
+    the field and the value.
+    """
+
+    field: str
+    value: str
+    payload: bytes
 
 
 @dataclass
@@ -35,6 +61,16 @@ class BrokerFactory:
     opened: list[Broker] = field(default_factory=list)
     cleanup: Callable[[str], Awaitable[None]] | None = None
     """Run after the brokers are closed, with the test's topic: drop what the test left."""
+    blackhole: Callable[[Broker], None] | None = None
+    """Drop the connection's traffic silently (no reset) until ``heal``."""
+    heal: Callable[[Broker], None] | None = None
+    publish_malformed: Callable[[str], Awaitable[list[Malformed]]] | None = None
+    """Publish to the topic, through the raw client, one message per kind of metadata
+    the broker carries, each malformed in one way; returns what was sent."""
+    process_url: str | None = None
+    """A URL that child processes consume from (straight to the broker, no proxy)."""
+    durable_server: Callable[[Path], tuple[ServerProcess, str]] | None = None
+    """A private server with durable storage (not started) and the URL an app uses on it."""
 
     async def connect(self) -> Broker:
         broker = self.open()
@@ -71,7 +107,13 @@ def _sqlite(tmp_path: Path) -> BrokerFactory:
         assert isinstance(broker, SqliteBroker)
         broker.cut()
 
-    return BrokerFactory("sqlite", lambda: SqliteBroker.from_url(url), crash, cut)
+    return BrokerFactory(
+        "sqlite",
+        lambda: SqliteBroker.from_url(url),
+        crash,
+        cut,
+        process_url=f"sqlite:///{tmp_path}/broker.db",
+    )
 
 
 def proxied(
@@ -81,6 +123,7 @@ def proxied(
     drop: Callable[[str], Awaitable[None]],
     *,
     redelivery_after_crash: float = LEASE,
+    process_url: str | None = None,
 ) -> BrokerFactory:
     """A factory whose every connection goes through a TCP proxy of its own to ``address``.
 
@@ -104,12 +147,28 @@ def proxied(
     def cut(broker: Broker) -> None:
         proxies[id(broker)].cut()
 
+    def blackhole(broker: Broker) -> None:
+        proxies[id(broker)].blackhole()
+
+    def heal(broker: Broker) -> None:
+        proxies[id(broker)].heal()
+
     async def cleanup(topic: str) -> None:
         for proxy in proxies.values():
             proxy.close()
         await drop(topic)
 
-    return BrokerFactory(name, open_, crash, cut, redelivery_after_crash, cleanup=cleanup)
+    return BrokerFactory(
+        name,
+        open_,
+        crash,
+        cut,
+        redelivery_after_crash,
+        cleanup=cleanup,
+        blackhole=blackhole,
+        heal=heal,
+        process_url=process_url,
+    )
 
 
 def _redis(tmp_path: Path) -> BrokerFactory:
@@ -130,7 +189,7 @@ def _redis(tmp_path: Path) -> BrokerFactory:
         finally:
             await client.aclose()
 
-    return proxied("redis", ("127.0.0.1", 6379), make, drop)
+    return proxied("redis", ("127.0.0.1", 6379), make, drop, process_url="redis://127.0.0.1:6379/0")
 
 
 FACTORIES: dict[str, Callable[[Path], BrokerFactory]] = {
