@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from millstream.message import Message, OutgoingMessage
 
@@ -63,7 +63,8 @@ class DeadLetter:
     group: str
     payload: bytes
     key: str | None
-    headers: dict[str, str]
+    headers: dict[str, Any]
+    """As the broker holds them: strings, or other JSON values where its format allows."""
     attempts: int
     error: str
     failed_at: float

@@ -9,7 +9,8 @@ The fault suite (``test_faults.py``) needs more of a broker, each an optional
 hook; a broker without one cannot take that fault and its test skips, saying
 so (Watermill's capability flags): ``blackhole``/``heal`` (a silent
 partition), ``publish_malformed`` (another producer's bad metadata, through
-the raw client), ``process_url`` (a URL child processes consume from, for
+the raw client), ``publish_raw`` (a foreign message with no millstream
+metadata at all), ``process_url`` (a URL child processes consume from, for
 SIGKILL tests) and ``durable_server`` (a private server with durable storage
 that the test may kill -9 and restart).
 """
@@ -67,6 +68,9 @@ class BrokerFactory:
     publish_malformed: Callable[[str], Awaitable[list[Malformed]]] | None = None
     """Publish to the topic, through the raw client, one message per kind of metadata
     the broker carries, each malformed in one way; returns what was sent."""
+    publish_raw: Callable[[str, bytes], Awaitable[None]] | None = None
+    """Publish a payload to the topic through the raw client, with none of millstream's
+    metadata (no message id): what a producer that is not millstream writes."""
     process_url: str | None = None
     """A URL that child processes consume from (straight to the broker, no proxy)."""
     durable_server: Callable[[Path], tuple[ServerProcess, str]] | None = None
@@ -123,6 +127,9 @@ def proxied(
     drop: Callable[[str], Awaitable[None]],
     *,
     redelivery_after_crash: float = LEASE,
+    publish_raw: Callable[[str, bytes], Awaitable[None]] | None = None
+    """Publish a payload to the topic through the raw client, with none of millstream's
+    metadata (no message id): what a producer that is not millstream writes."""
     process_url: str | None = None,
 ) -> BrokerFactory:
     """A factory whose every connection goes through a TCP proxy of its own to ``address``.
