@@ -127,9 +127,6 @@ def proxied(
     drop: Callable[[str], Awaitable[None]],
     *,
     redelivery_after_crash: float = LEASE,
-    publish_raw: Callable[[str, bytes], Awaitable[None]] | None = None
-    """Publish a payload to the topic through the raw client, with none of millstream's
-    metadata (no message id): what a producer that is not millstream writes."""
     process_url: str | None = None,
 ) -> BrokerFactory:
     """A factory whose every connection goes through a TCP proxy of its own to ``address``.
