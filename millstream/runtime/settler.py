@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 from millstream.brokers.base import Subscription
 from millstream.message import Message
 
-__all__ = ["Settler"]
+__all__ = ["Settled", "Settler"]
+
+
+class Settled(NamedTuple):
+    """One flushed batch: how many outcomes, and the messages that will not come again."""
+
+    size: int
+    acks: list[Message]
+    deads: list[tuple[Message, str]]
 
 
 class Settler:
@@ -27,7 +36,7 @@ class Settler:
         *,
         batch: int,
         interval: float,
-        on_settled: Callable[[int, bool], None],
+        on_settled: Callable[[Settled, bool], None],
     ) -> None:
         self._subscription = subscription
         self._batch = batch
@@ -97,6 +106,6 @@ class Settler:
             await self._subscription.settle(acks, retries, deads)
         except BaseException as exc:
             self.failure = exc
-            self._on_settled(count, False)
+            self._on_settled(Settled(count, acks, deads), False)
             raise
-        self._on_settled(count, True)
+        self._on_settled(Settled(count, acks, deads), True)
