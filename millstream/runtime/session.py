@@ -120,6 +120,9 @@ class Session:
                 await settle  # done or not: this also retrieves an exception it ended with
             except Exception as exc:
                 log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
+            # Outcomes that came after the settler failed were never sent: the broker
+            # redelivers those messages, and the handled ones were no failed attempt.
+            self._settled(self.settler.take_pending(), False)
         finally:
             await cancel_and_wait(keepalive)
             with contextlib.suppress(BrokerError):
