@@ -174,8 +174,7 @@ def _roles(name: str, parameters: list[inspect.Parameter], hints: dict[str, Any]
         typed = [p.name for p in parameters if hints.get(p.name) is hint]
         if len(typed) > 1:
             raise HandlerSignatureError(
-                f"handler {name}: parameters {typed} are all annotated {hint.__name__}; "
-                "keep one"
+                f"handler {name}: parameters {typed} are all annotated {hint.__name__}; keep one"
             )
         roles.update((each, role) for each in typed)
     # The payload: the first parameter that is neither; else a lone Message is the payload.
