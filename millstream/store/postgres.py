@@ -42,23 +42,42 @@ class _PostgresTransaction(Transaction):
         super().__init__(store)
         self._conn = conn
 
+    # A lost connection becomes a StoreError naming the store; what the
+    # database says about the SQL itself (a constraint, a syntax error) is
+    # left as asyncpg raised it, for the caller to catch.
+
     async def _execute(self, sql: str, args: Sequence[Any]) -> int:
-        status: str = await self._conn.execute(sql, *args)
+        try:
+            status: str = await self._conn.execute(sql, *args)
+        except _LOST as exc:
+            raise _lost(self.store, exc, "") from exc
         # "INSERT 0 1", "UPDATE 3", "DELETE 0": the count is the last word.
         last = status.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
 
     async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        await self._conn.executemany(sql, rows)
+        try:
+            await self._conn.executemany(sql, rows)
+        except _LOST as exc:
+            raise _lost(self.store, exc, "") from exc
 
     async def _fetch(self, sql: str, args: Sequence[Any]) -> list[Row]:
-        return [dict(record) for record in await self._conn.fetch(sql, *args)]
+        try:
+            return [dict(record) for record in await self._conn.fetch(sql, *args)]
+        except _LOST as exc:
+            raise _lost(self.store, exc, "") from exc
 
     async def _begin(self) -> None:
-        await self._conn.execute("BEGIN")
+        try:
+            await self._conn.execute("BEGIN")
+        except _LOST as exc:
+            raise _lost(self.store, exc, "") from exc
 
     async def _commit(self) -> None:
-        await self._conn.execute("COMMIT")
+        try:
+            await self._conn.execute("COMMIT")
+        except _LOST as exc:
+            raise _lost(self.store, exc, _UNKNOWN) from exc
 
     async def _rollback(self) -> None:
         if not self._conn.is_closed() and self._conn.is_in_transaction():
@@ -171,12 +190,34 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Transaction]:
-        async with self._ready().acquire() as conn:
+        pool = self._ready()
+        try:
+            conn = await pool.acquire()
+        except _LOST as exc:
+            raise _lost(self, exc, "") from exc
+        try:
             yield _PostgresTransaction(self, conn)
+        finally:
+            await pool.release(conn)
 
     async def _read(self, sql: str, args: Sequence[Any]) -> list[Row]:
-        async with self._ready().acquire() as conn:
-            return [dict(record) for record in await conn.fetch(sql, *args)]
+        async with self._connection() as tx:
+            return await tx.fetch(sql, *args)
+
+
+_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
+"""A connection refused, reset or closed, or a server shutting down or starting up."""
+_UNKNOWN = (
+    " during COMMIT: the transaction may or may not have committed (an idempotent "
+    "consumer's retry finds out from the ledger)"
+)
+
+
+def _lost(store: Store, exc: BaseException, during: str) -> StoreError:
+    return StoreError(
+        f"store {_redact(store.url)}: lost the database{during} ({type(exc).__name__}: {exc}); "
+        "check that PostgreSQL is up and reachable"
+    )
 
 
 async def _applied(conn: asyncpg.Connection, digest: str) -> bool:
