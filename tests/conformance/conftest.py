@@ -102,9 +102,20 @@ def _memory(tmp_path: Path) -> BrokerFactory:
 
 
 def _sqlite(tmp_path: Path) -> BrokerFactory:
-    from millstream.brokers.sqlite import SqliteBroker
+    import asyncio
 
-    url = f"sqlite:///{tmp_path}/broker.db?lease={LEASE}"
+    from millstream.brokers.sqlite import SqliteBroker
+    from tests.brokers import sqlite_raw
+
+    path = tmp_path / "broker.db"
+    url = f"sqlite:///{path}?lease={LEASE}"
+
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        sent = await asyncio.to_thread(sqlite_raw.malformed, path, topic)
+        return [Malformed(case.field, case.shown, payload) for case, payload in sent]
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        await asyncio.to_thread(sqlite_raw.foreign, path, topic, payload)
 
     def crash(broker: Broker) -> None:
         assert isinstance(broker, SqliteBroker)
@@ -119,7 +130,9 @@ def _sqlite(tmp_path: Path) -> BrokerFactory:
         lambda: SqliteBroker.from_url(url),
         crash,
         cut,
-        process_url=f"sqlite:///{tmp_path}/broker.db",
+        publish_malformed=publish_malformed,
+        publish_raw=publish_raw,
+        process_url=f"sqlite:///{path}",
     )
 
 
