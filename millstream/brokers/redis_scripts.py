@@ -32,9 +32,14 @@ local function message_fields(f)
   return out
 end
 
+-- Deliveries before this entry; 0 when another tool wrote something else there.
 local function attempts_of(f)
   for j = 1, #f, 2 do
-    if f[j] == 'attempts' then return tonumber(f[j + 1]) end
+    if f[j] == 'attempts' then
+      local n = tonumber(f[j + 1])
+      if n and n == math.floor(n) then return n end
+      return 0
+    end
   end
   return 0
 end

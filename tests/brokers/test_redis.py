@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,7 @@ from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigErro
 from millstream.runtime import ConsumerState
 from tests.brokers import scenarios
 from tests.brokers.redis_server import RedisServer, free_port
-from tests.brokers.scenarios import consumer_lag, drain, events, numbers, total_lag
+from tests.brokers.scenarios import consumer_lag, drain, events, fetch_n, numbers, total_lag
 from tests.conftest import require_service
 from tests.procs.group import ends, ready, spawn, stop
 from tests.proxy import TcpProxy
@@ -134,6 +135,90 @@ async def test_entries_are_plain_fields_and_other_writers_entries_are_read(
         assert theirs.attempt == 1
         await sub.settle([ours, theirs], [], [])
         assert await total_lag(sub) == 0
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+# What other producers write: (label, field, value), each malformed in one way.
+MALFORMED = [
+    ("published_at=abc", b"published_at", b"abc"),
+    ("headers=not json", b"headers", b"not json"),
+    ("headers=[1,2]", b"headers", b"[1,2]"),
+    ('headers={"a":1}', b"headers", b'{"a":1}'),
+    ("key=\\xff", b"key", b"\xff"),
+    ("id=\\xff", b"id", b"\xff"),
+    ("attempts=x", b"attempts", b"x"),
+]
+
+
+async def test_malformed_metadata_is_read_with_defaults_a_warning_and_no_stop(
+    shared: str, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        written = {}
+        for label, name, value in MALFORMED:
+            fields = {b"id": label.encode(), b"published_at": b"1700000000.25"}
+            fields[b"payload"] = json.dumps({"malformed": label}).encode()
+            fields[name] = value
+            written[label] = await admin.xadd(topic, fields)
+        retry = f"{topic}:retry:billing"  # a retry entry another tool wrote
+        await admin.xadd(
+            retry, {"id": "r-1", "payload": b'{"malformed": "retry"}', "attempts": "x"}
+        )
+        await broker.publish(topic, events(100))
+
+        sub = await broker.subscribe(topic, "billing", prefetch=200)
+        got = await fetch_n(sub, 108, within=5)
+        odd = {json.loads(m.payload)["malformed"]: m for m in got if b"malformed" in m.payload}
+        assert sorted(numbers([m for m in got if b"malformed" not in m.payload])) == list(
+            range(100)
+        )
+        entry_time = int(written["published_at=abc"].split(b"-")[0]) / 1000
+        assert odd["published_at=abc"].published_at == entry_time
+        assert odd["headers=not json"].headers == {} and odd["headers=[1,2]"].headers == {}
+        assert odd['headers={"a":1}'].headers == {"a": "1"}
+        assert odd["key=\\xff"].key == "\\xff" and odd["id=\\xff"].id == "\\xff"
+        assert odd["attempts=x"].attempt == 1
+        assert (odd["retry"].id, odd["retry"].attempt) == ("r-1", 1)
+
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        for _, name, value in MALFORMED:
+            shown = f"{name.decode()}={value.decode(errors='backslashreplace')!r}"
+            assert any(topic in w and shown in w for w in warnings), (shown, warnings)
+        await sub.settle(got, [], [])
+        assert await total_lag(sub) == 0
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+async def test_dead_letters_of_any_shape_are_listed(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    dlq = f"{topic}:dlq:billing"
+    try:
+        await admin.xadd(dlq, {"id": "m-1", "payload": b"{}", "headers": b'{"a":1,"b":[2]}'})
+        odd = await admin.xadd(
+            dlq,
+            {
+                "id": b"\xff",
+                "key": b"\xfe",
+                "payload": b"\x00",
+                "headers": b"not json",
+                "attempts": b"x",
+                "error": b"\xff",
+                "failed_at": b"soon",
+            },
+        )
+        letters = await (await broker.dead_letters(topic, "billing")).list()
+        assert [(x.message_id, x.key, x.headers, x.attempts) for x in letters] == [
+            ("\\xff", "\\xfe", {}, 0),
+            ("m-1", None, {"a": 1, "b": [2]}, 0),
+        ]
+        assert letters[0].failed_at == int(odd.split(b"-")[0]) / 1000
     finally:
         await admin.aclose()
         await broker.close()
