@@ -20,19 +20,26 @@ local function now_ms()
 end
 
 -- An entry's message fields: without the bookkeeping that describes one delivery.
-local function message_fields(f)
+-- An entry another tool wrote has no id: the message's id is then the entry's
+-- (entry_id), and it goes along as 'id' so the copy keeps it.
+local function message_fields(f, entry_id)
   local out = {}
+  local has_id = false
   for j = 1, #f, 2 do
     local name = f[j]
     if name ~= 'attempts' and name ~= 'error' and name ~= 'failed_at' then
       out[#out + 1] = name
       out[#out + 1] = f[j + 1]
+      if name == 'id' then has_id = true end
     end
+  end
+  if not has_id and entry_id then
+    table.insert(out, 1, entry_id)
+    table.insert(out, 1, 'id')
   end
   return out
 end
 
--- Deliveries before this entry; 0 when another tool wrote something else there.
 local function attempts_of(f)
   for j = 1, #f, 2 do
     if f[j] == 'attempts' then
@@ -212,13 +219,13 @@ for i = 2, #ARGV, 5 do
   if redis.call('XACK', stream, group, id) == 1 then
     applied = applied + 1
     if f ~= nil and kind == 'r' then
-      local item = message_fields(f)
+      local item = message_fields(f, id)
       table.insert(item, 1, source .. ':' .. id)
       item[#item + 1] = 'attempts'
       item[#item + 1] = attempt
       redis.call('ZADD', KEYS[3], now + tonumber(ARGV[i + 4]), cmsgpack.pack(item))
     elseif f ~= nil and kind == 'd' then
-      xadd(KEYS[4], message_fields(f),
+      xadd(KEYS[4], message_fields(f, id),
         {'attempts', attempt, 'error', ARGV[i + 4], 'failed_at', failed_at})
     end
     if source == '1' then redis.call('XDEL', KEYS[2], id) end
@@ -245,7 +252,7 @@ for i = 1, 2 do
       local id, deliveries = p[1], p[4]
       local f = entry(KEYS[i], id)
       if f ~= nil then
-        xadd(KEYS[2], message_fields(f), {'attempts', attempts_of(f) + deliveries - 1})
+        xadd(KEYS[2], message_fields(f, id), {'attempts', attempts_of(f) + deliveries - 1})
       end
       redis.call('XACK', KEYS[i], group, id)
       if i == 2 then redis.call('XDEL', KEYS[2], id) end
