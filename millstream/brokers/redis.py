@@ -28,6 +28,7 @@ from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.redis_connection import (
     RedisOptions,
+    Silent,
     execute,
     open_pool,
     parse_url,
@@ -109,8 +110,9 @@ class RedisBroker:
         """Run ``operation`` on the shared client, with redis-py's errors translated.
 
         Idle pooled connections can all be dead after a server restart or a
-        failover, and redis-py finds out only by using one; so a failed
-        operation runs once more on a fresh connection. Only operations that
+        failover, and redis-py finds out only by using one; so an operation
+        that failed on a dead connection runs once more on a fresh one (not
+        one the server left unanswered: that one would wait as long again). Only operations that
         may run twice come here: idempotent ones, and publishing, which is
         at-least-once with the same message ids.
         """
@@ -118,6 +120,8 @@ class RedisBroker:
         try:
             with translated(self.url):
                 return await operation(client)
+        except Silent:
+            raise  # a server that stopped answering would keep a fresh connection waiting too
         except BrokerUnavailable:
             pool = self._pool
             if pool is None:

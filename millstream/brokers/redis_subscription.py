@@ -6,10 +6,17 @@ does besides reading and settling (keeping what it holds alive, moving due
 retries, taking over what dead members held, trimming, forgetting members
 long gone) rides on its fetches as one "housekeeping" script at most every
 quarter lease: no task of its own, no round trip per message.
+
+A server that stops answering (a silent partition: nothing is reset, the
+socket timeout runs out) ends the subscription: ``fetch`` raises
+``BrokerUnavailable`` from then on, and what is left to settle or release
+gets ``AFTER_SILENCE`` seconds at most, so the consumer reconnects within a
+socket timeout and a little.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import secrets
@@ -25,7 +32,14 @@ from redis.asyncio import Redis
 from millstream.brokers import redact
 from millstream.brokers import redis_scripts as scripts
 from millstream.brokers.base import Lag
-from millstream.brokers.redis_connection import Arg, GroupMissing, execute, queue, translated
+from millstream.brokers.redis_connection import (
+    Arg,
+    GroupMissing,
+    Silent,
+    execute,
+    queue,
+    translated,
+)
 from millstream.brokers.redis_entries import RETRY, TOPIC, Keys, message, messages
 from millstream.errors import BrokerUnavailable
 from millstream.message import Message
@@ -33,13 +47,17 @@ from millstream.message import Message
 if TYPE_CHECKING:
     from millstream.brokers.redis import RedisBroker
 
-__all__ = ["HOUSEKEEPING_MAX", "RedisSubscription"]
+__all__ = ["AFTER_SILENCE", "HOUSEKEEPING_MAX", "RedisSubscription"]
 
 T = TypeVar("T")
 
 HOUSEKEEPING_MAX = 5.0  # seconds between housekeeping runs at most, whatever the lease
 _MOVE_LIMIT = 1000  # due retries moved per run; more are moved on the next fetch
 _PRUNE_EVERY = 60.0  # seconds between looks for members long gone
+# Seconds a settle or release may still take once the server stopped answering
+# another command: enough for one that was only slow, short enough that the
+# consumer reconnects soon after a silent partition.
+AFTER_SILENCE = 1.0
 
 
 class RedisSubscription:
@@ -59,6 +77,8 @@ class RedisSubscription:
         self.topic = keys.topic
         self.group = keys.group
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._silence: Silent | None = None  # why the server is taken for gone
+        self._deadlines: set[asyncio.Timeout] = set()  # of settles and releases under way
         lease = broker.options.lease
         self._lease_ms = max(1, round(lease * 1000))
         self._interval = min(lease / 4, HOUSEKEEPING_MAX)
@@ -85,6 +105,8 @@ class RedisSubscription:
         by ``close``).
         """
         self._check()
+        if self._silence is not None:
+            raise BrokerUnavailable(f"{self._silence}; subscribe again")
         now = time.monotonic()
         deadline = now + timeout
         taken = [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
@@ -170,12 +192,45 @@ class RedisSubscription:
         """
         url = self._broker.url
         try:
-            with translated(url):
-                return await call()
-        except GroupMissing:
-            await self._broker.ensure_group(self._keys)
-            with translated(url):
-                return await call()
+            try:
+                with translated(url):
+                    return await call()
+            except GroupMissing:
+                await self._broker.ensure_group(self._keys)
+                with translated(url):
+                    return await call()
+        except Silent as exc:
+            self._fell_silent(exc)
+            raise
+
+    def _fell_silent(self, silence: Silent) -> None:
+        """The server stopped answering: give what is under way AFTER_SILENCE more at most."""
+        if self._silence is None:
+            self._silence = silence
+        soon = asyncio.get_running_loop().time() + AFTER_SILENCE
+        for deadline in self._deadlines:
+            when = deadline.when()
+            if when is None or when > soon:
+                deadline.reschedule(soon)
+
+    async def _call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """``broker.call(operation)``, cut short once the server is known to be silent."""
+        limit = None if self._silence is None else AFTER_SILENCE
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                self._deadlines.add(deadline)
+                try:
+                    return await self._broker.call(operation)
+                finally:
+                    self._deadlines.discard(deadline)
+        except Silent as exc:
+            self._fell_silent(exc)
+            raise
+        except TimeoutError:
+            silence = self._silence
+            raise BrokerUnavailable(
+                f"{silence}; gave up after {AFTER_SILENCE:g}s more"
+            ) from silence
 
     async def settle(
         self,
@@ -195,7 +250,7 @@ class RedisSubscription:
                 if (receipt := _receipt(m)) is not None:
                     by_source[receipt[0]].append(receipt[1])
             if by_source[TOPIC] or by_source[RETRY]:
-                await self._broker.call(lambda client: self._ack(client, *by_source))
+                await self._call(lambda client: self._ack(client, *by_source))
                 self._held[TOPIC].difference_update(by_source[TOPIC])
                 self._held[RETRY].difference_update(by_source[RETRY])
             return
@@ -209,7 +264,7 @@ class RedisSubscription:
                 args += (kind, receipt[0], receipt[1], m.attempt, extra)
                 settled.append(receipt)
         script_keys = [keys.stream, keys.retry, keys.delayed, keys.dlq]
-        await self._broker.call(lambda client: scripts.SETTLE(client, script_keys, args))
+        await self._call(lambda client: scripts.SETTLE(client, script_keys, args))
         for source, entry_id in settled:
             self._held[source].discard(entry_id)
         if retries:
@@ -263,7 +318,7 @@ class RedisSubscription:
         keys = self._keys
         release_keys, args = [keys.stream, keys.retry], [keys.group, self.consumer]
         with suppress(BrokerUnavailable):
-            await self._broker.call(lambda c: scripts.RELEASE(c, release_keys, args))
+            await self._call(lambda c: scripts.RELEASE(c, release_keys, args))
 
     def _check(self) -> None:
         if self._closed:

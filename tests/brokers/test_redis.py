@@ -29,7 +29,15 @@ from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigErro
 from millstream.runtime import ConsumerState
 from tests.brokers import scenarios
 from tests.brokers.redis_server import RedisServer, free_port
-from tests.brokers.scenarios import consumer_lag, drain, events, fetch_n, numbers, total_lag
+from tests.brokers.scenarios import (
+    at_least,
+    consumer_lag,
+    drain,
+    events,
+    fetch_n,
+    numbers,
+    total_lag,
+)
 from tests.conftest import require_service
 from tests.procs.group import ends, ready, spawn, stop
 from tests.proxy import TcpProxy
@@ -422,6 +430,54 @@ async def test_a_cut_connection_mid_stream_loses_nothing(
     handled, _ = await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
     # Handlers in flight finish and settle over a fresh connection: few run twice.
     assert len(handled) - 1000 <= 4 * 256
+
+
+async def test_a_silent_partition_is_noticed_within_ten_seconds_and_loses_nothing(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    ms = Millstream(
+        f"redis://127.0.0.1:{proxy.port}/0?lease=2", reconnect_backoff=0.05, poll_timeout=0.2
+    )
+    publisher = await opened(shared)  # not through the proxy: publishing goes on
+    handled: list[int] = []
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.005)
+        handled.append(event["n"])
+
+    try:
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await publisher.publish(topic, events(200))
+            await until(at_least(handled, 50))
+            proxy.blackhole()  # packets dropped both ways, nothing reset
+            started = time.monotonic()
+            publish_failed = 0.0
+
+            async def publish() -> None:  # through the app's own pool
+                nonlocal publish_failed
+                try:
+                    await ms.publish(topic, {"n": -1})
+                finally:
+                    publish_failed = time.monotonic() - started
+
+            publishing = asyncio.ensure_future(publish())
+            await publisher.publish(topic, events(100, start=200))
+            await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
+            noticed = time.monotonic() - started
+            with pytest.raises(BrokerUnavailable, match="stopped answering"):
+                await publishing
+
+            proxy.heal()
+            await until(lambda: set(range(300)) <= set(handled), within=30)
+            await until(lambda: consumer.state is ConsumerState.RUNNING)
+            await until_equal(lambda: consumer_lag(ms), 0)
+    finally:
+        await publisher.close()
+
+    assert publish_failed < 10 and noticed < 10, (publish_failed, noticed)
+    assert consumer.stats.reconnects >= 1
 
 
 @pytest.mark.slow
