@@ -350,7 +350,7 @@ class RedisSubscription:
         Members do this every ``trim`` seconds (URL parameter) on their own.
         """
         stream = self._keys.stream
-        return int(await self._broker.call(lambda client: scripts.TRIM(client, [stream], [])))
+        return int(await self._call(lambda client: scripts.TRIM(client, [stream], [])))
 
     async def close(self) -> None:
         """Give back everything this member holds, uncounted, and leave the group. Safe twice."""
