@@ -45,7 +45,10 @@ class LetterView(BaseModel):
     id: str
     message_id: str
     key: str | None
-    headers: dict[str, str]
+    headers: dict[str, Any] = Field(
+        description="as the broker holds them: strings, or other JSON values another "
+        "producer put there"
+    )
     attempts: int
     error: str
     failed_at: float
