@@ -29,18 +29,10 @@ from nats.js import errors as js_errors
 from millstream.brokers import redact
 from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
-from millstream.brokers.nats_connection import (
-    REQUEST_TIMEOUT,
-    Connection,
-    Names,
-    NatsOptions,
-    api_error,
-    check_topic,
-    parse_url,
-    translated,
-)
+from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_dead_letters import NatsDeadLetters
 from millstream.brokers.nats_envelope import letter_headers, topic_headers
+from millstream.brokers.nats_names import Names, NatsOptions, check_topic, parse_url
 from millstream.brokers.nats_subscription import NatsSubscription
 from millstream.errors import BrokerError, BrokerUnavailable, ConfigError
 from millstream.message import Message, OutgoingMessage

@@ -20,8 +20,9 @@ from nats.js import api
 from nats.js import errors as js_errors
 
 from millstream.brokers.base import DeadLetter
-from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Names, api_error
+from millstream.brokers.nats_connection import REQUEST_TIMEOUT, api_error
 from millstream.brokers.nats_envelope import dead_letter, replay_headers
+from millstream.brokers.nats_names import Names
 
 if TYPE_CHECKING:
     from nats.js.manager import JetStreamManager

@@ -50,15 +50,9 @@ from nats.js import errors as js_errors
 
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
-from millstream.brokers.nats_connection import (
-    PRIVATE_PREFIX,
-    REQUEST_TIMEOUT,
-    Connection,
-    Names,
-    api_error,
-    translated,
-)
+from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_envelope import decode, private_headers
+from millstream.brokers.nats_names import PRIVATE_PREFIX, Names
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import Message
 

@@ -94,7 +94,7 @@ async def delete_streams(url: str, topic: str) -> None:
     import nats
     from nats.js.errors import NotFoundError
 
-    from millstream.brokers.nats_connection import Names
+    from millstream.brokers.nats_names import Names
 
     names = Names(topic, "")
     dead_prefix = names.dead_stream.rsplit("_", 2)[0] + "_"
