@@ -18,6 +18,8 @@ instead of timing out.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +30,7 @@ from nats.aio.client import Client
 from nats.js import errors as js_errors
 
 from millstream.brokers import redact
+from millstream.brokers.nats_envelope import parse_headers
 from millstream.brokers.nats_names import (
     DEAD_PREFIX,
     DEFAULT_LEASE,
@@ -60,6 +63,16 @@ PING_INTERVAL = 5  # a silent dead connection is noticed after about 3 of these
 _VIOLATION = re.compile(r'Permissions Violation for (\w+) (?:to|from) "?([^"\']+)"?', re.I)
 
 
+class _Client(Client):
+    """nats-py's client, reading header values that are not UTF-8 with backslash escapes.
+
+    nats-py reads them with U+FFFD in place of each bad byte, so two ids that
+    differ only there would be one id to an idempotent handler.
+    """
+
+    _parse_header_lines = staticmethod(parse_headers)
+
+
 class Connection:
     """One nats-py client and what it has been told: lost, refused, or a permission denied.
 
@@ -71,7 +84,7 @@ class Connection:
     def __init__(self, url: str, options: NatsOptions) -> None:
         self.url = url
         self.options = options
-        self.client = Client()
+        self.client: Client = _Client()
         self.lost: BrokerError | None = None
         self.violations: list[tuple[str, str]] = []  # (operation, subject) refused
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -169,6 +182,35 @@ class Connection:
             except BrokerError:
                 task.cancel()
                 raise
+
+    async def stored(
+        self, stream: str, *, sequence: int = 0, last_of: str = ""
+    ) -> tuple[bytes, dict[str, str]] | None:
+        """The payload and headers stored at ``sequence`` (or last on ``last_of``) in ``stream``.
+
+        ``None`` when there is none (or no such stream); other refusals raise
+        JetStream's ``APIError`` (see :func:`api_error`). The headers are read
+        here, not by nats-py, whose reader for stored messages turns values
+        that are not ASCII into ``email`` header objects.
+        """
+        request = {"last_by_subj": last_of} if last_of else {"seq": sequence}
+        reply = await self.guard(
+            self.client.request(
+                f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps(request).encode(), REQUEST_TIMEOUT
+            ),
+            stream,
+            "_INBOX",
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            try:
+                js_errors.APIError.from_error(answer["error"])
+            except js_errors.NotFoundError:
+                return None
+        found = answer["message"]
+        # After the first line (NATS/1.0), the header lines.
+        headers = parse_headers(base64.b64decode(found.get("hdrs") or b"").partition(b"\r\n")[2])
+        return base64.b64decode(found.get("data") or b""), headers
 
     async def close(self) -> None:
         if not self.client.is_closed:

@@ -51,7 +51,7 @@ from nats.js import errors as js_errors
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
 from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
-from millstream.brokers.nats_envelope import decode, private_headers
+from millstream.brokers.nats_envelope import decode, decode_carefully, private_headers
 from millstream.brokers.nats_names import PRIVATE_PREFIX, Names
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import Message
@@ -213,9 +213,16 @@ class NatsSubscription:
         subject = msg.subject
         if subject.startswith(self._others) and subject != self._own:
             # Another group's released or replayed message: not for this group.
-            await self._client.publish(reply, _ACK)
+            with suppress(nats_errors.Error, OSError):  # lost: it comes back, to be acked again
+                await self._client.publish(reply, _ACK)
             return
-        message = decode(self.topic, self._stream, msg)
+        try:
+            message = decode(self.topic, self._stream, msg)
+        except Exception:  # another producer's headers: read them one by one
+            found = decode_carefully(self.topic, self._stream, msg)
+            if found is None:
+                return
+            message = found
         self._held[reply] = message
         self._ready.append(message)
         self._arrived.set()
