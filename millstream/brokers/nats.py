@@ -212,6 +212,8 @@ class NatsBroker:
             )
             connection.check(subject, stream, "_INBOX")
             if pending.received == seen and pending.received < count:
+                await connection.probe()  # a silent partition: lose the connection now
+                connection.check(subject, stream, "_INBOX")
                 raise BrokerUnavailable(
                     f"broker {redact(self.url)}: no acknowledgement for messages to "
                     f"{subject!r} within {REQUEST_TIMEOUT}s"

@@ -8,11 +8,17 @@ setting the server will never accept), ``BrokerError`` (anything else).
 nats-py reconnects on its own by default. Here it does not: a lost
 connection closes the client, every waiter wakes with ``BrokerUnavailable``
 and the supervisor reconnects (state RECONNECTING, backoff), the same as for
-every other broker. A refused password is never retried. A permission
-violation does not close a NATS connection (the server only drops the
-message and says so); :class:`Connection` remembers it, so the operation
-that needed the permission fails at once with the subject and the fix
-instead of timing out.
+every other broker. A connection that goes silent (a network partition: no
+reset, nothing closes) is found dead within seconds, not minutes: nats-py
+pings every ``PING_INTERVAL`` and gives up after ``MAX_OUTSTANDING_PINGS``
+unanswered, and whatever waits for an answer that does not come in time
+(a pull request, an acknowledgement, an API call) pings at once
+(:meth:`Connection.probe`) and marks the connection lost when no pong comes.
+
+A refused password is never retried. A permission violation does not close
+a NATS connection (the server only drops the message and says so);
+:class:`Connection` remembers it, so the operation that needed the
+permission fails at once with the subject and the fix instead of timing out.
 """
 
 from __future__ import annotations
@@ -58,7 +64,11 @@ T = TypeVar("T")
 
 REQUEST_TIMEOUT = 5  # one JetStream API call or acknowledgement reply, at most
 CONNECT_TIMEOUT = 3
-PING_INTERVAL = 5  # a silent dead connection is noticed after about 3 of these
+# A silent dead connection is noticed within (MAX_OUTSTANDING_PINGS + 1) * PING_INTERVAL
+# seconds however idle it is, sooner by a probe when an answer is overdue.
+PING_INTERVAL = 2
+MAX_OUTSTANDING_PINGS = 3
+PROBE_TIMEOUT = 2  # seconds a probe waits for its pong
 
 _VIOLATION = re.compile(r'Permissions Violation for (\w+) (?:to|from) "?([^"\']+)"?', re.I)
 
@@ -114,7 +124,8 @@ class Connection:
                 connect_timeout=CONNECT_TIMEOUT,
                 max_reconnect_attempts=0,
                 ping_interval=PING_INTERVAL,
-                max_outstanding_pings=3,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+                flush_timeout=REQUEST_TIMEOUT,
                 error_cb=self._on_error,
                 closed_cb=self._on_closed,
                 disconnected_cb=self._on_closed,
@@ -175,6 +186,8 @@ class Connection:
             changed = self._changed
             await asyncio.wait((task, changed), return_when=asyncio.FIRST_COMPLETED)
             if task.done():
+                if isinstance(task.exception(), (TimeoutError, nats_errors.TimeoutError)):
+                    await self.probe()  # no answer: is anyone still there?
                 with translated(self.url):
                     return task.result()
             try:
@@ -211,6 +224,25 @@ class Connection:
         # After the first line (NATS/1.0), the header lines.
         headers = parse_headers(base64.b64decode(found.get("hdrs") or b"").partition(b"\r\n")[2])
         return base64.b64decode(found.get("data") or b""), headers
+
+    async def probe(self) -> None:
+        """Ping the server after an answer did not come; no pong in time marks the connection lost.
+
+        A silent partition drops everything without closing anything, so
+        waiting longer cannot help: the sooner the connection is known lost,
+        the sooner every waiter fails and the supervisor reconnects.
+        """
+        if self.lost is not None:
+            return
+        try:
+            await self.client.flush(PROBE_TIMEOUT)
+        except (TimeoutError, nats_errors.Error, OSError) as exc:
+            self._mark(
+                BrokerUnavailable(
+                    f"broker {redact(self.url)}: connection dead: no answer to a ping within "
+                    f"{PROBE_TIMEOUT}s ({type(exc).__name__}); reconnecting"
+                )
+            )
 
     async def close(self) -> None:
         if not self.client.is_closed:

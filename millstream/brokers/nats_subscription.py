@@ -184,6 +184,9 @@ class NatsSubscription:
         look: recreate the consumer if it is not there, else just ask anew.
         """
         self._open = 0
+        # Or a silent partition: then a ping goes unanswered too, and the connection is lost.
+        await self._connection.probe()
+        self._connection.check(*self._mine)
         js = self._client.jsm(timeout=REQUEST_TIMEOUT)
         try:
             await self._connection.guard(js.consumer_info(*self._consumer), *self._mine)

@@ -1,15 +1,17 @@
-"""The NATS JetStream broker under faults: another producer's headers, foreign messages.
+"""The NATS JetStream broker under faults: bad headers, foreign messages, partitions.
 
 Against the shared NATS at 127.0.0.1:4222, each test on a topic of its own
-whose streams it deletes afterwards.
+whose streams it deletes afterwards; a TCP proxy stands in for the network
+where a test breaks it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import nats
 import pytest
@@ -17,10 +19,12 @@ import pytest
 from millstream import Message, Millstream
 from millstream.brokers.nats import NatsBroker, NatsSubscription
 from millstream.brokers.nats_names import Names
+from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
 from tests.brokers.nats_server import delete_streams, publish_malformed, publish_raw
 from tests.brokers.scenarios import consumer_lag, events
 from tests.conftest import require_service
+from tests.proxy import TcpProxy
 from tests.support import until, until_equal
 
 SHARED = "nats://127.0.0.1:4222"
@@ -37,6 +41,12 @@ async def topic(shared: str) -> AsyncIterator[str]:
     name = f"test.{uuid.uuid4().hex[:12]}"
     yield name
     await delete_streams(shared, name)
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 4222) as running:
+        yield running
 
 
 @pytest.fixture
@@ -156,5 +166,60 @@ async def test_dead_letters_another_tool_wrote_are_listed_with_defaults(
         [letter] = await (await broker.dead_letters(topic, "billing")).list()
         assert (letter.message_id, letter.attempts, letter.error) == ("id-\\xff", 0, "not json")
         assert (letter.failed_at, letter.headers) == (0.0, {"h": "\u00fc"})
+    finally:
+        await broker.close()
+
+
+# -- a silent partition ----------------------------------------------------------------
+
+
+async def test_a_silent_partition_is_noticed_within_seconds_and_nothing_is_lost(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    ms = Millstream(f"nats://127.0.0.1:{proxy.port}?lease=1", reconnect_backoff=0.05)
+    handled: set[int] = set()
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.add(event["n"])
+
+    publisher = await opened(shared)  # not through the proxy
+    try:
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await publisher.publish(topic, events(300))
+            await until(lambda: len(handled) >= 100, within=10)
+            proxy.blackhole()
+            started = time.monotonic()
+            await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
+            noticed = time.monotonic() - started
+            # Found by the fetch whose request went unanswered, not by the pings, which are slower.
+            assert "no answer to a ping" in (consumer.stats.last_error or "")
+            await publisher.publish(topic, events(100, start=300))
+            proxy.heal()
+            await until(lambda: len(handled) == 400, within=20)
+            await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
+            await until_equal(lambda: consumer_lag(ms), 0)
+    finally:
+        await publisher.close()
+    print(f"silent partition noticed after {noticed:.1f}s")
+
+
+async def test_an_idle_connection_cut_off_silently_is_found_dead_by_its_pings(
+    proxy: TcpProxy,
+) -> None:
+    broker = await opened(f"nats://127.0.0.1:{proxy.port}")
+
+    def lost() -> bool:
+        try:
+            broker.connection()
+        except BrokerUnavailable:
+            return True
+        return False
+
+    try:
+        proxy.blackhole()
+        await until(lost, within=10)
     finally:
         await broker.close()
