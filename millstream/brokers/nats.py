@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.js import api
 from nats.js import errors as js_errors
@@ -32,9 +33,10 @@ from millstream.brokers.base import Capabilities
 from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_dead_letters import NatsDeadLetters
 from millstream.brokers.nats_envelope import letter_headers, topic_headers
+from millstream.brokers.nats_members import HELD_STREAM, HELD_SUBJECTS, KEEP, MAX_BYTES
 from millstream.brokers.nats_names import Names, NatsOptions, check_topic, parse_url
 from millstream.brokers.nats_subscription import NatsSubscription
-from millstream.errors import BrokerError, BrokerUnavailable, ConfigError
+from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
 from millstream.message import Message, OutgoingMessage
 
 if TYPE_CHECKING:
@@ -48,6 +50,8 @@ _NAME_IN_USE = 10058  # JetStream: stream name already in use (with another conf
 
 
 _NO_STREAM = "no stream takes this subject"
+
+log = logging.getLogger("millstream.brokers")
 
 
 class _StreamMissing(BrokerError):
@@ -88,6 +92,7 @@ class NatsBroker:
         self._reply_prefix = ""
         self._calls = itertools.count(1)
         self._connecting = asyncio.Lock()
+        self._held_refused = False
 
     @classmethod
     def from_url(cls, url: str) -> NatsBroker:
@@ -240,7 +245,7 @@ class NatsBroker:
         names = Names(topic, group)
         await self.ensure_consumer(names)
         connection = self.connection()
-        subscription = NatsSubscription(self, connection, names)
+        subscription = NatsSubscription(self, connection, names, member)
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
@@ -272,7 +277,41 @@ class NatsBroker:
         except js_errors.APIError as exc:
             raise api_error(self.url, exc, f"creating the stream {names.dead_stream!r}") from None
 
-    async def _ensure(self, stream: str, subjects: list[str]) -> None:
+    async def ensure_held_stream(self) -> bool:
+        """Create ``MSHELD`` (members' records, retry notes) unless it exists; ``False`` if refused.
+
+        Refused (permissions, limits), members work on without: what a crashed
+        member held comes back after ``ack_wait``, and takeovers go uncounted.
+        """
+        if self._held_refused:
+            return False
+        try:
+            await self._ensure(
+                HELD_STREAM,
+                HELD_SUBJECTS,
+                storage=api.StorageType.MEMORY,
+                max_msgs_per_subject=1,
+                max_age=KEEP,
+                max_bytes=MAX_BYTES,
+            )
+        except js_errors.APIError as exc:
+            refusal: BrokerError = api_error(self.url, exc, f"creating the stream {HELD_STREAM!r}")
+        except AuthenticationError as exc:
+            refusal = exc
+        else:
+            return True
+        if isinstance(refusal, BrokerUnavailable):
+            raise refusal
+        self._held_refused = True
+        log.warning(
+            "nats: %s; without it a member that restarts under its name waits ack_wait for what "
+            "it held, and takeovers are not counted (grant '$JS.API.>' and '_ms.>', see "
+            "docs/brokers/nats.md)",
+            refusal,
+        )
+        return False
+
+    async def _ensure(self, stream: str, subjects: list[str], **settings: Any) -> None:
         if stream in self._streams:
             return
         connection = self.connection()
@@ -281,12 +320,13 @@ class NatsBroker:
         try:
             info = await connection.guard(js.stream_info(stream), *mine)
         except js_errors.NotFoundError:
+            settings.setdefault("storage", api.StorageType.FILE)
             config = api.StreamConfig(
                 name=stream,
                 subjects=subjects,
                 retention=api.RetentionPolicy.LIMITS,
-                storage=api.StorageType.FILE,
                 discard=api.DiscardPolicy.OLD,
+                **settings,
             )
             try:
                 await connection.guard(js.add_stream(config), *mine)

@@ -1,8 +1,8 @@
-"""The NATS JetStream broker under faults: bad headers, foreign messages, partitions.
+"""The NATS JetStream broker under faults: bad headers, foreign messages, partitions, crashes.
 
 Against the shared NATS at 127.0.0.1:4222, each test on a topic of its own
 whose streams it deletes afterwards; a TCP proxy stands in for the network
-where a test breaks it.
+where a test breaks it (a crash is the proxy cut and closed to the member).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from millstream.brokers.nats_names import Names
 from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
 from tests.brokers.nats_server import delete_streams, publish_malformed, publish_raw
-from tests.brokers.scenarios import consumer_lag, events
+from tests.brokers.scenarios import consumer_lag, drain, events, numbers
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 from tests.support import until, until_equal
@@ -61,12 +61,22 @@ async def opened(url: str) -> NatsBroker:
     return broker
 
 
+def crash(proxy: TcpProxy) -> None:
+    """The member's process died: its connection goes, nothing is released, it never returns."""
+    proxy.pause()
+    proxy.cut()
+
+
 async def fetch_until(sub: NatsSubscription, count: int, within: float) -> list[Message]:
     taken: list[Message] = []
     deadline = time.monotonic() + within
     while len(taken) < count and time.monotonic() < deadline:
         taken += await sub.fetch(100, 0.2)
     return taken
+
+
+def took_over(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
 
 
 # -- another producer's headers -------------------------------------------------------
@@ -223,3 +233,66 @@ async def test_an_idle_connection_cut_off_silently_is_found_dead_by_its_pings(
         await until(lost, within=10)
     finally:
         await broker.close()
+
+
+# -- members that crash and come back ----------------------------------------------------
+
+
+async def test_a_member_back_under_its_name_takes_back_at_once_what_it_held(
+    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
+) -> None:
+    crashed = await opened(f"nats://127.0.0.1:{proxy.port}?lease=30")
+    publisher = await opened(shared)
+    back = await opened(f"{shared}?lease=30")
+    try:
+        sub = await crashed.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
+        await publisher.publish(topic, events(20))
+        held = await fetch_until(sub, 20, within=3)
+        # Settled before the crash: five done, one to retry in 30s (no longer held).
+        await sub.settle(held[:5], [(held[5], 30.0)], [])
+        crash(proxy)
+
+        started = time.monotonic()
+        again = await back.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
+        taken = await fetch_until(again, 14, within=3)
+        took = time.monotonic() - started
+        assert sorted(numbers(taken)) == list(range(6, 20)), "not taken back within 3s"
+        assert {m.attempt for m in taken} == {2}, "a crash counts an attempt"
+        assert again.taken_over == 14
+        [line] = took_over(warnings)
+        assert "web-1.charge" in line and " 14 message(s)" in line and f"{topic}/billing" in line
+        await again.settle(taken, [], [])
+        assert await fetch_until(again, 1, within=0.5) == [], "the retry came back early"
+    finally:
+        for broker in (back, publisher, crashed):
+            await broker.close()
+    print(f"taken back after {took:.2f}s (lease 30s)")
+
+
+async def test_what_an_expired_lease_gives_another_member_counts_and_a_retry_does_not(
+    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
+) -> None:
+    crashed = await opened(f"nats://127.0.0.1:{proxy.port}?lease=1")
+    other = await opened(f"{shared}?lease=1")
+    try:
+        gone = await crashed.subscribe(topic, "billing", prefetch=5)
+        alive = await other.subscribe(topic, "billing", prefetch=5)
+        await other.publish(topic, events(5))
+        assert len(await fetch_until(gone, 5, within=3)) == 5
+        crash(proxy)
+        await other.publish(topic, events(1, start=5))
+        [failed] = await fetch_until(alive, 1, within=3)
+        await alive.settle([], [(failed, 0.0)], [])  # handler failed: retried at once
+
+        taken = await fetch_until(alive, 6, within=5)
+        assert sorted(numbers(taken)) == list(range(6))
+        assert {m.attempt for m in taken} == {2}
+        assert alive.taken_over == 5, "the retry counted as a takeover, or the crash did not"
+        assert all("(ack_wait 1s) ran out" in line for line in took_over(warnings))
+        counts = [int(line.split(" took over ")[1].split()[0]) for line in took_over(warnings)]
+        assert sum(counts) == 5
+        await alive.settle(taken, [], [])
+        assert await drain(alive) == []
+    finally:
+        await other.close()
+        await crashed.close()
