@@ -19,6 +19,7 @@ from millstream.retry import RetryPolicy
 from millstream.runtime import heap
 from millstream.runtime.consumer import ConsumerRuntime
 from millstream.runtime.handler import Handler, HandlerLink, wants_transaction
+from millstream.runtime.member import MemberName, claim_member, member_name
 from millstream.runtime.spec import ConsumerSpec, KeySpec
 from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
@@ -86,6 +87,7 @@ class Millstream:
         self._publish: Publish = self.broker.publish
         self._started = False
         self._frozen = False  # this app's share of heap.freeze()
+        self._member: MemberName | None = None
         self._web: Any = None
         self._store: Store | None = None
         self._relay: OutboxRelay | None = None
@@ -267,10 +269,12 @@ class Millstream:
             raise
         self._started = True
         self._consumers = {}
+        self._member = claim_member(self.settings.member)
         for spec in self._specs.values():
             if self._links:
                 spec = ConsumerSpec(**{**spec.__dict__, "links": (*self._links, *spec.links)})
-            runtime = ConsumerRuntime(spec, self.broker, self.settings)
+            member = member_name(self._member.name, spec.name)
+            runtime = ConsumerRuntime(spec, self.broker, self.settings, member=member)
             self._consumers[spec.name] = runtime
         await asyncio.gather(*(c.start() for c in self._consumers.values()))
         if self.settings.gc_freeze:
@@ -295,7 +299,16 @@ class Millstream:
             if self._frozen:
                 self._frozen = False
                 heap.thaw()
-            await self.broker.close()
+            try:
+                await self.broker.close()
+            finally:
+                if self._member is not None:
+                    self._member.release()  # only now: no subscription uses the name any more
+
+    @property
+    def member(self) -> str | None:
+        """This process's member name in its groups while started (see ``Settings.member``)."""
+        return self._member.name if self._member is not None and self._started else None
 
     async def _open_state(self) -> None:
         """Open the store (schema included) and start the relay, if the app uses them."""
@@ -408,7 +421,9 @@ class Millstream:
         return [out.id for out in batch]
 
     async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue:
-        """The dead-letter queue of ``topic`` for ``group``."""
+        """The dead-letter queue of ``topic`` for ``group``; connects the broker if need be."""
+        if not self._started:
+            await self.broker.connect()  # connect is idempotent; the queue needs no start()
         return await self.broker.dead_letters(topic, group)
 
 

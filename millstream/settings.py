@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         "sqlite:///./.millstream/broker.db",
         description="where messages live: sqlite:///path, memory://, redis://, amqp://, ...",
     )
+    member: str | None = Field(
+        None,
+        description="this process's stable name in consumer groups, the same after a restart "
+        "(e.g. the pod name); it takes back at once what it held before a crash. Default: the "
+        "host name plus a slot number no other live process on this host holds",
+    )
     drain_timeout: float = Field(
         30.0, gt=0, description="seconds a stop waits for in-flight handlers to finish"
     )

@@ -200,11 +200,13 @@ class RefusingBroker(MemoryBroker):
         self.failures = failures
         self.subscribe_calls = 0
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> MemorySubscription:
         self.subscribe_calls += 1
         if self.subscribe_calls <= self.failures:
             raise self.error
-        return await super().subscribe(topic, group, prefetch=prefetch)
+        return await super().subscribe(topic, group, prefetch=prefetch, member=member)
 
 
 async def test_authentication_failure_stops_the_consumer_without_retrying() -> None:
@@ -483,6 +485,35 @@ async def test_a_message_that_keeps_killing_its_process_is_dead_lettered() -> No
     assert "delivered 3 times without an outcome" in letter.error
 
 
+async def test_a_flapping_connection_does_not_use_up_the_retries_of_held_messages() -> None:
+    # Each cut gives back, counted, what the consumer held; most of it never reached a
+    # handler. Only deliveries whose handler started may count against attempts.
+    hub = MemoryHub()
+    broker = MemoryBroker(hub)
+    ms = Millstream(broker=broker, reconnect_backoff=0.005, poll_timeout=0.05, prefetch=8)
+    handled: list[int] = []
+
+    @ms.consumer("t", retry=Retry(attempts=2, backoff=0.01))
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.append(event["n"])
+
+    await ms.publish_batch("t", [{"n": i} for i in range(400)])
+    async with ms:
+        consumer = ms.consumers["handle"]
+        for _ in range(12):
+            await until(lambda: consumer.state is ConsumerState.RUNNING and consumer.inflight > 8)
+            broker.cut()
+            await asyncio.sleep(0.03)
+        await until(lambda: len(set(handled)) == 400, within=20)
+        dlq = await ms.dead_letters("t", "handle")
+        letters = await dlq.list()
+
+    assert letters == []
+    assert consumer.stats.reconnects >= 12
+    assert consumer.stats.dead == 0
+
+
 async def test_a_cancelled_stop_still_releases_what_it_held() -> None:
     hub = MemoryHub()
     ms = app(hub)
@@ -542,3 +573,12 @@ async def test_stop_ends_a_fetch_loop_whose_cancellation_was_lost_below(
     assert lost == [1]
     assert ms.consumers["handle"].state is ConsumerState.STOPPED
     assert [t.get_name() for t in asyncio.all_tasks() if "millstream:handle" in t.get_name()] == []
+
+
+async def test_dead_letters_are_readable_before_the_app_starts_or_publishes() -> None:
+    hub = MemoryHub()
+    ms = app(hub)
+    dlq = await ms.dead_letters("t", "handle")  # connects on use
+
+    assert await dlq.count() == 0
+    assert await dlq.list() == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.message import NO_HEADERS, Message, OutgoingMessage
 
 __all__ = ["MemoryBroker", "MemoryHub"]
+
+log = logging.getLogger("millstream.brokers")
 
 _DEFAULT_LEASE = 30.0
 
@@ -81,10 +84,34 @@ class MemoryHub:
         self._receipts = itertools.count(1)
         self._sequence = itertools.count(1)
         self._owners = itertools.count(1)
+        self._names: dict[int, str] = {}  # owner id -> the member name it subscribed under
+        self._members: dict[tuple[str, str, str], int] = {}  # (topic, group, name) -> owner
 
-    def new_owner(self) -> int:
-        """An id for a new group member, unique across every connection to this hub."""
-        return next(self._owners)
+    def new_owner(self, topic: str, group: str, member: str | None) -> tuple[int, int]:
+        """An id for a new group member, unique across every connection to this hub, and
+        how many messages it took back from the crashed member of the same name."""
+        owner = next(self._owners)
+        if member is None:
+            return owner, 0
+        self._names[owner] = member
+        previous = self._members.get((topic, group, member))
+        self._members[topic, group, member] = owner
+        if previous is None:
+            return owner, 0
+        taken = self.release(topic, group, previous, count_attempt=True)
+        if taken:
+            log.warning(
+                "memory: member %s took back %d message(s) of %s/%s that it held before it "
+                "stopped without releasing them",
+                member,
+                taken,
+                topic,
+                group,
+            )
+        return owner, taken
+
+    def name(self, owner: int) -> str:
+        return self._names.get(owner, f"#{owner}")
 
     def topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
@@ -107,13 +134,15 @@ class MemoryHub:
 
     def take(
         self, topic_name: str, group_name: str, owner: int, limit: int
-    ) -> tuple[list[Message], float | None]:
-        """Lease up to ``limit`` deliveries; also returns when the next delayed one is due."""
+    ) -> tuple[list[Message], float | None, int]:
+        """Lease up to ``limit`` deliveries; also returns when the next delayed one is due,
+        and how many deliveries whose lease ran out it put back for this take."""
         topic = self.topic(topic_name)
         group = self.group(topic_name, group_name)
         now = time.monotonic()
+        expired = 0
         if now >= group.next_lease_check and group.leases:
-            self._expire(group, now)
+            expired = self._expire(topic_name, group_name, group, owner, now)
         self._extend(group, owner, now)
         while group.delayed and group.delayed[0][0] <= now:
             group.ready.append(heapq.heappop(group.delayed)[2])
@@ -149,7 +178,7 @@ class MemoryHub:
                 )
             )
         next_due = group.delayed[0][0] if group.delayed else None
-        return messages, next_due
+        return messages, next_due, expired
 
     def settle(
         self,
@@ -180,12 +209,12 @@ class MemoryHub:
         if retries:
             self.topic(topic_name).wake()
 
-    def release(self, topic_name: str, group_name: str, owner: int, *, count_attempt: bool) -> None:
-        """Give back every delivery ``owner`` holds, oldest first."""
+    def release(self, topic_name: str, group_name: str, owner: int, *, count_attempt: bool) -> int:
+        """Give back every delivery ``owner`` holds, oldest first; returns how many."""
         group = self.group(topic_name, group_name)
         held = [(receipt, lease) for receipt, lease in group.leases.items() if lease.owner == owner]
         if not held:
-            return
+            return 0
         for receipt, _ in held:
             del group.leases[receipt]
         back = sorted((lease.delivery for _, lease in held), key=lambda d: d.record.offset)
@@ -194,6 +223,7 @@ class MemoryHub:
                 delivery.attempt -= 1
         group.ready.extendleft(reversed(back))
         self.topic(topic_name).wake()
+        return len(back)
 
     def lag(self, topic_name: str, group_name: str) -> int:
         topic = self.topic(topic_name)
@@ -249,12 +279,27 @@ class MemoryHub:
             if lease.owner == owner and lease.until < half:
                 lease.until = extended
 
-    def _expire(self, group: _Group, now: float) -> None:
+    def _expire(
+        self, topic_name: str, group_name: str, group: _Group, taker: int, now: float
+    ) -> int:
         expired = [receipt for receipt, lease in group.leases.items() if lease.until <= now]
+        holders = {group.leases[receipt].owner for receipt in expired}
         back = [group.leases.pop(receipt).delivery for receipt in expired]
         back.sort(key=lambda d: d.record.offset)
         group.ready.extendleft(reversed(back))
         group.next_lease_check = now + self.lease / 4
+        if back:
+            log.warning(
+                "memory: member %s took over %d message(s) of %s/%s held by %s, whose "
+                "lease of %gs ran out",
+                self.name(taker),
+                len(back),
+                topic_name,
+                group_name,
+                ", ".join(sorted(self.name(holder) for holder in holders)),
+                self.lease,
+            )
+        return len(back)
 
     def _trim(self, topic: _Topic) -> None:
         """Drop log records every group has read past."""
@@ -330,7 +375,9 @@ class MemoryBroker:
     ) -> MemorySubscription:
         self.check()
         self.hub.group(topic, group)
-        subscription = MemorySubscription(self, topic, group, self.hub.new_owner(), self._epoch)
+        owner, taken = self.hub.new_owner(topic, group, member)
+        subscription = MemorySubscription(self, topic, group, owner, self._epoch)
+        subscription.taken_over = taken
         self._subscriptions.append(subscription)
         return subscription
 
@@ -363,7 +410,10 @@ class MemorySubscription:
         deadline = loop.time() + timeout
         while True:
             self._check()
-            messages, next_due = self._hub.take(self.topic, self.group, self._owner, max_messages)
+            messages, next_due, expired = self._hub.take(
+                self.topic, self.group, self._owner, max_messages
+            )
+            self.taken_over += expired
             remaining = deadline - loop.time()
             if messages or remaining <= 0:
                 return messages

@@ -141,6 +141,11 @@ class Metrics:
                 "Times the consumer lost its connection.",
                 labels=labels,
             ),
+            "taken_over": CounterMetricFamily(
+                "millstream_messages_taken_over",
+                "Messages taken over from group members that stopped without releasing them.",
+                labels=labels,
+            ),
         }
         inflight = GaugeMetricFamily(
             "millstream_messages_inflight", "Messages fetched and not yet settled.", labels=labels
@@ -166,6 +171,7 @@ class Metrics:
             families["retried"].add_metric(values, stats.retried)
             families["dead"].add_metric(values, stats.dead)
             families["reconnects"].add_metric(values, stats.reconnects)
+            families["taken_over"].add_metric(values, consumer.taken_over)
             inflight.add_metric(values, consumer.inflight)
             concurrency.add_metric(values, consumer.concurrency)
             for each in ConsumerState:

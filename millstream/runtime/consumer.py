@@ -21,6 +21,7 @@ from millstream.brokers.base import Broker, Lag
 from millstream.errors import AuthenticationError, BrokerError, ConfigError
 from millstream.message import Message
 from millstream.retry import RetryPolicy
+from millstream.runtime.attempts import UncountedDeliveries
 from millstream.runtime.handler import Invoke, bind_handler, with_timeout
 from millstream.runtime.session import Session
 from millstream.runtime.spec import ConsumerSpec, key_function
@@ -58,9 +59,18 @@ class ConsumerStats:
 class ConsumerRuntime:
     """Runs one :class:`ConsumerSpec` against a broker."""
 
-    def __init__(self, spec: ConsumerSpec, broker: Broker, settings: Settings) -> None:
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        broker: Broker,
+        settings: Settings,
+        *,
+        member: str | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
+        self.member = member
+        """The stable member name this consumer subscribes under (None: a fresh one each time)."""
         self.broker = broker
         self.settings = settings
         self.retry: RetryPolicy = spec.retry
@@ -76,6 +86,9 @@ class ConsumerRuntime:
         self._stopping = asyncio.Event()
         self._settled_first = asyncio.Event()
         self._session: Session | None = None
+        # Deliveries a lost connection counted that were no attempt; outlives sessions.
+        self.uncounted = UncountedDeliveries(most=4 * self.max_inflight)
+        self._taken_over = 0  # by subscriptions that have ended
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         invoke = bind_handler(spec.handler, self._thread_pool, self._replace_thread_pool)
@@ -89,6 +102,12 @@ class ConsumerRuntime:
         fetched meanwhile, one settling, one to spare when a round trip is slow) and at
         least two messages per worker."""
         return self._explicit_inflight or max(4 * self.prefetch, 2 * self.concurrency)
+
+    @property
+    def taken_over(self) -> int:
+        """Messages this consumer took over from members that crashed, since it was made."""
+        session = self._session
+        return self._taken_over + (session.subscription.taken_over if session is not None else 0)
 
     @property
     def inflight(self) -> int:
@@ -204,7 +223,7 @@ class ConsumerRuntime:
                 if failures:
                     await self.broker.connect()  # reconnect after a failure
                 subscription = await self.broker.subscribe(
-                    spec.topic, spec.group, prefetch=self.prefetch
+                    spec.topic, spec.group, prefetch=self.prefetch, member=self.member
                 )
                 self._session = Session(self, subscription)
                 self._set_state(ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING)
@@ -239,4 +258,6 @@ class ConsumerRuntime:
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
             finally:
+                if self._session is not None:
+                    self._taken_over += self._session.subscription.taken_over
                 self._session = None

@@ -20,7 +20,7 @@ from millstream.errors import BrokerError
 from millstream.message import Message
 from millstream.retry import Dead, Requeue, describe
 from millstream.runtime.dispatcher import Dispatcher
-from millstream.runtime.settler import Settler
+from millstream.runtime.settler import Settled, Settler
 from millstream.runtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -114,12 +114,15 @@ class Session:
                     self.dispatcher.running,
                     timeout,
                 )
-            await self.dispatcher.stop()
+            consumer.uncounted.remember(await self.dispatcher.stop())
             self.settler.close()
             try:
                 await settle  # done or not: this also retrieves an exception it ended with
             except Exception as exc:
                 log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
+            # Outcomes that came after the settler failed were never sent: the broker
+            # redelivers those messages, and the handled ones were no failed attempt.
+            self._settled(self.settler.take_pending(), False)
         finally:
             await cancel_and_wait(keepalive)
             with contextlib.suppress(BrokerError):
@@ -173,6 +176,9 @@ class Session:
             waiter.cancel()
 
     def _submit(self, messages: list[Message]) -> None:
+        uncounted = self.consumer.uncounted
+        if uncounted:
+            uncounted.correct(messages)
         limit = self.consumer.retry.attempts
         overdue = [message for message in messages if message.attempt > limit]
         if overdue:
@@ -229,8 +235,16 @@ class Session:
         """The consumer's ``key=`` failed on this message: it can never be ordered."""
         self._bury(message, f"key function failed: {describe(exc)}")
 
-    def _settled(self, count: int, ok: bool) -> None:
-        self.held -= count
+    def _settled(self, batch: Settled, ok: bool) -> None:
+        self.held -= batch.size
+        uncounted = self.consumer.uncounted
         if ok:
-            self.settled += count
+            self.settled += batch.size
+            if uncounted:
+                uncounted.settled(batch.acks)
+                uncounted.settled(message for message, _ in batch.deads)
+        else:
+            # Handled, but the ack did not reach the broker: the redelivery that follows
+            # is no failed attempt either.
+            uncounted.remember(batch.acks)
         self._room.set()

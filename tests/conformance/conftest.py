@@ -75,6 +75,9 @@ class BrokerFactory:
     """A URL that child processes consume from (straight to the broker, no proxy)."""
     durable_server: Callable[[Path], tuple[ServerProcess, str]] | None = None
     """A private server with durable storage (not started) and the URL an app uses on it."""
+    restart_recovery: float = 5.0
+    """Seconds a member killed and restarted under its name may take to finish what it
+    held (process start included): well under a lease, which is what it waits without."""
 
     async def connect(self) -> Broker:
         broker = self.open()

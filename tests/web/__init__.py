@@ -113,7 +113,9 @@ class GatedBroker(MemoryBroker):
         self.reachable = False
         self.error = error or BrokerUnavailable("connection refused (test)")
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> MemorySubscription:
         if not self.reachable:
             raise self.error
-        return await super().subscribe(topic, group, prefetch=prefetch)
+        return await super().subscribe(topic, group, prefetch=prefetch, member=member)

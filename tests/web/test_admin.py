@@ -388,6 +388,21 @@ async def test_replay_of_chosen_ids_is_capped_too() -> None:
         assert elapsed >= 0.95, f"replayed 60 at {rate}/s in {elapsed:.2f}s"
 
 
+async def test_replaying_ids_that_are_not_there_answers_at_once() -> None:
+    ms, _, _ = dlq_app(dlq_replay_rate=100)
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        started = time.monotonic()
+        response = await http.post(
+            "/admin/consumers/payments/dead-letters/replay",
+            json={"ids": [f"gone-{n}" for n in range(10_000)]},
+        )
+        elapsed = time.monotonic() - started
+
+    assert response.json() == {"replayed": 0}
+    assert elapsed < 3, f"paced {elapsed:.1f}s for letters it never replayed"
+
+
 async def test_dead_letters_of_a_shared_hub_are_per_group() -> None:
     hub = MemoryHub()
     ms = memory_app(hub, jwt_secret=SECRET)

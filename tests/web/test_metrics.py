@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from millstream import FatalError, Message, Millstream, RetryPolicy
 from millstream.brokers.base import Lag
 from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
+from millstream.message import OutgoingMessage
 from tests.support import until
 from tests.web import memory_app, serving
 
@@ -112,8 +113,10 @@ async def test_inflight_and_lag_while_handlers_are_busy() -> None:
 class PartitionedBroker(MemoryBroker):
     """A memory broker whose subscriptions report lag per partition, as Kafka's do."""
 
-    async def subscribe(self, topic: str, group: str, *, prefetch: int) -> MemorySubscription:
-        subscription = await super().subscribe(topic, group, prefetch=prefetch)
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> MemorySubscription:
+        subscription = await super().subscribe(topic, group, prefetch=prefetch, member=member)
 
         async def lag() -> Lag:
             return Lag(total=5, partitions={0: 2, 3: 3})
@@ -236,3 +239,25 @@ async def test_two_apps_in_one_process_keep_separate_metrics() -> None:
             )
             == 0
         )
+
+
+async def test_messages_taken_over_from_a_crashed_member_are_counted() -> None:
+    hub = MemoryHub(lease=0.2)
+    crashed = MemoryBroker(hub)
+    await crashed.connect()
+    await crashed.publish("t", [OutgoingMessage(b'{"n": %d}' % i) for i in range(4)])
+    assert len(await (await crashed.subscribe("t", "handle", prefetch=4)).fetch(4, 1)) == 4
+    crashed.abandon()  # the process died holding all four
+    ms = memory_app(hub)
+    handled: list[int] = []
+
+    @ms.consumer("t")
+    async def handle(event: dict[str, int]) -> None:
+        handled.append(event["n"])
+
+    async with serving(ms.fastapi()) as http:
+        await until(lambda: len(handled) == 4)
+        scrape = samples((await http.get("/metrics")).text)
+
+    labels = {"consumer": "handle", "topic": "t", "group": "handle"}
+    assert value(scrape, "millstream_messages_taken_over_total", **labels) == 4
