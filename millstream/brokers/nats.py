@@ -155,18 +155,27 @@ class NatsBroker:
         """Put ``messages`` on the topic; returns once the stream has acknowledged every one.
 
         Safe to repeat after a failure: the stream drops a message id it
-        has already stored (within its duplicate window, 2 minutes).
+        has already stored (within its duplicate window, 2 minutes). So a
+        connection found lost (a server restart, a partition) gets one more
+        try on a fresh connection: a publisher has no supervisor to reconnect it.
         """
         check_topic(topic)
         names = Names(topic, "")
-        await self.ensure_stream(names)
         items = [(out.payload, topic_headers(out)) for out in messages]
         try:
-            await self.send(topic, items, names.stream)
+            await self._publish(names, items)
+        except BrokerUnavailable:
+            await self.connect()
+            await self._publish(names, items)
+
+    async def _publish(self, names: Names, items: list[tuple[bytes, dict[str, str]]]) -> None:
+        await self.ensure_stream(names)
+        try:
+            await self.send(names.topic, items, names.stream)
         except _StreamMissing:
             # Deleted since we looked: create it again and send all (ids dedupe).
             await self.ensure_stream(names)
-            await self.send(topic, items, names.stream)
+            await self.send(names.topic, items, names.stream)
 
     async def send(
         self, subject: str, items: Iterable[tuple[bytes, dict[str, str]]], stream: str
