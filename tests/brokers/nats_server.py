@@ -173,10 +173,12 @@ async def publish_malformed(url: str, topic: str) -> list[tuple[str, str, bytes]
 
 
 async def delete_streams(url: str, topic: str) -> None:
-    """Delete the streams a test on ``topic`` made: the topic's and its dead-letter streams."""
+    """Delete the streams a test on ``topic`` made (the topic's and its dead-letter streams)
+    and its members' records and retry notes in ``MSHELD``."""
     import nats
     from nats.js.errors import NotFoundError
 
+    from millstream.brokers.nats_members import HELD_STREAM
     from millstream.brokers.nats_names import Names
 
     names = Names(topic, "")
@@ -189,5 +191,8 @@ async def delete_streams(url: str, topic: str) -> None:
             if name == names.stream or name.startswith(dead_prefix):
                 with contextlib.suppress(NotFoundError):
                     await js.delete_stream(name)
+            elif name == HELD_STREAM:
+                with contextlib.suppress(NotFoundError):
+                    await js.purge_stream(name, subject=f"_ms.*.{names.stream}.>")
     finally:
         await client.close()
