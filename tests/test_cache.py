@@ -365,6 +365,23 @@ async def test_two_apps_with_a_cache_url_share_invalidations(shared: str) -> Non
         await until(lambda: two.get("1") is None)
 
 
+async def test_apps_of_two_services_on_one_redis_keep_their_invalidations_apart(
+    shared: str, tmp_path: Path
+) -> None:
+    name = f"orders-{uuid.uuid4().hex[:8]}"
+    orders = Millstream("memory://", cache_url=shared, store_url=f"sqlite:///{tmp_path}/o.db")
+    billing = Millstream("memory://", cache_url=shared, store_url=f"sqlite:///{tmp_path}/b.db")
+    twin = Millstream("memory://", cache_url=shared, store_url=f"sqlite:///{tmp_path}/o.db")
+    mine, theirs, peer = orders.cache(name), billing.cache(name), twin.cache(name)
+    async with orders, billing, twin:
+        theirs.put("1", "old")
+        peer.put("1", "old")
+        await mine.invalidate(["1"])
+        await until(lambda: peer.get("1") is None)  # another instance of the same service
+        await asyncio.sleep(0.1)  # Redis sent it to every subscriber of its channel at once
+        assert theirs.get("1") == "old"
+
+
 async def test_services_sharing_a_redis_server_keep_their_invalidations_apart(
     shared: str, service: str, buses: list[RedisBus]
 ) -> None:
