@@ -25,6 +25,7 @@ import aiormq
 from aiormq import exceptions as amqp_errors
 
 from millstream.brokers import redact
+from millstream.brokers.rabbitmq_frames import install as install_lenient_decoding
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
 
 __all__ = ["EXPECTED", "NotFound", "RabbitMqOptions", "open_connection", "parse_url", "translated"]
@@ -90,6 +91,7 @@ async def open_connection(url: str, options: RabbitMqOptions) -> aiormq.abc.Abst
     refused credentials must not be tried again, so aiormq's plain
     connection is used, never a robust one.
     """
+    install_lenient_decoding()
     with translated(url):
         async with asyncio.timeout(CONNECT_TIMEOUT):
             return await aiormq.connect(options.client_url)

@@ -21,13 +21,13 @@ from millstream.brokers.base import Lag
 from millstream.brokers.rabbitmq_connection import translated
 from millstream.brokers.rabbitmq_envelope import (
     Names,
-    attempt_of,
     copy,
     dead_copy,
-    message,
+    messages,
     retry_step,
     tag_of,
 )
+from millstream.brokers.rabbitmq_headers import careful
 from millstream.brokers.rabbitmq_topology import declare_retry
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
@@ -60,6 +60,7 @@ class RabbitMqSubscription:
         self.topic = names.topic
         self.group = names.group
         self.prefetch = prefetch_window(prefetch)
+        self._quorum = broker.options.queue_type == "quorum"
         self._consumer_tag: str | None = None
         self._buffer: deque[DeliveredMessage] = deque()
         self._arrived = asyncio.Event()
@@ -95,11 +96,8 @@ class RabbitMqSubscription:
         if not taken:
             self._check_consumer()
             return []
-        topic, popleft = self.topic, buffer.popleft
-        out = []
-        for _ in range(taken):
-            delivered = popleft()
-            out.append(message(topic, delivered, (self, tag_of(delivered))))
+        popleft = buffer.popleft
+        out, _ = messages(self.topic, [popleft() for _ in range(taken)], self, self._quorum)
         if not buffer:
             self._arrived.clear()
         return out
@@ -263,10 +261,11 @@ class RabbitMqSubscription:
         if not held:
             return
         queue = self._names.queue
-        copies: list[Publication] = [
-            ("", queue, d.body, copy(d, **{HEADER_ATTEMPT: attempt_of(d) - 1}))
-            for d in held.values()
-        ]
+        copies: list[Publication] = []
+        for delivered in held.values():
+            found = careful(self.topic, delivered, None, self._quorum, warn=False)
+            copied = copy(delivered, **{HEADER_ATTEMPT: found.attempt - 1})
+            copies.append(("", queue, delivered.body, copied))
         await self._broker.send(copies, mandatory=True)
         with translated(self._broker.url):
             await channel.basic_ack(max(held), multiple=True)

@@ -3,7 +3,10 @@
 Crash: the proxy stops letting anyone in and kills the connection, so the
 member never releases anything; RabbitMQ returns its unacked deliveries at
 once (counted). Cut: the proxy kills the connection; the supervisor
-reconnects through it.
+reconnects through it. Malformed and foreign messages are published byte for
+byte (``tests/brokers/rabbitmq_raw.py``), so they can carry what aio-pika
+would refuse to send. No ``durable_server``: the shared node must not be
+restarted.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.conftest import BrokerFactory, proxied
+from tests.conformance.conftest import BrokerFactory, Malformed, proxied
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
+HOST, PORT = "127.0.0.1", 5672
+
 
 def factory(tmp_path: Path) -> BrokerFactory:
-    require_service("RabbitMQ", "127.0.0.1", 5672)
+    require_service("RabbitMQ", HOST, PORT)
+    from pamqp.commands import Basic
+
     from millstream.brokers.rabbitmq import RabbitMqBroker
-    from tests.brokers.rabbitmq_admin import delete_declared
+    from tests.brokers.rabbitmq_admin import delete_declared, delete_names
+    from tests.brokers.rabbitmq_raw import RawPublish, malformed, publish
 
     opened: list[RabbitMqBroker] = []
 
@@ -30,5 +38,23 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     async def drop(topic: str) -> None:
         await delete_declared(opened)
+        await delete_names(topic, ["g", "billing"])  # what child processes declared
 
-    return proxied("rabbitmq", ("127.0.0.1", 5672), make, drop, redelivery_after_crash=1.0)
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        sent = await malformed(HOST, PORT, topic)
+        return [Malformed(case.field, case.shown, case.message().body) for case in sent]
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        await publish(HOST, PORT, topic, [RawPublish(payload, Basic.Properties())])
+
+    brokers = proxied(
+        "rabbitmq",
+        (HOST, PORT),
+        make,
+        drop,
+        redelivery_after_crash=1.0,
+        process_url=f"amqp://guest:guest@{HOST}:{PORT}/",
+    )
+    brokers.publish_malformed = publish_malformed
+    brokers.publish_raw = publish_raw
+    return brokers

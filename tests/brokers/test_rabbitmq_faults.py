@@ -1,0 +1,97 @@
+"""The RabbitMQ broker under faults: other producers' bytes, lost connections, crashed members.
+
+Against the shared node at 127.0.0.1:5672; what breaks the network goes through
+a TCP proxy (tests/proxy.py), what another producer sends goes byte for byte
+through tests/brokers/rabbitmq_raw.py. Every test deletes what it declared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from millstream.brokers.rabbitmq import RabbitMqBroker
+from millstream.message import Message
+from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
+from tests.brokers.rabbitmq_raw import malformed
+from tests.brokers.scenarios import events, fetch_n, numbers
+from tests.conftest import require_service
+
+GROUPS = ("billing",)
+
+
+@pytest.fixture
+async def topic() -> AsyncIterator[str]:
+    require_service("RabbitMQ", HOST, PORT)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_names(name, GROUPS)
+
+
+async def opened(url: str) -> RabbitMqBroker:
+    broker = RabbitMqBroker.from_url(url)
+    await broker.connect()
+    return broker
+
+
+def by_payload(got: list[Message]) -> dict[str, Message]:
+    return {json.loads(m.payload)["malformed"]: m for m in got if b"malformed" in m.payload}
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_another_producers_malformed_metadata_is_read_with_defaults_and_named(
+    topic: str, queue_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await opened(f"{SHARED}?queue_type={queue_type}")
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=50)
+        assert await sub.fetch(1, 0.01) == []  # consuming
+        cases = await malformed(HOST, PORT, topic)
+        await broker.publish(topic, events(1))
+        got = []  # one at a time: each one read the quick way first
+        for _ in range(len(cases) + 1):
+            got += await sub.fetch(1, 5.0)
+        assert numbers(got[-1:]) == [0], "the connection did not survive the malformed ones"
+        seen = by_payload(got)
+        assert len(seen) == len(cases)
+        assert seen["message_id=b'\\xff\\xfe'"].id == "\\xff\\xfe"
+        assert seen["ms-key=b'k\\xff'"].key == "k\\xff"
+        assert seen["ms-key=42"].key == "42"
+        assert seen["ms-id=42"].id == "42"
+        assert seen["header name=b'\\xfe\\xff'"].headers == {"\\xfe\\xff": "v"}
+        assert seen["headers={'t': {'a': [1, None]}}"].headers == {"t": '{"a":[1,null]}'}
+        assert seen["headers={'b': b'\\xff'}"].headers == {"b": "\\xff"}
+        assert seen["headers={'sent': <2**63-1>}"].headers == {"sent": str(2**63 - 1)}
+        assert {m.attempt for m in got} == {1}, "a producer's counter counted"
+        for stamped in ("timestamp=2**63-1", "ms-published-at='yesterday'"):
+            assert abs(seen[stamped].published_at - time.time()) < 60
+
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        for field, value in [
+            ("message_id", "'\\\\xff\\\\xfe'"),
+            ("header ms-key", "b'k\\xff'"),
+            ("header ms-published-at", "'yesterday'"),
+            ("header ms-attempt", "-3"),
+            ("property timestamp", str(2**63 - 1)),
+            ("header t", "{'a': [1, None]}"),
+        ]:
+            named = [w for w in warnings if topic in w and f"{field} " in w and value in w]
+            assert named, f"no warning names {field}={value}: {warnings}"
+
+        # Copies of them (retry, dead letter) can be written back and keep their id.
+        odd = [seen["message_id=b'\\xff\\xfe'"], seen["headers={'b': b'\\xff'}"]]
+        await sub.settle(
+            [m for m in got if m not in odd], [(odd[0], 0)], [(odd[1], "FatalError: no")]
+        )
+        [again] = await fetch_n(sub, 1)
+        assert (again.id, again.attempt) == (odd[0].id, 2)
+        dlq = await broker.dead_letters(topic, "billing")
+        [letter] = await dlq.list()
+        assert (letter.message_id, letter.headers) == (odd[1].id, {"b": "\\xff"})
+    finally:
+        await broker.close()
