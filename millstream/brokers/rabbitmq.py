@@ -17,7 +17,9 @@ original is acked only after its copy is confirmed (at-least-once).
 A lost connection ends every subscription on it with ``BrokerUnavailable``;
 RabbitMQ returns what they held to their queues, counted (the attempt goes
 up). The supervisor calls :meth:`RabbitMqBroker.connect` and subscribes
-again, which declares the topology again.
+again, which declares the topology again. A connection gone silent (no
+frame, not even a heartbeat, for ``heartbeat`` + 1 seconds) is taken for
+lost the same way.
 """
 
 from __future__ import annotations

@@ -11,13 +11,20 @@ The adapter speaks through aiormq, the AMQP transport under aio-pika (the
 more than everything else the hot path does, and its robust connection
 would reconnect behind the supervisor's back with delivery tags that no
 longer mean anything.
+
+A connection can also go silent without closing (a partition, a peer that
+vanished): nothing arrives and nothing fails. Both ends send a heartbeat
+every ``heartbeat / 2`` seconds of quiet (``heartbeat`` URL parameter,
+millstream's default 5), and a connection on which nothing at all arrived
+for ``heartbeat + 1`` seconds is taken for lost, so a silent partition is
+noticed within ``heartbeat * 1.5 + 1`` seconds (8.5 s by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -35,6 +42,8 @@ EXPECTED = (
     "optionally with ?queue_type=quorum|classic"
 )
 CONNECT_TIMEOUT = 5.0
+HEARTBEAT = 5
+"""Seconds of the AMQP heartbeat unless the URL says (``heartbeat=``; 0 turns it off)."""
 _QUEUE_TYPES = ("quorum", "classic")
 
 
@@ -48,10 +57,11 @@ class RabbitMqOptions:
 
     client_url: str
     queue_type: str = "quorum"
+    heartbeat: int = HEARTBEAT
 
 
 def parse_url(url: str) -> RabbitMqOptions:
-    """Split ``url`` into aiormq's URL and millstream's ``queue_type``.
+    """Split ``url`` into aiormq's URL (with the heartbeat) and millstream's ``queue_type``.
 
     Raises ``ConfigError`` naming the URL (password hidden), what is wrong and
     the expected form.
@@ -69,8 +79,11 @@ def parse_url(url: str) -> RabbitMqOptions:
             f"broker URL {shown!r} has an invalid port; expected {EXPECTED}"
         ) from None
     queue_type = "quorum"
+    heartbeat: int | None = None
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "heartbeat":
+            heartbeat = _heartbeat(value, shown)
         if name != "queue_type":
             rest.append((name, value))
         elif value in _QUEUE_TYPES:
@@ -80,8 +93,35 @@ def parse_url(url: str) -> RabbitMqOptions:
                 f"broker URL {shown!r}: queue_type={value!r} is not one of "
                 f"{', '.join(_QUEUE_TYPES)}; expected e.g. amqp://host:5672/?queue_type=quorum"
             )
+    if heartbeat is None:
+        heartbeat = HEARTBEAT
+        rest.append(("heartbeat", str(HEARTBEAT)))
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
-    return RabbitMqOptions(client_url, queue_type=queue_type)
+    return RabbitMqOptions(client_url, queue_type=queue_type, heartbeat=heartbeat)
+
+
+def _heartbeat(value: str, shown: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= 65535:
+        raise ConfigError(
+            f"broker URL {shown!r}: heartbeat={value!r} is not a whole number of seconds "
+            f"from 0 (off) to 65535; expected e.g. amqp://host:5672/?heartbeat={HEARTBEAT}"
+        )
+    return seconds
+
+
+class _Connection(aiormq.Connection):
+    """aiormq's connection, taking one silent for ``heartbeat + 1`` seconds for lost.
+
+    aiormq waits three times that, which leaves a silent partition
+    unnoticed for 20 seconds at a 5-second heartbeat, while RabbitMQ sends
+    a heartbeat every half of it.
+    """
+
+    HEARTBEAT_GRACE_MULTIPLIER = 1
 
 
 async def open_connection(url: str, options: RabbitMqOptions) -> aiormq.abc.AbstractConnection:
@@ -94,7 +134,14 @@ async def open_connection(url: str, options: RabbitMqOptions) -> aiormq.abc.Abst
     install_lenient_decoding()
     with translated(url):
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            return await aiormq.connect(options.client_url)
+            connection = _Connection(options.client_url)
+            try:
+                await connection.connect()
+            except BaseException:
+                with suppress(Exception):
+                    await connection.close()
+                raise
+            return connection
 
 
 @contextmanager
@@ -104,6 +151,16 @@ def translated(url: str) -> Iterator[None]:
         yield
     except BrokerError:
         raise
+    except asyncio.CancelledError as exc:
+        # aiormq fails every call waiting for an answer with CancelledError
+        # when it gives a connection up as silent; only a cancelled task is
+        # a cancellation.
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise BrokerUnavailable(
+            f"broker {redact(url)}: the connection was lost while waiting for an answer"
+        ) from exc
     except amqp_errors.ProbableAuthenticationError as exc:
         raise _refused(url, exc) from exc
     except amqp_errors.ChannelAccessRefused as exc:

@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from millstream.brokers import connect
 from millstream.brokers.rabbitmq import RabbitMqBroker
+from millstream.errors import ConfigError
 from millstream.message import Message
 from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
 from tests.brokers.rabbitmq_raw import malformed
@@ -41,6 +43,16 @@ async def opened(url: str) -> RabbitMqBroker:
 
 def by_payload(got: list[Message]) -> dict[str, Message]:
     return {json.loads(m.payload)["malformed"]: m for m in got if b"malformed" in m.payload}
+
+
+def test_the_heartbeat_defaults_to_5s_and_a_wrong_one_names_the_fix() -> None:
+    broker = connect("amqp://u:s3cret@mq:5672/")
+    assert isinstance(broker, RabbitMqBroker)
+    assert broker.options.heartbeat == 5
+    assert broker.options.client_url == "amqp://u:s3cret@mq:5672/?heartbeat=5"
+    with pytest.raises(ConfigError, match=r"heartbeat='5s'.*heartbeat=5") as caught:
+        connect("amqp://u:s3cret@mq:5672/?heartbeat=5s")
+    assert "s3cret" not in str(caught.value)
 
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
