@@ -16,10 +16,12 @@ original is acked only after its copy is confirmed (at-least-once).
 
 A lost connection ends every subscription on it with ``BrokerUnavailable``;
 RabbitMQ returns what they held to their queues, counted (the attempt goes
-up). The supervisor calls :meth:`RabbitMqBroker.connect` and subscribes
-again, which declares the topology again. A connection gone silent (no
-frame, not even a heartbeat, for ``heartbeat`` + 1 seconds) is taken for
-lost the same way.
+up). The broker remembers what they held but never handed out, and how
+much may have been on its way, and takes those returns off again when the
+messages come back (see :mod:`millstream.brokers.rabbitmq_returns`). The supervisor calls
+:meth:`RabbitMqBroker.connect` and subscribes again, which declares the
+topology again. A connection gone silent (no frame, not even a heartbeat,
+for ``heartbeat`` + 1 seconds) is taken for lost the same way.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from millstream.brokers.rabbitmq_connection import (
 )
 from millstream.brokers.rabbitmq_dead_letters import RabbitMqDeadLetters
 from millstream.brokers.rabbitmq_envelope import Names, encode, tag_of
+from millstream.brokers.rabbitmq_returns import Returns
 from millstream.brokers.rabbitmq_subscription import RabbitMqSubscription
 from millstream.brokers.rabbitmq_topology import declare_group, declare_topic
 from millstream.errors import BrokerUnavailable
@@ -78,6 +81,8 @@ class RabbitMqBroker:
         self._lock = asyncio.Lock()
         self._topics: set[str] = set()  # declared on this connection
         self._subscriptions: list[RabbitMqSubscription] = []
+        # Per queue: what lost subscriptions held, for the deliveries that come back.
+        self._returns: dict[str, Returns] = {}
         self.declared: set[tuple[str, str]] = set()
         """("exchange" | "queue", name) of everything this broker declared: for cleanup tools."""
 
@@ -175,7 +180,8 @@ class RabbitMqBroker:
         """Join ``group`` on ``topic``: declare its topology, adopt unrouted messages, consume.
 
         Consuming starts at the first fetch, so a member that never fetches
-        takes nothing from the others.
+        takes nothing from the others. ``member`` names it in takeover logs;
+        RabbitMQ returns what a crashed member held at once, whatever its name.
         """
         names = Names(topic, group)
         channel = await self.channel(confirms=False)
@@ -190,7 +196,7 @@ class RabbitMqBroker:
             with suppress(Exception):
                 await channel.close()
             raise
-        subscription = RabbitMqSubscription(self, names, channel, prefetch)
+        subscription = RabbitMqSubscription(self, names, channel, prefetch, member)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -209,6 +215,14 @@ class RabbitMqBroker:
                 raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
         with translated(self.url):
             return await connection.channel(publisher_confirms=confirms)
+
+    def returns(self, queue: str, most: int) -> Returns:
+        """What lost subscriptions of ``queue`` held, remembering at least ``most`` messages."""
+        found = self._returns.get(queue)
+        if found is None:
+            found = self._returns[queue] = Returns(most)
+        found.most = max(found.most, most)
+        return found
 
     def forget(self, subscription: RabbitMqSubscription) -> None:
         """Stop tracking a closed subscription."""

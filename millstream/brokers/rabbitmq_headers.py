@@ -60,6 +60,7 @@ __all__ = [
     "content_id",
     "json_value",
     "number",
+    "returns_of",
     "storable",
     "text",
 ]
@@ -179,6 +180,15 @@ def _attempt(
                 returns, int, 1, minimum=1, shown=f"header {DELIVERY_COUNT}", problems=problems
             )
     return attempt
+
+
+def returns_of(delivered: DeliveredMessage, quorum: bool) -> int:
+    """How many times RabbitMQ returned this copy before this delivery (0: the first)."""
+    if not getattr(delivered.delivery, "redelivered", False):
+        return 0
+    raw = delivered.header.properties.headers
+    count = raw.get(DELIVERY_COUNT) if quorum and isinstance(raw, dict) else None
+    return 1 if count is None else number(count, int, 1, minimum=1, shown=DELIVERY_COUNT)
 
 
 def _published_at(value: object, stamp: object, problems: list[str]) -> float:

@@ -3,13 +3,21 @@
 RabbitMQ pushes deliveries up to the prefetch window; they wait in the
 subscription until ``fetch`` hands them out. Every delivery not yet settled
 is *held* (by delivery tag): what ``settle`` acks, what ``lag`` counts and
-what ``close`` releases.
+what ``close`` releases. When the channel is lost instead, what it held goes
+into the broker's :class:`~millstream.brokers.rabbitmq_returns.Returns` of
+the queue, so the deliveries that come back are counted as they should be.
+
+A redelivery (RabbitMQ returned it when the channel of the member holding it
+closed without settling it: a crash, or a lost connection) is a takeover:
+counted in ``taken_over`` and logged once per fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import logging
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -27,7 +35,8 @@ from millstream.brokers.rabbitmq_envelope import (
     retry_step,
     tag_of,
 )
-from millstream.brokers.rabbitmq_headers import careful
+from millstream.brokers.rabbitmq_headers import careful, returns_of
+from millstream.brokers.rabbitmq_returns import Loss
 from millstream.brokers.rabbitmq_topology import declare_retry
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
     from millstream.brokers.rabbitmq import Publication, RabbitMqBroker
 
 __all__ = ["RabbitMqSubscription", "prefetch_window"]
+
+log = logging.getLogger("millstream.brokers")
 
 
 def prefetch_window(prefetch: int) -> int:
@@ -51,7 +62,12 @@ class RabbitMqSubscription:
     """A consumer on the group's queue; receipts are ``(subscription, delivery tag)``."""
 
     def __init__(
-        self, broker: RabbitMqBroker, names: Names, channel: AbstractChannel, prefetch: int
+        self,
+        broker: RabbitMqBroker,
+        names: Names,
+        channel: AbstractChannel,
+        prefetch: int,
+        member: str | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
@@ -59,8 +75,10 @@ class RabbitMqSubscription:
         self._channel = channel
         self.topic = names.topic
         self.group = names.group
+        self.member = member
         self.prefetch = prefetch_window(prefetch)
         self._quorum = broker.options.queue_type == "quorum"
+        self._returns = broker.returns(names.queue, most=8 * self.prefetch)
         self._consumer_tag: str | None = None
         self._buffer: deque[DeliveredMessage] = deque()
         self._arrived = asyncio.Event()
@@ -68,9 +86,11 @@ class RabbitMqSubscription:
         # every tag in delivery order until the run below it is acked.
         self._held: dict[int, DeliveredMessage] = {}
         self._order: deque[int] = deque()
+        self._acking: list[dict[int, DeliveredMessage]] = []  # acks on their way, by batch
         self._retry_queues: set[int] = set()
         self._closed = False
         self._lost = False
+        self._loss_noted = False
         channel.closing.add_done_callback(self._on_channel_closed)
 
     # -- receiving ---------------------------------------------------------------
@@ -97,9 +117,13 @@ class RabbitMqSubscription:
             self._check_consumer()
             return []
         popleft = buffer.popleft
-        out, _ = messages(self.topic, [popleft() for _ in range(taken)], self, self._quorum)
+        out, again = messages(self.topic, [popleft() for _ in range(taken)], self, self._quorum)
         if not buffer:
             self._arrived.clear()
+        returns = self._returns
+        back = returns.correct(out, self._returns_of) if returns else None
+        if again:
+            self._took_over(again, back)
         return out
 
     async def _consume(self) -> None:
@@ -115,9 +139,64 @@ class RabbitMqSubscription:
         self._buffer.append(delivered)
         self._arrived.set()
 
+    def _returns_of(self, handed: Message) -> int:
+        return returns_of(self._held[handed.receipt[1]], self._quorum)
+
     def _on_channel_closed(self, _: object) -> None:
-        self._lost = True
+        if not self._closed:
+            self._lost = True
+            self._note_loss()
         self._arrived.set()  # wake a waiting fetch, which raises
+
+    def _note_loss(self) -> None:
+        """The channel is gone with what it held: RabbitMQ returns all of it, counted."""
+        if self._loss_noted or self._consumer_tag is None:
+            return
+        self._loss_noted = True
+        held = self._held
+        unhanded = {tag_of(delivered) for delivered in self._buffer}
+        buffered: list[tuple[str, int, int]] = []
+        handed: list[tuple[str, int]] = []
+        for acking in self._acking:
+            held.update(acking)  # handled, the acks lost: the runtime knows them
+        for tag, delivered in held.items():
+            found = careful(self.topic, delivered, None, self._quorum, warn=False)
+            if tag in unhanded:
+                buffered.append((found.id, found.attempt, returns_of(delivered, self._quorum)))
+            else:
+                handed.append((found.id, found.attempt))
+        # RabbitMQ may have sent up to its window in all: what did not arrive comes back too.
+        loss = Loss(self.member or "", time.monotonic(), max(0, self.prefetch - len(held)))
+        held.clear()
+        self._acking.clear()
+        self._buffer.clear()
+        self._returns.lost(loss, buffered, handed)
+
+    def _took_over(self, again: int, back: Counter[Loss] | None) -> None:
+        """Count redeliveries as taken over and say it once: how many, and whose."""
+        self.taken_over += again
+        parts, known = [], 0
+        now = time.monotonic()
+        for loss, count in (back or {}).items():
+            known += count
+            who = loss.member or "a member without a name"
+            parts.append(
+                f"{count} held by {who} in this process, whose connection was lost "
+                f"{now - loss.at:.1f}s ago"
+            )
+        if again > known:
+            parts.append(
+                f"{again - known} held by a member that stopped without releasing them "
+                "(it crashed or lost its connection; RabbitMQ does not say which)"
+            )
+        log.warning(
+            "rabbitmq: member %s took over %d message(s) of %s/%s: %s",
+            self.member or "(no name)",
+            again,
+            self.topic,
+            self.group,
+            "; ".join(parts),
+        )
 
     # -- settling ----------------------------------------------------------------
 
@@ -149,6 +228,10 @@ class RabbitMqSubscription:
             await self._broker.send(copies, mandatory=True)
         if tags:
             await self._ack(tags)
+            if self._returns:
+                self._returns.settled(m.id for m in acks)
+                self._returns.settled(m.id for m, _ in retries)
+                self._returns.settled(m.id for m, _ in deads)
 
     async def _retry_copy(
         self, delivered: DeliveredMessage, attempt: int, delay: float
@@ -175,8 +258,9 @@ class RabbitMqSubscription:
         """
         held, order = self._held, self._order
         done = set(tags)
-        for tag in done:
-            held.pop(tag, None)
+        # Until the acks are known applied, a lost channel returns these too.
+        acking = {tag: held.pop(tag) for tag in done if tag in held}
+        self._acking.append(acking)
         top = 0
         while order and order[0] not in held:
             tag = order.popleft()
@@ -194,6 +278,7 @@ class RabbitMqSubscription:
             # so one round trip on this channel, which handles frames in
             # order, proves the acks were applied: one per batch, not per ack.
             await channel.basic_qos(prefetch_count=self.prefetch)
+        self._acking.remove(acking)
 
     def _tag(self, m: Message) -> int | None:
         receipt = m.receipt
@@ -233,7 +318,7 @@ class RabbitMqSubscription:
         A held message goes back as a confirmed copy at the same attempt,
         then the original is acked; returning it with a reject would count
         a delivery. After a lost connection RabbitMQ has already returned
-        everything, counted.
+        everything, counted: the broker remembers what, for the next member.
         """
         if self._closed:
             return
@@ -244,10 +329,11 @@ class RabbitMqSubscription:
             if not self._lost:
                 await self._release(channel)
         except BrokerError:
-            pass
+            self._note_loss()
         finally:
             self._buffer.clear()
             self._held.clear()
+            self._acking.clear()
             self._order.clear()
             with suppress(Exception):
                 await channel.close()
@@ -260,15 +346,23 @@ class RabbitMqSubscription:
         held = self._held
         if not held:
             return
-        queue = self._names.queue
+        queue, returns = self._names.queue, self._returns
         copies: list[Publication] = []
+        released: list[str] = []
         for delivered in held.values():
             found = careful(self.topic, delivered, None, self._quorum, warn=False)
-            copied = copy(delivered, **{HEADER_ATTEMPT: found.attempt - 1})
-            copies.append(("", queue, delivered.body, copied))
+            attempt = found.attempt
+            if returns:
+                again = returns_of(delivered, self._quorum)
+                attempt = returns.corrected(found.id, found.attempt, again)
+            copies.append(
+                ("", queue, delivered.body, copy(delivered, **{HEADER_ATTEMPT: attempt - 1}))
+            )
+            released.append(found.id)
         await self._broker.send(copies, mandatory=True)
         with translated(self._broker.url):
             await channel.basic_ack(max(held), multiple=True)
+        returns.settled(released)
 
     def _check_consumer(self) -> None:
         """RabbitMQ cancels a consumer whose queue was deleted: that must not look like quiet."""

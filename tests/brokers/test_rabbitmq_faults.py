@@ -7,11 +7,12 @@ through tests/brokers/rabbitmq_raw.py. Every test deletes what it declared.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -23,6 +24,7 @@ from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
 from tests.brokers.rabbitmq_raw import malformed
 from tests.brokers.scenarios import events, fetch_n, numbers
 from tests.conftest import require_service
+from tests.proxy import TcpProxy
 
 GROUPS = ("billing",)
 
@@ -35,10 +37,21 @@ async def topic() -> AsyncIterator[str]:
     await delete_names(name, GROUPS)
 
 
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    require_service("RabbitMQ", HOST, PORT)
+    with TcpProxy(HOST, PORT) as running:
+        yield running
+
+
 async def opened(url: str) -> RabbitMqBroker:
     broker = RabbitMqBroker.from_url(url)
     await broker.connect()
     return broker
+
+
+def through(proxy: TcpProxy) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
 
 
 def by_payload(got: list[Message]) -> dict[str, Message]:
@@ -107,3 +120,101 @@ async def test_another_producers_malformed_metadata_is_read_with_defaults_and_na
         assert (letter.message_id, letter.headers) == (odd[1].id, {"b": "\\xff"})
     finally:
         await broker.close()
+
+
+async def test_a_crashed_members_messages_are_taken_over_and_counted(
+    topic: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    crashing = await opened(through(proxy))
+    survivor = await opened(SHARED)
+    try:
+        doomed = await crashing.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        await crashing.publish(topic, events(10))
+        assert len(await fetch_n(doomed, 4)) == 4  # and the other 6 sit in its window
+        await doomed.lag()  # the 6 are in by the time its answer is
+        proxy.pause()
+        proxy.cut()  # it crashed: it never releases anything
+
+        sub = await survivor.subscribe(topic, "billing", prefetch=10, member="web-2.charge")
+        caplog.clear()
+        first = await sub.fetch(1, 5.0)  # starts consuming
+        await sub.lag()  # the other 9 are in by the time its answer is
+        got = first + await sub.fetch(10, 0)
+        assert sorted(numbers(got)) == list(range(10))
+        assert {m.attempt for m in got} == {2}, "a crash counts, handed out or not"
+        assert sub.taken_over == 10
+        said = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+        assert [line.split(":")[1].split(" of ")[0] for line in said] == [
+            " member web-2.charge took over 1 message(s)",
+            " member web-2.charge took over 9 message(s)",
+        ]
+        assert all(topic in line and "stopped without releasing" in line for line in said)
+    finally:
+        await crashing.close()
+        await survivor.close()
+
+
+async def test_deliveries_lost_unhanded_are_no_attempt_but_a_crash_counts(
+    topic: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await opened(through(proxy))
+    other = await opened(SHARED)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        await other.publish(topic, events(8))
+        for n in range(3):
+            [one] = await sub.fetch(1, 5.0)
+            # The first of what the lost members only had in their windows: no attempt.
+            assert (numbers([one]), one.attempt) == ([n], 1)
+            await sub.settle([one], [], [])
+            await sub.lag()  # the rest are in its window by the time its answer is
+            proxy.cut()
+            await sub.close()
+            await broker.connect()
+            sub = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        rest = await fetch_n(sub, 5)
+        assert (numbers(rest), {m.attempt for m in rest}) == ([3, 4, 5, 6, 7], {1})
+        assert sub.taken_over == 5
+        assert any("held by web-1.charge in this process" in r.getMessage() for r in caplog.records)
+
+        proxy.pause()
+        proxy.cut()  # now it crashes with them handed out: another process counts that,
+        taker = await other.subscribe(topic, "billing", prefetch=10)  # and every return
+        assert {m.attempt for m in await fetch_n(taker, 5)} == {5}
+    finally:
+        await broker.close()
+        await other.close()
+
+
+async def test_deliveries_lost_on_the_wire_are_no_attempt(topic: str, proxy: TcpProxy) -> None:
+    broker = await opened(through(proxy))
+    other = await opened(SHARED)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        assert await sub.fetch(1, 0.01) == []  # consuming
+        proxy.blackhole()
+        await other.publish(topic, events(5))
+        await until_sent(other, f"{topic}.billing")  # into the void: none arrives
+        proxy.cut()
+        proxy.heal()
+        await sub.close()
+        await broker.connect()
+        sub = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        got = await fetch_n(sub, 5)
+        assert sorted(numbers(got)) == list(range(5))
+        assert {m.attempt for m in got} == {1}, "deliveries that never arrived counted"
+    finally:
+        await broker.close()
+        await other.close()
+
+
+async def until_sent(broker: RabbitMqBroker, queue: str, within: float = 10.0) -> None:
+    """Wait until ``queue`` has nothing ready: RabbitMQ sent it all to its consumer."""
+    channel = await broker.channel(confirms=False)
+    deadline = time.monotonic() + within
+    try:
+        while (await channel.queue_declare(queue, passive=True)).message_count:
+            assert time.monotonic() < deadline, f"{queue} kept messages ready for {within}s"
+            await asyncio.sleep(0.02)
+    finally:
+        await channel.close()
