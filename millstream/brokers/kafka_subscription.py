@@ -46,7 +46,7 @@ from millstream.brokers.kafka_records import (
     dead_letter_headers,
     dlq_topic,
     due,
-    message,
+    messages,
     retry_headers,
     retry_topic,
 )
@@ -172,8 +172,7 @@ class KafkaSubscription:
                 records = self._due(tp, records)
             if not records:
                 continue
-            before = self._marks.before(tp)
-            taken += [message(topic, r, r.offset < before, claim) for r in records]
+            taken += messages(topic, records, self._marks.before(tp), claim)
             self._trackers[tp.topic].started(tp.partition, [r.offset for r in records])
             handed[tp] = records[-1].offset + 1
         if handed:
