@@ -188,7 +188,7 @@ class RabbitMqBroker:
             with suppress(Exception):
                 await channel.close()
             raise
-        subscription = RabbitMqSubscription(self, names, channel, prefetch)
+        subscription = RabbitMqSubscription(self, names, channel, prefetch, member)
         self._subscriptions.append(subscription)
         return subscription
 

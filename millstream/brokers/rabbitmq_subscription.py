@@ -9,6 +9,7 @@ what ``close`` releases.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
@@ -19,15 +20,8 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
 from millstream.brokers.rabbitmq_connection import translated
-from millstream.brokers.rabbitmq_envelope import (
-    Names,
-    attempt_of,
-    copy,
-    dead_copy,
-    message,
-    retry_step,
-    tag_of,
-)
+from millstream.brokers.rabbitmq_envelope import Names, copy, dead_copy, retry_step, tag_of
+from millstream.brokers.rabbitmq_reading import attempt_of, messages
 from millstream.brokers.rabbitmq_topology import declare_retry
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
@@ -36,6 +30,8 @@ if TYPE_CHECKING:
     from millstream.brokers.rabbitmq import Publication, RabbitMqBroker
 
 __all__ = ["RabbitMqSubscription", "prefetch_window"]
+
+log = logging.getLogger("millstream.brokers.rabbitmq")
 
 
 def prefetch_window(prefetch: int) -> int:
@@ -51,9 +47,15 @@ class RabbitMqSubscription:
     """A consumer on the group's queue; receipts are ``(subscription, delivery tag)``."""
 
     def __init__(
-        self, broker: RabbitMqBroker, names: Names, channel: AbstractChannel, prefetch: int
+        self,
+        broker: RabbitMqBroker,
+        names: Names,
+        channel: AbstractChannel,
+        prefetch: int,
+        member: str | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
+        self.member = member
         self._broker = broker
         self._names = names
         self._channel = channel
@@ -95,14 +97,25 @@ class RabbitMqSubscription:
         if not taken:
             self._check_consumer()
             return []
-        topic, popleft = self.topic, buffer.popleft
-        out = []
-        for _ in range(taken):
-            delivered = popleft()
-            out.append(message(topic, delivered, (self, tag_of(delivered))))
+        popleft = buffer.popleft
+        out, returned = messages(self.topic, [popleft() for _ in range(taken)], self)
         if not buffer:
             self._arrived.clear()
+        if returned:
+            self._took_over(returned)
         return out
+
+    def _took_over(self, count: int) -> None:
+        self.taken_over += count
+        log.warning(
+            "rabbitmq: member %s took over %d message(s) of %s/%s that RabbitMQ returned "
+            "from a member that went without acking them (a crash or a lost connection); "
+            "each counts an attempt",
+            self.member or "(unnamed)",
+            count,
+            self.topic,
+            self.group,
+        )
 
     async def _consume(self) -> None:
         with translated(self._broker.url):
