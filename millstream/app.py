@@ -190,7 +190,10 @@ class Millstream:
         from millstream.cache import Cache, open_bus
 
         if self._bus is None:
-            self._bus = open_bus(self.settings.cache_url)
+            settings = self.settings
+            self._bus = open_bus(
+                settings.cache_url, channel=settings.cache_channel, store_url=settings.store_url
+            )
         cache: Cache[Any] = Cache(name, ttl=ttl, max_entries=max_entries, bus=self._bus)
         self._caches[name] = cache
         return cache

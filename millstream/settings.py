@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         description="redis:// URL carrying cache invalidations between instances "
         "(in-process only when unset)",
     )
+    cache_channel: str | None = Field(
+        None,
+        min_length=1,
+        description="name the instances of one service share cache invalidations under, on "
+        "the database of cache_url; give every instance of a service the same one and other "
+        "services another (default: derived from store_url's host, port and database or "
+        "file path, so set it when instances reach one database by different addresses)",
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

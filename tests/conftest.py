@@ -55,3 +55,24 @@ def postgres_url() -> Iterator[str]:
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- figures the fault tests measure, printed once at the end of the run -------------
+
+_FIGURES: list[str] = []
+
+
+def report(test: str, **figures: object) -> None:
+    """Record one line of measured figures (counts, seconds) for the end-of-run summary."""
+    shown = ", ".join(
+        f"{name}={value:.2f}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in figures.items()
+    )
+    _FIGURES.append(f"{test}: {shown}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("fault figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

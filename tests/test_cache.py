@@ -1,8 +1,8 @@
 """Read caches: TTL/LRU, single flight, the stale-fill race, and invalidation across instances.
 
 The cache logic runs in process (a fake clock where time matters). The Redis
-bus runs against the shared Redis at 127.0.0.1:6379, each test on a channel
-named by a fresh uuid (pub/sub leaves no keys behind), with a TCP proxy in
+bus runs against the shared Redis at 127.0.0.1:6379, each test on the channel
+of a service named by a fresh uuid (pub/sub leaves no keys behind), with a TCP proxy in
 between where the network has to break.
 """
 
@@ -29,6 +29,7 @@ from millstream.cache import (
     redis_bus,
     register_cache_metrics,
 )
+from millstream.cache.bus import service_channel
 from millstream.cache.redis_bus import RedisBus
 from millstream.errors import ConfigError
 from tests.brokers.redis_server import RedisServer, free_port
@@ -76,7 +77,7 @@ def shared() -> str:
 
 
 @pytest.fixture
-def channel() -> str:
+def service() -> str:
     return f"test-cache-{uuid.uuid4().hex[:12]}"
 
 
@@ -95,8 +96,8 @@ async def buses() -> AsyncIterator[list[RedisBus]]:
         await bus.close()
 
 
-async def started(buses: list[RedisBus], url: str, channel: str) -> RedisBus:
-    bus = RedisBus(url, channel, heartbeat=0.5)
+async def started(buses: list[RedisBus], url: str, service: str) -> RedisBus:
+    bus = RedisBus(url, service, heartbeat=0.5)
     buses.append(bus)
     await bus.start()
     return bus
@@ -292,11 +293,14 @@ def test_open_bus_chooses_by_cache_url() -> None:
     assert open_bus(None) is process_bus()
     assert isinstance(open_bus("redis://127.0.0.1:6379/0"), RedisBus)
     assert isinstance(open_bus("rediss://cache.internal:6380"), RedisBus)
+    by_query = open_bus("redis://127.0.0.1:6379?db=7", channel="orders")
+    assert isinstance(by_query, RedisBus) and by_query.channel == "millstream:cache:7:orders"
     for wrong, problem in [
         ("memcached://127.0.0.1:11211", "is not a Redis URL"),
         ("127.0.0.1:6379", "is not a Redis URL"),
         ("redis://", "has no host"),
         ("redis://127.0.0.1:6379/cache", "is not a database number"),
+        ("redis://127.0.0.1:6379?db=seven", "is not a database number"),
     ]:
         with pytest.raises(ConfigError, match=problem) as raised:
             open_bus(wrong)
@@ -330,9 +334,9 @@ async def test_two_apps_in_one_process_share_invalidations() -> None:
 
 
 async def test_redis_bus_invalidates_the_other_instance(
-    shared: str, channel: str, buses: list[RedisBus]
+    shared: str, service: str, buses: list[RedisBus]
 ) -> None:
-    first, second = await started(buses, shared, channel), await started(buses, shared, channel)
+    first, second = await started(buses, shared, service), await started(buses, shared, service)
     assert first.connected and second.connected and first.origin != second.origin
     one: Cache[str] = Cache("orders", bus=first)
     two: Cache[str] = Cache("orders", bus=second)
@@ -361,17 +365,91 @@ async def test_two_apps_with_a_cache_url_share_invalidations(shared: str) -> Non
         await until(lambda: two.get("1") is None)
 
 
-async def test_a_malformed_message_is_ignored(
-    shared: str, channel: str, buses: list[RedisBus], caplog: pytest.LogCaptureFixture
+async def test_apps_of_two_services_on_one_redis_keep_their_invalidations_apart(
+    shared: str, tmp_path: Path
 ) -> None:
-    first, second = await started(buses, shared, channel), await started(buses, shared, channel)
+    name = f"orders-{uuid.uuid4().hex[:8]}"
+    orders = Millstream("memory://", cache_url=shared, store_url=f"sqlite:///{tmp_path}/o.db")
+    billing = Millstream("memory://", cache_url=shared, store_url=f"sqlite:///{tmp_path}/b.db")
+    twin = Millstream("memory://", cache_url=shared, store_url=f"sqlite:///{tmp_path}/o.db")
+    mine, theirs, peer = orders.cache(name), billing.cache(name), twin.cache(name)
+    async with orders, billing, twin:
+        theirs.put("1", "old")
+        peer.put("1", "old")
+        await mine.invalidate(["1"])
+        await until(lambda: peer.get("1") is None)  # another instance of the same service
+        await asyncio.sleep(0.1)  # Redis sent it to every subscriber of its channel at once
+        assert theirs.get("1") == "old"
+
+
+async def test_services_sharing_a_redis_server_keep_their_invalidations_apart(
+    shared: str, service: str, buses: list[RedisBus]
+) -> None:
+    """Two instances of one service share invalidations; the same service name on database
+    7, or another service on database 0, never sees them (a Redis server delivers a channel's
+    messages to subscribers of every database)."""
+    db7 = shared.removesuffix("/0") + "/7"
+    other = f"{service}-other"
+
+    async def bus(url: str, name: str) -> RedisBus:
+        opened = open_bus(url, channel=name, store_url="postgresql://db/orders")
+        assert isinstance(opened, RedisBus)
+        buses.append(opened)
+        await opened.start()
+        return opened
+
+    sender, peer = await bus(shared, service), await bus(shared, service)
+    elsewhere = {"db 7": await bus(db7, service), "another service": await bus(shared, other)}
+    peers = {"db 7": await bus(db7, service), "another service": await bus(shared, other)}
+    caches: dict[str, Cache[str]] = {}
+    for label, each in [("sender", sender), ("peer", peer), *elsewhere.items()]:
+        caches[label] = Cache("orders", bus=each)
+        caches[label].put("1", "old")
+        caches[label].put("sentinel", "old")
+    await caches["sender"].invalidate(["1"])
+    await until(lambda: caches["peer"].get("1") is None)
+    for label, isolated in elsewhere.items():
+        # Published after the invalidation above: had that reached this bus, it came first.
+        await Cache("orders", bus=peers[label]).invalidate(["sentinel"])
+        await until(lambda: caches[label].get("sentinel") is None)  # noqa: B023
+        assert caches[label].get("1") == "old", f"{label}: {isolated.channel}"
+
+
+def test_the_default_channel_is_the_service_store() -> None:
+    """Instances of one database share a channel whatever their credentials or pool size."""
+    pg = "postgresql://{}@db.internal{}/orders{}"
+    same = {
+        service_channel(None, pg.format("app:secret", ":5432", "")),
+        service_channel(None, pg.format("reader", "", "?pool_size=3")),
+        service_channel(None, pg.format("app", "", "")),
+    }
+    assert len(same) == 1 and next(iter(same)).startswith("orders-")
+    assert "secret" not in next(iter(same))
+    others = {
+        service_channel(None, pg.format("app", "", "")),
+        service_channel(None, "postgresql://app@db.internal/billing"),
+        service_channel(None, "postgresql://app@db.other/orders"),
+        service_channel(None, "sqlite:///./a/state.db"),
+        service_channel(None, "sqlite:///./b/state.db"),
+    }
+    assert len(others) == 5
+    assert service_channel(None, "sqlite:///./a/state.db") == service_channel(
+        None, f"sqlite:///{Path('a/state.db').absolute()}"
+    )
+    assert service_channel("billing", "postgresql://app@db.internal/orders") == "billing"
+
+
+async def test_a_malformed_message_is_ignored(
+    shared: str, service: str, buses: list[RedisBus], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = await started(buses, shared, service), await started(buses, shared, service)
     one: Cache[str] = Cache("orders", bus=first)
     two: Cache[str] = Cache("orders", bus=second)
     two.put("1", "old")
     client = redis.asyncio.Redis.from_url(shared)
     try:
-        await client.publish(channel, b"not json")
-        await client.publish(channel, b'{"origin": "x", "cache": "orders", "keys": "1"}')
+        await client.publish(first.channel, b"not json")
+        await client.publish(first.channel, b'{"origin": "x", "cache": "orders", "keys": "1"}')
     finally:
         await client.aclose()
     await one.invalidate(["1"])
@@ -381,10 +459,10 @@ async def test_a_malformed_message_is_ignored(
 
 
 async def test_a_cut_connection_clears_the_caches_and_resumes(
-    shared: str, channel: str, proxy: TcpProxy, buses: list[RedisBus]
+    shared: str, service: str, proxy: TcpProxy, buses: list[RedisBus]
 ) -> None:
-    direct = await started(buses, shared, channel)
-    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", channel)
+    direct = await started(buses, shared, service)
+    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", service)
     assert behind.connected
     one: Cache[str] = Cache("orders", bus=direct)
     two: Cache[str] = Cache("orders", bus=behind)
@@ -405,13 +483,13 @@ async def test_a_cut_connection_clears_the_caches_and_resumes(
 
 async def test_a_broadcast_that_fails_is_logged_and_sent_after_reconnect(
     shared: str,
-    channel: str,
+    service: str,
     proxy: TcpProxy,
     buses: list[RedisBus],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    direct = await started(buses, shared, channel)
-    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", channel)
+    direct = await started(buses, shared, service)
+    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", service)
     one: Cache[str] = Cache("orders", bus=behind)
     two: Cache[str] = Cache("orders", bus=direct)
     two.put("1", "old")
@@ -426,14 +504,14 @@ async def test_a_broadcast_that_fails_is_logged_and_sent_after_reconnect(
 
 async def test_too_many_unsent_keys_invalidate_the_whole_cache_elsewhere(
     shared: str,
-    channel: str,
+    service: str,
     proxy: TcpProxy,
     buses: list[RedisBus],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(redis_bus, "MAX_UNSENT", 2)
-    direct = await started(buses, shared, channel)
-    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", channel)
+    direct = await started(buses, shared, service)
+    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", service)
     one: Cache[str] = Cache("orders", bus=behind)
     two: Cache[str] = Cache("orders", bus=direct)
     users: Cache[str] = Cache("users", bus=direct)
@@ -451,11 +529,11 @@ async def test_too_many_unsent_keys_invalidate_the_whole_cache_elsewhere(
 
 
 async def test_unreachable_redis_does_not_stop_the_start(
-    buses: list[RedisBus], channel: str, caplog: pytest.LogCaptureFixture
+    buses: list[RedisBus], service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="millstream")
     with TcpProxy("127.0.0.1", free_port()) as nowhere:  # nothing listens behind it
-        bus = RedisBus(f"redis://127.0.0.1:{nowhere.port}/0", channel, heartbeat=0.5)
+        bus = RedisBus(f"redis://127.0.0.1:{nowhere.port}/0", service, heartbeat=0.5)
         buses.append(bus)
         await asyncio.wait_for(bus.start(), 5)
         assert not bus.connected
@@ -468,17 +546,17 @@ async def test_unreachable_redis_does_not_stop_the_start(
 
 
 async def test_the_bus_connects_once_redis_answers(
-    shared: str, channel: str, proxy: TcpProxy, buses: list[RedisBus]
+    shared: str, service: str, proxy: TcpProxy, buses: list[RedisBus]
 ) -> None:
     proxy.pause()
-    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", channel)
+    behind = await started(buses, f"redis://127.0.0.1:{proxy.port}/0", service)
     assert not behind.connected
     two: Cache[str] = Cache("orders", bus=behind)
     two.put("1", "maybe stale")
     proxy.resume()
     await until(lambda: behind.connected)
     assert two.size == 0  # filled before the subscription: may have missed invalidations
-    direct = await started(buses, shared, channel)
+    direct = await started(buses, shared, service)
     one: Cache[str] = Cache("orders", bus=direct)
     two.put("1", "old")
     await one.invalidate(["1"])
@@ -486,11 +564,11 @@ async def test_the_bus_connects_once_redis_answers(
 
 
 async def test_a_server_that_stops_answering_is_noticed_by_the_heartbeat(
-    tmp_path: Path, channel: str, buses: list[RedisBus]
+    tmp_path: Path, service: str, buses: list[RedisBus]
 ) -> None:
     """A connection that hangs without closing: only the pings can tell."""
     with RedisServer(tmp_path) as server:
-        bus = await started(buses, server.url, channel)  # heartbeat 0.5 s
+        bus = await started(buses, server.url, service)  # heartbeat 0.5 s
         cache: Cache[str] = Cache("orders", bus=bus)
         cache.put("1", "old")
         process = server._process
@@ -506,10 +584,10 @@ async def test_a_server_that_stops_answering_is_noticed_by_the_heartbeat(
 
 
 async def test_refused_credentials_are_logged_with_the_fix(
-    tmp_path: Path, channel: str, buses: list[RedisBus], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, service: str, buses: list[RedisBus], caplog: pytest.LogCaptureFixture
 ) -> None:
     with RedisServer(tmp_path, password="s3cret") as server:
-        bus = await started(buses, f"redis://127.0.0.1:{server.port}/0", channel)
+        bus = await started(buses, f"redis://127.0.0.1:{server.port}/0", service)
         assert not bus.connected
         assert "setting cache_url='redis://127.0.0.1" in caplog.text
         assert "put the right user and password in the URL" in caplog.text

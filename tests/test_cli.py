@@ -262,3 +262,29 @@ def test_demo_serves_the_order_service_with_payments_and_poison(tmp_path: Path) 
         process.communicate(timeout=30)
         log.close()
     assert process.returncode == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+
+
+def test_dlq_replay_honours_the_replay_rate_and_answers_missing_ids_at_once(
+    broker_url: str,
+) -> None:
+    bury(broker_url, "payments", "orders", [b'{"n":%d}' % n for n in range(30)])
+
+    started = time.monotonic()
+    missing = invoke(
+        "dlq", "replay", "payments", "-g", "orders", "-b", broker_url,
+        *[arg for n in range(2000) for arg in ("--id", f"nothing-{n}")],
+        env={"MILLSTREAM_DLQ_REPLAY_RATE": "10"},
+    )  # fmt: skip
+    assert missing.exit_code == 0, missing.output
+    assert "replayed 0 dead letter(s)" in missing.stdout
+    assert time.monotonic() - started < 3  # nothing replayed costs no time
+
+    started = time.monotonic()
+    paced = invoke(
+        "dlq", "replay", "payments", "-g", "orders", "-b", broker_url,
+        env={"MILLSTREAM_DLQ_REPLAY_RATE": "10"},
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert paced.exit_code == 0, paced.output
+    assert "replayed 30 dead letter(s)" in paced.stdout
+    assert elapsed >= 1.9, f"30 letters at 10/s went back in {elapsed:.2f}s"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.js import api
 from nats.js import errors as js_errors
@@ -29,20 +30,13 @@ from nats.js import errors as js_errors
 from millstream.brokers import redact
 from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
-from millstream.brokers.nats_connection import (
-    REQUEST_TIMEOUT,
-    Connection,
-    Names,
-    NatsOptions,
-    api_error,
-    check_topic,
-    parse_url,
-    translated,
-)
+from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_dead_letters import NatsDeadLetters
 from millstream.brokers.nats_envelope import letter_headers, topic_headers
+from millstream.brokers.nats_members import HELD_STREAM, HELD_SUBJECTS, KEEP, MAX_BYTES
+from millstream.brokers.nats_names import Names, NatsOptions, check_topic, parse_url
 from millstream.brokers.nats_subscription import NatsSubscription
-from millstream.errors import BrokerError, BrokerUnavailable, ConfigError
+from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
 from millstream.message import Message, OutgoingMessage
 
 if TYPE_CHECKING:
@@ -56,6 +50,8 @@ _NAME_IN_USE = 10058  # JetStream: stream name already in use (with another conf
 
 
 _NO_STREAM = "no stream takes this subject"
+
+log = logging.getLogger("millstream.brokers")
 
 
 class _StreamMissing(BrokerError):
@@ -96,6 +92,7 @@ class NatsBroker:
         self._reply_prefix = ""
         self._calls = itertools.count(1)
         self._connecting = asyncio.Lock()
+        self._held_refused = False
 
     @classmethod
     def from_url(cls, url: str) -> NatsBroker:
@@ -158,18 +155,27 @@ class NatsBroker:
         """Put ``messages`` on the topic; returns once the stream has acknowledged every one.
 
         Safe to repeat after a failure: the stream drops a message id it
-        has already stored (within its duplicate window, 2 minutes).
+        has already stored (within its duplicate window, 2 minutes). So a
+        connection found lost (a server restart, a partition) gets one more
+        try on a fresh connection: a publisher has no supervisor to reconnect it.
         """
         check_topic(topic)
         names = Names(topic, "")
-        await self.ensure_stream(names)
         items = [(out.payload, topic_headers(out)) for out in messages]
         try:
-            await self.send(topic, items, names.stream)
+            await self._publish(names, items)
+        except BrokerUnavailable:
+            await self.connect()
+            await self._publish(names, items)
+
+    async def _publish(self, names: Names, items: list[tuple[bytes, dict[str, str]]]) -> None:
+        await self.ensure_stream(names)
+        try:
+            await self.send(names.topic, items, names.stream)
         except _StreamMissing:
             # Deleted since we looked: create it again and send all (ids dedupe).
             await self.ensure_stream(names)
-            await self.send(topic, items, names.stream)
+            await self.send(names.topic, items, names.stream)
 
     async def send(
         self, subject: str, items: Iterable[tuple[bytes, dict[str, str]]], stream: str
@@ -220,6 +226,8 @@ class NatsBroker:
             )
             connection.check(subject, stream, "_INBOX")
             if pending.received == seen and pending.received < count:
+                await connection.probe()  # a silent partition: lose the connection now
+                connection.check(subject, stream, "_INBOX")
                 raise BrokerUnavailable(
                     f"broker {redact(self.url)}: no acknowledgement for messages to "
                     f"{subject!r} within {REQUEST_TIMEOUT}s"
@@ -246,7 +254,7 @@ class NatsBroker:
         names = Names(topic, group)
         await self.ensure_consumer(names)
         connection = self.connection()
-        subscription = NatsSubscription(self, connection, names)
+        subscription = NatsSubscription(self, connection, names, member)
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
@@ -278,7 +286,41 @@ class NatsBroker:
         except js_errors.APIError as exc:
             raise api_error(self.url, exc, f"creating the stream {names.dead_stream!r}") from None
 
-    async def _ensure(self, stream: str, subjects: list[str]) -> None:
+    async def ensure_held_stream(self) -> bool:
+        """Create ``MSHELD`` (members' records, retry notes) unless it exists; ``False`` if refused.
+
+        Refused (permissions, limits), members work on without: what a crashed
+        member held comes back after ``ack_wait``, and takeovers go uncounted.
+        """
+        if self._held_refused:
+            return False
+        try:
+            await self._ensure(
+                HELD_STREAM,
+                HELD_SUBJECTS,
+                storage=api.StorageType.MEMORY,
+                max_msgs_per_subject=1,
+                max_age=KEEP,
+                max_bytes=MAX_BYTES,
+            )
+        except js_errors.APIError as exc:
+            refusal: BrokerError = api_error(self.url, exc, f"creating the stream {HELD_STREAM!r}")
+        except AuthenticationError as exc:
+            refusal = exc
+        else:
+            return True
+        if isinstance(refusal, BrokerUnavailable):
+            raise refusal
+        self._held_refused = True
+        log.warning(
+            "nats: %s; without it a member that restarts under its name waits ack_wait for what "
+            "it held, and takeovers are not counted (grant '$JS.API.>' and '_ms.>', see "
+            "docs/brokers/nats.md)",
+            refusal,
+        )
+        return False
+
+    async def _ensure(self, stream: str, subjects: list[str], **settings: Any) -> None:
         if stream in self._streams:
             return
         connection = self.connection()
@@ -287,12 +329,13 @@ class NatsBroker:
         try:
             info = await connection.guard(js.stream_info(stream), *mine)
         except js_errors.NotFoundError:
+            settings.setdefault("storage", api.StorageType.FILE)
             config = api.StreamConfig(
                 name=stream,
                 subjects=subjects,
                 retention=api.RetentionPolicy.LIMITS,
-                storage=api.StorageType.FILE,
                 discard=api.DiscardPolicy.OLD,
+                **settings,
             )
             try:
                 await connection.guard(js.add_stream(config), *mine)

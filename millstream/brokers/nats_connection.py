@@ -1,4 +1,4 @@
-"""The NATS side of the NATS broker: its URL, its names, its connection, its errors.
+"""The NATS side of the NATS broker: its connection and its errors.
 
 This is the one place where nats-py's exceptions and the server's refusals
 become millstream's: ``BrokerUnavailable`` (reconnect), ``AuthenticationError``
@@ -8,181 +8,79 @@ setting the server will never accept), ``BrokerError`` (anything else).
 nats-py reconnects on its own by default. Here it does not: a lost
 connection closes the client, every waiter wakes with ``BrokerUnavailable``
 and the supervisor reconnects (state RECONNECTING, backoff), the same as for
-every other broker. A refused password is never retried. A permission
-violation does not close a NATS connection (the server only drops the
-message and says so); :class:`Connection` remembers it, so the operation
-that needed the permission fails at once with the subject and the fix
-instead of timing out.
+every other broker. A connection that goes silent (a network partition: no
+reset, nothing closes) is found dead within seconds, not minutes: nats-py
+pings every ``PING_INTERVAL`` and gives up after ``MAX_OUTSTANDING_PINGS``
+unanswered, and whatever waits for an answer that does not come in time
+(a pull request, an acknowledgement, an API call) pings at once
+(:meth:`Connection.probe`) and marks the connection lost when no pong comes.
+
+A refused password is never retried. A permission violation does not close
+a NATS connection (the server only drops the message and says so);
+:class:`Connection` remembers it, so the operation that needed the
+permission fails at once with the subject and the fix instead of timing out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
+import base64
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js import errors as js_errors
 
 from millstream.brokers import redact
-from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
+from millstream.brokers.nats_envelope import parse_headers
+from millstream.brokers.nats_names import (
+    DEAD_PREFIX,
+    DEFAULT_LEASE,
+    PRIVATE_PREFIX,
+    Names,
+    NatsOptions,
+    check_topic,
+    parse_url,
+)
+from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable
 
+# Names and the URL used to live here; what imports them from here still finds them.
 __all__ = [
     "DEFAULT_LEASE",
     "Connection",
     "Names",
     "NatsOptions",
+    "api_error",
+    "check_topic",
     "parse_url",
     "translated",
 ]
 
 T = TypeVar("T")
 
-DEFAULT_LEASE = 30.0
-DEFAULT_MAX_ACK_PENDING = 20_000
-EXPECTED = "nats://[user:password@]host:4222, optionally with ?lease=30&max_ack_pending=20000"
 REQUEST_TIMEOUT = 5  # one JetStream API call or acknowledgement reply, at most
 CONNECT_TIMEOUT = 3
-PING_INTERVAL = 5  # a silent dead connection is noticed after about 3 of these
+# A silent dead connection is noticed within (MAX_OUTSTANDING_PINGS + 1) * PING_INTERVAL
+# seconds however idle it is, sooner by a probe when an answer is overdue.
+PING_INTERVAL = 2
+MAX_OUTSTANDING_PINGS = 3
+PROBE_TIMEOUT = 2  # seconds a probe waits for its pong
 
-PRIVATE_PREFIX = "_ms"  # subjects of group-private messages: _ms.<stream>.<consumer>
-DEAD_PREFIX = "_msdlq"  # subjects of dead letters: _msdlq.<dead-letter stream>
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _VIOLATION = re.compile(r'Permissions Violation for (\w+) (?:to|from) "?([^"\']+)"?', re.I)
-_NAME_MAX = 64
 
 
-@dataclass(frozen=True, slots=True)
-class NatsOptions:
-    """What a ``nats://`` URL says: where to connect, and millstream's own parameters."""
+class _Client(Client):
+    """nats-py's client, reading header values that are not UTF-8 with backslash escapes.
 
-    server: str
-    """The URL nats-py connects to (credentials included, millstream's parameters removed)."""
-    lease: float = DEFAULT_LEASE
-    """The consumer's ``ack_wait``: how long a member that stopped calling keeps a message."""
-    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
-    """The group's cap on unacknowledged messages, every member and waiting retry included."""
-
-
-def parse_url(url: str) -> NatsOptions:
-    """Split ``url`` into nats-py's URL and millstream's ``lease`` and ``max_ack_pending``.
-
-    Raises ``ConfigError`` naming the URL, what is wrong and the expected form.
+    nats-py reads them with U+FFFD in place of each bad byte, so two ids that
+    differ only there would be one id to an idempotent handler.
     """
-    parts = urlsplit(url)
-    shown = redact(url)
-    if parts.scheme != "nats":
-        raise ConfigError(f"broker URL {shown!r} is not a NATS URL; expected {EXPECTED}")
-    if not parts.hostname:
-        raise ConfigError(f"broker URL {shown!r} has no host; expected {EXPECTED}")
-    lease, max_ack_pending = DEFAULT_LEASE, DEFAULT_MAX_ACK_PENDING
-    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "lease":
-            try:
-                lease = float(raw)
-            except ValueError:
-                lease = math.nan
-            if not math.isfinite(lease) or lease <= 0:
-                raise ConfigError(
-                    f"broker URL {shown!r}: lease={raw!r} must be a number of seconds, "
-                    "more than 0; expected e.g. nats://127.0.0.1:4222?lease=30"
-                )
-        elif name == "max_ack_pending":
-            if not raw.isdigit() or int(raw) < 1:
-                raise ConfigError(
-                    f"broker URL {shown!r}: max_ack_pending={raw!r} must be a whole number "
-                    "of messages, 1 or more; expected e.g. nats://127.0.0.1:4222?max_ack_pending=20000"
-                )
-            max_ack_pending = int(raw)
-        else:
-            raise ConfigError(
-                f"broker URL {shown!r}: unknown parameter {name!r}; expected {EXPECTED}"
-            )
-    server = urlunsplit(parts._replace(query="", fragment=""))
-    return NatsOptions(server, lease=lease, max_ack_pending=max_ack_pending)
 
-
-def _token(text: str) -> str:
-    """``text`` as a JetStream name: what is not a letter, digit, ``_`` or ``-`` becomes ``_``.
-
-    Whenever that changed something (or the name is long) a hash of the
-    original is appended, so ``a.b`` and ``a_b`` never share a stream.
-    """
-    safe = _UNSAFE.sub("_", text)
-    if safe != text or len(safe) > _NAME_MAX:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-        safe = f"{safe[:_NAME_MAX]}_{digest}"
-    return safe
-
-
-@dataclass(frozen=True, slots=True)
-class Names:
-    """Every JetStream name and subject of one topic and group (see docs/brokers/nats.md)."""
-
-    topic: str
-    group: str
-
-    @property
-    def stream(self) -> str:
-        """The topic's stream, created by the first publisher or subscriber."""
-        return f"MS_{_token(self.topic)}"
-
-    @property
-    def private_subjects(self) -> str:
-        """The wildcard the topic's stream also holds: messages meant for one group only."""
-        return f"{PRIVATE_PREFIX}.{self.stream}.*"
-
-    @property
-    def consumer(self) -> str:
-        """The group's durable pull consumer on the topic's stream."""
-        return _token(self.group)
-
-    @property
-    def private(self) -> str:
-        """Where released and replayed messages go: only this group takes them."""
-        return f"{PRIVATE_PREFIX}.{self.stream}.{self.consumer}"
-
-    @property
-    def dead_stream(self) -> str:
-        """The group's dead-letter stream (one per topic and group)."""
-        digest = hashlib.sha256(f"{self.topic}\0{self.group}".encode()).hexdigest()[:10]
-        return f"MSDLQ_{_token(self.topic)[:40]}_{self.consumer[:40]}_{digest}"
-
-    @property
-    def dead(self) -> str:
-        """The subject of the group's dead-letter stream."""
-        return f"{DEAD_PREFIX}.{self.dead_stream}"
-
-    @property
-    def pull(self) -> str:
-        """Where a member asks the group's consumer for messages."""
-        return f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
-
-
-def check_topic(topic: str) -> None:
-    """Raise ``ConfigError`` unless ``topic`` can be a NATS subject of its own stream."""
-    tokens = topic.split(".")
-    problem = None
-    if not topic or any(not token for token in tokens):
-        problem = "has an empty token (leading, trailing or double dot)"
-    elif any(c.isspace() for c in topic):
-        problem = "contains white space"
-    elif any(token in ("*", ">") for token in tokens):
-        problem = "has a wildcard ('*' or '>')"
-    elif topic.startswith(("$", f"{PRIVATE_PREFIX}.", f"{DEAD_PREFIX}.")):
-        problem = f"starts with '$', '{PRIVATE_PREFIX}.' or '{DEAD_PREFIX}.', which are reserved"
-    if problem:
-        raise ConfigError(
-            f"topic {topic!r} {problem}; a NATS topic is a subject such as 'orders' or 'orders.eu'"
-        )
+    _parse_header_lines = staticmethod(parse_headers)
 
 
 class Connection:
@@ -196,7 +94,7 @@ class Connection:
     def __init__(self, url: str, options: NatsOptions) -> None:
         self.url = url
         self.options = options
-        self.client = Client()
+        self.client: Client = _Client()
         self.lost: BrokerError | None = None
         self.violations: list[tuple[str, str]] = []  # (operation, subject) refused
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -226,7 +124,8 @@ class Connection:
                 connect_timeout=CONNECT_TIMEOUT,
                 max_reconnect_attempts=0,
                 ping_interval=PING_INTERVAL,
-                max_outstanding_pings=3,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+                flush_timeout=REQUEST_TIMEOUT,
                 error_cb=self._on_error,
                 closed_cb=self._on_closed,
                 disconnected_cb=self._on_closed,
@@ -287,6 +186,8 @@ class Connection:
             changed = self._changed
             await asyncio.wait((task, changed), return_when=asyncio.FIRST_COMPLETED)
             if task.done():
+                if isinstance(task.exception(), (TimeoutError, nats_errors.TimeoutError)):
+                    await self.probe()  # no answer: is anyone still there?
                 with translated(self.url):
                     return task.result()
             try:
@@ -294,6 +195,54 @@ class Connection:
             except BrokerError:
                 task.cancel()
                 raise
+
+    async def stored(
+        self, stream: str, *, sequence: int = 0, last_of: str = ""
+    ) -> tuple[bytes, dict[str, str]] | None:
+        """The payload and headers stored at ``sequence`` (or last on ``last_of``) in ``stream``.
+
+        ``None`` when there is none (or no such stream); other refusals raise
+        JetStream's ``APIError`` (see :func:`api_error`). The headers are read
+        here, not by nats-py, whose reader for stored messages turns values
+        that are not ASCII into ``email`` header objects.
+        """
+        request = {"last_by_subj": last_of} if last_of else {"seq": sequence}
+        reply = await self.guard(
+            self.client.request(
+                f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps(request).encode(), REQUEST_TIMEOUT
+            ),
+            stream,
+            "_INBOX",
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            try:
+                js_errors.APIError.from_error(answer["error"])
+            except js_errors.NotFoundError:
+                return None
+        found = answer["message"]
+        # After the first line (NATS/1.0), the header lines.
+        headers = parse_headers(base64.b64decode(found.get("hdrs") or b"").partition(b"\r\n")[2])
+        return base64.b64decode(found.get("data") or b""), headers
+
+    async def probe(self) -> None:
+        """Ping the server after an answer did not come; no pong in time marks the connection lost.
+
+        A silent partition drops everything without closing anything, so
+        waiting longer cannot help: the sooner the connection is known lost,
+        the sooner every waiter fails and the supervisor reconnects.
+        """
+        if self.lost is not None:
+            return
+        try:
+            await self.client.flush(PROBE_TIMEOUT)
+        except (TimeoutError, nats_errors.Error, OSError) as exc:
+            self._mark(
+                BrokerUnavailable(
+                    f"broker {redact(self.url)}: connection dead: no answer to a ping within "
+                    f"{PROBE_TIMEOUT}s ({type(exc).__name__}); reconnecting"
+                )
+            )
 
     async def close(self) -> None:
         if not self.client.is_closed:

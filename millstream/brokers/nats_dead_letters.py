@@ -20,8 +20,9 @@ from nats.js import api
 from nats.js import errors as js_errors
 
 from millstream.brokers.base import DeadLetter
-from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Names, api_error
+from millstream.brokers.nats_connection import REQUEST_TIMEOUT, api_error
 from millstream.brokers.nats_envelope import dead_letter, replay_headers
+from millstream.brokers.nats_names import Names
 
 if TYPE_CHECKING:
     from nats.js.manager import JetStreamManager
@@ -113,20 +114,18 @@ class NatsDeadLetters:
         self, sequences: Sequence[int]
     ) -> builtins.list[tuple[dict[str, str], DeadLetter] | None]:
         """The letters at ``sequences`` (``None`` where there is none), read concurrently."""
-        js = self._js()
         connection = self._broker.connection()
         names = self._names
 
         async def one(sequence: int) -> tuple[dict[str, str], DeadLetter] | None:
             try:
-                raw = await connection.guard(js.get_msg(self._stream, sequence), self._stream)
-            except js_errors.NotFoundError:
-                return None
+                found = await connection.stored(self._stream, sequence=sequence)
             except js_errors.APIError as exc:
                 raise api_error(self._broker.url, exc, f"reading {self._stream!r}") from None
-            headers: dict[str, str] = dict(raw.headers or {})
-            letter = dead_letter(names.topic, names.group, sequence, raw.data or b"", headers)
-            return headers, letter
+            if found is None:
+                return None
+            data, headers = found
+            return headers, dead_letter(names.topic, names.group, sequence, data, headers)
 
         return list(await asyncio.gather(*(one(s) for s in sequences)))
 

@@ -12,13 +12,22 @@ instead of ``Nats-Msg-Id`` (the duplicate window would drop it) and
 ``ms-attempt``: the deliveries it had before, which the delivery count of
 the copy adds to. A dead letter carries the same, plus ``ms-error`` (JSON,
 so line breaks survive) and ``ms-failed-at``.
+
+Nothing another producer puts in these headers stops a member: :func:`decode`
+reads well-formed messages at full speed, and when it raises,
+:func:`decode_carefully` reads the message field by field, logs what it
+could not read and uses a default instead (the id stays the id: header values
+that are not UTF-8 are read with backslash escapes, see :func:`parse_headers`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from millstream.brokers.base import DeadLetter
 from millstream.message import Message, OutgoingMessage
@@ -29,8 +38,10 @@ if TYPE_CHECKING:
 __all__ = [
     "dead_letter",
     "decode",
+    "decode_carefully",
     "delivery",
     "letter_headers",
+    "parse_headers",
     "private_headers",
     "replay_headers",
     "topic_headers",
@@ -44,6 +55,34 @@ ATTEMPT = "ms-attempt"
 ERROR = "ms-error"
 FAILED_AT = "ms-failed-at"
 _OURS = ("ms-", "Nats-", "nats-")
+T = TypeVar("T", int, float)
+
+_SHOWN = 100  # characters of a malformed value a log line shows at most
+
+log = logging.getLogger("millstream.brokers")
+
+
+def parse_headers(raw: bytes) -> dict[str, str]:
+    """NATS header lines (``Name: value``, CRLF-separated, no status line) as a dict.
+
+    A value that is not UTF-8 is read with backslash escapes (``\\xff``): the
+    same bytes always give the same text and different bytes different text, so
+    an id or key another producer wrote that way stays stable across
+    redeliveries and never collides with another. A name that is not ASCII, or
+    has white space in it, is not a header name: that line is skipped.
+    """
+    headers: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if key and not any(c.isspace() for c in key):
+            headers[key] = value.strip().decode("utf-8", "backslashreplace")
+    return headers
 
 
 def topic_headers(out: OutgoingMessage) -> dict[str, str]:
@@ -100,39 +139,133 @@ def decode(topic: str, stream: str, msg: Msg) -> Message:
     message_id = headers.get(MSG_ID) or headers.get(ID) or f"{stream}:{sequence}"
     published = headers.get(PUBLISHED_AT)
     before = headers.get(ATTEMPT)
+    if before:  # only group-private copies carry it: the check costs the others nothing
+        delivered += _deliveries_before(before)
     return Message(
         id=message_id,
         topic=topic,
         payload=msg.data,
         key=headers.get(KEY),
         headers=user,
-        attempt=delivered + (int(before) if before else 0),
+        attempt=delivered,
         published_at=float(published) if published else stored_ns / 1e9,
         receipt=reply,
     )
 
 
+def _deliveries_before(text: str) -> int:
+    before = int(text)
+    if before < 0:
+        raise ValueError(f"{ATTEMPT} {text!r} is negative")
+    return before
+
+
+def decode_carefully(topic: str, stream: str, msg: Msg) -> Message | None:
+    """:func:`decode` for a delivery it could not read: field by field, never raising.
+
+    A header that cannot be read is logged (topic, header, value, what was
+    expected) and replaced by its default: ``ms-attempt`` by none (the
+    delivery count alone), ``ms-published-at`` by the time the stream stored
+    the message. ``None`` (logged) for what is not a JetStream delivery at all:
+    a message someone published to the member's inbox.
+    """
+    try:
+        delivered, sequence, stored_ns = delivery(msg.reply)
+    except (ValueError, IndexError):
+        log.warning(
+            "nats: a message came to the inbox of a member of topic %r with reply subject %s, "
+            "which is not a JetStream acknowledgement subject; not a delivery of the group's "
+            "consumer, dropped",
+            topic,
+            _shown(msg.reply),
+        )
+        return None
+    headers: Mapping[str, str] = msg.headers or {}
+    message_id = headers.get(MSG_ID) or headers.get(ID) or f"{stream}:{sequence}"
+    before = headers.get(ATTEMPT)
+    if before:
+        try:
+            delivered += _deliveries_before(before)
+        except ValueError:
+            _ignored(topic, message_id, ATTEMPT, before, "a whole number of deliveries, 0 or more")
+    published_at = stored_ns / 1e9
+    published = headers.get(PUBLISHED_AT)
+    if published:
+        try:
+            published_at = float(published)
+        except ValueError:
+            _ignored(topic, message_id, PUBLISHED_AT, published, "a Unix time in seconds")
+    return Message(
+        id=message_id,
+        topic=topic,
+        payload=msg.data,
+        key=headers.get(KEY),
+        headers={k: v for k, v in headers.items() if not k.startswith(_OURS)},
+        attempt=delivered,
+        published_at=published_at,
+        receipt=msg.reply,
+    )
+
+
+def _ignored(topic: str, message_id: str, name: str, value: str, expected: str) -> None:
+    log.warning(
+        "nats: message %s on topic %r: header %s is %s, expected %s; ignored (default used)",
+        _shown(message_id),
+        topic,
+        name,
+        _shown(value),
+        expected,
+    )
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}...({len(text)} characters)"
+
+
 def dead_letter(
-    topic: str, group: str, sequence: int, data: bytes, headers: dict[str, str]
+    topic: str, group: str, sequence: int, data: bytes, headers: Mapping[str, str]
 ) -> DeadLetter:
-    """The ``DeadLetter`` stored at ``sequence`` of the group's dead-letter stream."""
-    user = {k: v for k, v in headers.items() if not k.startswith(_OURS)}
-    error = headers.get(ERROR)
+    """The ``DeadLetter`` stored at ``sequence`` of the group's dead-letter stream.
+
+    Never raises: a letter another tool wrote into the stream, with headers
+    that do not read, is listed with defaults (no error text, 0 attempts,
+    failed at 0) and its headers as they are.
+    """
+    user: dict[str, Any] = {k: v for k, v in headers.items() if not k.startswith(_OURS)}
     return DeadLetter(
         id=str(sequence),
-        message_id=headers.get(ID, str(sequence)),
+        message_id=headers.get(ID) or str(sequence),
         topic=topic,
         group=group,
         payload=data,
         key=headers.get(KEY),
         headers=user,
-        attempts=int(headers.get(ATTEMPT, "0")),
-        error=json.loads(error) if error else "",
-        failed_at=float(headers.get(FAILED_AT, "0")),
+        attempts=_number(headers.get(ATTEMPT), int, 0),
+        error=_reason(headers.get(ERROR)),
+        failed_at=_number(headers.get(FAILED_AT), float, 0.0),
     )
 
 
-def replay_headers(stored: dict[str, str]) -> dict[str, str]:
+def _number(text: str | None, kind: type[T], default: T) -> T:
+    try:
+        value = kind(text) if text else default
+    except ValueError:
+        return default
+    return value if math.isfinite(value) else default
+
+
+def _reason(text: str | None) -> str:
+    if not text:
+        return ""
+    try:
+        reason = json.loads(text)
+    except ValueError:
+        return text
+    return reason if isinstance(reason, str) else text
+
+
+def replay_headers(stored: Mapping[str, str]) -> dict[str, str]:
     """The headers of a dead letter put back into its group: no reason, no deliveries before."""
     headers = {k: v for k, v in stored.items() if k not in (ERROR, FAILED_AT)}
     headers[ATTEMPT] = "0"

@@ -28,6 +28,11 @@ another group's private copy acks it and passes it by, so a released or
 replayed message reaches its own group only. Such copies are rare (a
 closing member, a replay).
 
+**Named members and takeovers** (:mod:`millstream.brokers.nats_members`):
+a member with a name keeps a record of what it holds, so its successor
+under that name takes it back at once; every member counts in
+``taken_over`` the redeliveries it got because another member's lease ran out.
+
 **Keeping alive.** A fetch sends ``+WPI`` (work in progress) for everything
 the member holds every quarter lease (5 s at most), also while it waits for
 more, so a slow handler keeps its message; a member that stopped calling
@@ -50,15 +55,10 @@ from nats.js import errors as js_errors
 
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
-from millstream.brokers.nats_connection import (
-    PRIVATE_PREFIX,
-    REQUEST_TIMEOUT,
-    Connection,
-    Names,
-    api_error,
-    translated,
-)
-from millstream.brokers.nats_envelope import decode, private_headers
+from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
+from millstream.brokers.nats_envelope import decode, decode_carefully, private_headers
+from millstream.brokers.nats_members import Members
+from millstream.brokers.nats_names import PRIVATE_PREFIX, Names
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import Message
 
@@ -85,8 +85,13 @@ class NatsSubscription:
     ``close`` gives all of it back, uncounted.
     """
 
-    def __init__(self, broker: NatsBroker, connection: Connection, names: Names) -> None:
+    def __init__(
+        self, broker: NatsBroker, connection: Connection, names: Names, member: str | None = None
+    ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
+        self._members = Members(broker, connection, names, member)
+        self._unrecorded = False  # holds deliveries its record does not list yet
+        self._redelivered = 0  # deliveries not handed out yet that the server made before
         self._broker = broker
         self._connection = connection
         self._names = names
@@ -115,12 +120,13 @@ class NatsSubscription:
         self._closed = False
 
     async def start(self) -> None:
-        """Open the member's inbox."""
+        """Open the member's inbox; take back what a crashed member of the same name held."""
         with translated(self._broker.url):
             self._sub = await self._client.subscribe(
                 self._inbox, cb=self._received, pending_msgs_limit=0, pending_bytes_limit=0
             )
         self._connection.listen(self._arrived.set)
+        await self._members.start()
 
     async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to ``max_messages``, waiting up to ``timeout`` for the first.
@@ -143,7 +149,7 @@ class NatsSubscription:
         while True:
             ready = self._ready
             if ready and (self._open <= 0 or self._lingering):
-                return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+                return await self._hand_out(max_messages)
             if self._open > 0 and now > self._open_until:
                 await self._unanswered()
             if self._open <= 0:
@@ -152,7 +158,7 @@ class NatsSubscription:
                 await self._ask(max_messages, deadline - now)
                 asked = True
             elif now >= deadline:  # out of time with a request still open
-                return [ready.popleft() for _ in range(min(max_messages, len(ready)))]
+                return await self._hand_out(max_messages)
             # A no_wait request is answered at once: wait for all of it.
             until = self._open_until if not self._lingering else min(deadline, self._open_until)
             # What this member holds stays alive while it waits.
@@ -167,6 +173,28 @@ class NatsSubscription:
             now = time.monotonic()
             if now >= self._keep_alive_at:
                 await self._keep_alive(now)
+
+    async def _hand_out(self, most: int) -> list[Message]:
+        """Up to ``most`` ready messages; what was taken over among them is counted and logged."""
+        if self._unrecorded:  # a request still open delivered them
+            await self._record()
+        ready = self._ready
+        batch = [ready.popleft() for _ in range(min(most, len(ready)))]
+        if self._redelivered:
+            again = [m for m in batch if m.attempt > 1]
+            self._redelivered -= len(again)
+            if again:
+                self.taken_over += await self._members.account(again)
+        return batch
+
+    async def _record(self) -> None:
+        self._unrecorded = False
+        await self._members.write(self._held)
+
+    async def _record_quietly(self) -> None:
+        """:meth:`_record` from the client's callback, which must never raise."""
+        with suppress(BrokerError):  # the connection is lost: the next fetch says so
+            await self._record()
 
     async def _ask(self, batch: int, remaining: float) -> None:
         """Open one pull request: ``no_wait`` unless the last one found nothing."""
@@ -190,6 +218,9 @@ class NatsSubscription:
         look: recreate the consumer if it is not there, else just ask anew.
         """
         self._open = 0
+        # Or a silent partition: then a ping goes unanswered too, and the connection is lost.
+        await self._connection.probe()
+        self._connection.check(*self._mine)
         js = self._client.jsm(timeout=REQUEST_TIMEOUT)
         try:
             await self._connection.guard(js.consumer_info(*self._consumer), *self._mine)
@@ -212,6 +243,8 @@ class NatsSubscription:
                 # request waits on the server instead of asking again at once.
                 self._idle = True
             self._open = 0
+            if self._unrecorded:
+                await self._record_quietly()
             self._arrived.set()
             return
         self._open -= 1
@@ -219,11 +252,23 @@ class NatsSubscription:
         subject = msg.subject
         if subject.startswith(self._others) and subject != self._own:
             # Another group's released or replayed message: not for this group.
-            await self._client.publish(reply, _ACK)
+            with suppress(nats_errors.Error, OSError):  # lost: it comes back, to be acked again
+                await self._client.publish(reply, _ACK)
             return
-        message = decode(self.topic, self._stream, msg)
+        try:
+            message = decode(self.topic, self._stream, msg)
+        except Exception:  # another producer's headers: read them one by one
+            found = decode_carefully(self.topic, self._stream, msg)
+            if found is None:
+                return
+            message = found
+        if message.attempt > 1:
+            self._redelivered += 1
         self._held[reply] = message
         self._ready.append(message)
+        self._unrecorded = True
+        if self._open <= 0:  # the request is complete: one record write per request
+            await self._record_quietly()
         self._arrived.set()
 
     async def settle(
@@ -243,13 +288,18 @@ class NatsSubscription:
         for m, _ in deads:
             if held.pop(m.receipt, None) is not None:
                 commands.append((m.receipt, _TERM))
+        retried: list[str] = []
         for m, delay in retries:
             if held.pop(m.receipt, None) is not None:
                 ns = max(0, round(delay * 1e9))
                 commands.append((m.receipt, b'-NAK {"delay": %d}' % ns if ns else b"-NAK"))
+                retried.append(m.receipt)
         for m in acks:
             if held.pop(m.receipt, None) is not None:
                 commands.append((m.receipt, _ACK))
+        if retried:  # before the naks, on the same connection: in place when they come back
+            await self._members.note_retries(retried)
+            await self._record()
         await self._send(commands)
 
     async def _send(self, commands: list[tuple[str, bytes]]) -> None:
@@ -340,12 +390,15 @@ class NatsSubscription:
         held = list(self._held.values())
         self._held.clear()
         self._ready.clear()
-        if not held or not connection.alive:
-            return  # after a lost connection, ack_wait gives them back (counted)
+        if not connection.alive:
+            # ack_wait gives them back (counted), or at once a successor under this name.
+            return
         try:
-            copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
-            await self._broker.send(self._own, copies, self._stream)
-            await self._send([(m.receipt, _ACK) for m in held])
+            if held:
+                copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
+                await self._broker.send(self._own, copies, self._stream)
+                await self._send([(m.receipt, _ACK) for m in held])
+            await self._members.write(())  # released: nothing for a successor to take back
         except BrokerError:
             pass  # not released: they come back after ack_wait, counted
 

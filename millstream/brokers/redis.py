@@ -28,6 +28,7 @@ from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.redis_connection import (
     RedisOptions,
+    Silent,
     execute,
     open_pool,
     parse_url,
@@ -44,6 +45,7 @@ from millstream.message import OutgoingMessage
 __all__ = ["RedisBroker", "RedisDeadLetters", "RedisSubscription"]
 
 T = TypeVar("T")
+Unseen = tuple[Sequence[bytes], Sequence[bytes]]
 
 _PUBLISH_CHUNK = 10_000  # XADDs per pipeline: bounds the client's buffers, not the batch
 _OLDEST = (6, 2)  # XAUTOCLAIM and XPENDING IDLE; the lag needs 7.0 (None before)
@@ -69,6 +71,9 @@ class RedisBroker:
         self._client: Redis | None = None
         self._subscriptions: list[RedisSubscription] = []
         self._version_checked = False
+        # Per (keys, member name): what a subscription that could not release
+        # had buffered and never handed out, for the next one under that name.
+        self._unseen: dict[tuple[Keys, str], Unseen] = {}
 
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
@@ -109,8 +114,9 @@ class RedisBroker:
         """Run ``operation`` on the shared client, with redis-py's errors translated.
 
         Idle pooled connections can all be dead after a server restart or a
-        failover, and redis-py finds out only by using one; so a failed
-        operation runs once more on a fresh connection. Only operations that
+        failover, and redis-py finds out only by using one; so an operation
+        that failed on a dead connection runs once more on a fresh one (not
+        one the server left unanswered: that one would wait as long again). Only operations that
         may run twice come here: idempotent ones, and publishing, which is
         at-least-once with the same message ids.
         """
@@ -118,6 +124,8 @@ class RedisBroker:
         try:
             with translated(self.url):
                 return await operation(client)
+        except Silent:
+            raise  # a server that stopped answering would keep a fresh connection waiting too
         except BrokerUnavailable:
             pool = self._pool
             if pool is None:
@@ -144,7 +152,13 @@ class RedisBroker:
     async def subscribe(
         self, topic: str, group: str, *, prefetch: int, member: str | None = None
     ) -> RedisSubscription:
-        """Join ``group`` on ``topic``, creating it at the start of the stream if it is new."""
+        """Join ``group`` on ``topic``, creating it at the start of the stream if it is new.
+
+        ``member`` is the name Redis knows the member by (``XINFO CONSUMERS``);
+        its first fetches take back at once what that name still holds (a
+        predecessor that crashed), counted as an attempt. ``None`` makes a
+        fresh name, whose predecessor's messages come back after the lease.
+        """
         keys = Keys(topic, group)
         await self.ensure_group(keys)
         # Its own connection: a blocking XREADGROUP must not hold one the
@@ -156,7 +170,7 @@ class RedisBroker:
         # topic would look like a dead connection (?socket_timeout= in the URL).
         socket_timeout = self._pool.connection_kwargs.get("socket_timeout") if self._pool else None
         longest_wait = socket_timeout / 2 if socket_timeout else HOUSEKEEPING_MAX
-        subscription = RedisSubscription(self, keys, reader, longest_wait)
+        subscription = RedisSubscription(self, keys, reader, longest_wait, member)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -168,6 +182,14 @@ class RedisBroker:
     async def ensure_group(self, keys: Keys) -> None:
         """Create the group on the topic and its retry stream, from id 0, unless it exists."""
         await self.call(lambda c: scripts.ENSURE(c, [keys.stream, keys.retry], [keys.group]))
+
+    def remember_unseen(self, keys: Keys, member: str, unseen: Unseen) -> None:
+        """Keep what a member buffered and never handed out, by stream, for its successor."""
+        self._unseen[keys, member] = unseen
+
+    def unseen(self, keys: Keys, member: str) -> Unseen:
+        """What a predecessor under ``member`` buffered and never handed out (once)."""
+        return self._unseen.pop((keys, member), ((), ()))
 
     def forget(self, subscription: RedisSubscription) -> None:
         """Stop tracking a closed subscription."""

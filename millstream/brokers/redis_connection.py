@@ -39,6 +39,7 @@ __all__ = [
     "GroupMissing",
     "RedisOptions",
     "Script",
+    "Silent",
     "execute",
     "open_pool",
     "parse_url",
@@ -55,9 +56,11 @@ EXPECTED = (
     "redis://[[user]:password@]host:6379[/db] or rediss://... for TLS, "
     "optionally with ?lease=30&trim=10"
 )
-# How long one command may take before the connection counts as dead. A
-# blocking read waits at most HOUSEKEEPING_MAX (see redis.py), well under this.
-COMMAND_TIMEOUT = 15.0
+# How long one command may take before the connection counts as dead: what a
+# silent partition (packets dropped, no reset) costs before a consumer notices.
+# A blocking read waits at most half of it (see redis.py), so an idle topic
+# never looks dead.
+COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 # Every subscription keeps one connection for its blocking reads; the rest
 # are shared by publishing and settling. redis-py's default of 100 is low
@@ -78,6 +81,12 @@ class GroupMissing(BrokerError):
     """
 
     retriable = True
+
+
+class Silent(BrokerUnavailable):
+    """The server did not answer within the socket timeout: the network or the server
+    is gone without a word (a silent partition). Trying again at once on a fresh
+    connection would only wait as long again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +208,13 @@ def translated(url: str) -> Iterator[None]:
         redis_errors.NoPermissionError,
     ) as exc:
         raise _refused(url, exc) from exc
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+    except (redis_errors.TimeoutError, TimeoutError) as exc:
+        raise Silent(
+            f"broker {redact(url)} stopped answering ({_text(exc)}); the network or the "
+            "server is down, or the server is slower than ?socket_timeout=SECONDS in the URL "
+            f"allows (default {COMMAND_TIMEOUT:g})"
+        ) from exc
+    except (redis_errors.ConnectionError, OSError) as exc:
         raise BrokerUnavailable(f"broker {redact(url)} is unreachable: {_text(exc)}") from exc
     except redis_errors.RedisError as exc:
         text = _text(exc)

@@ -12,27 +12,40 @@ and, when set, ``key`` and ``headers`` (a JSON object). Entries of the retry
 stream also carry ``attempts``: the deliveries the message had before this
 entry, so a delivery's attempt is ``attempts`` plus Redis's own delivery
 count. Entries written by other tools (no ``id``) are read too: the entry id
-stands in for the message id.
+stands in for the message id, and travels as ``id`` once the message leaves
+the topic (retry, release, dead letter), so it stays the same.
+
+Nothing another producer writes stops a consumer: a field millstream cannot
+read (not a number, not UTF-8, headers that are not a JSON object of
+strings) is replaced by its default with a warning naming the topic, the
+field and the value. Reading stays cheap for entries as millstream writes
+them: the careful reading runs only for an entry the usual one fails on.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from millstream.brokers.base import DeadLetter
 from millstream.message import NO_HEADERS, Message, OutgoingMessage
 
-__all__ = ["RETRY", "TOPIC", "Keys", "dead_letter", "encode", "message", "valid_ids"]
+__all__ = ["RETRY", "TOPIC", "Keys", "dead_letter", "encode", "message", "messages", "valid_ids"]
+
+log = logging.getLogger("millstream.brokers")
+
+N = TypeVar("N", int, float)
 
 # Which stream of a group a delivery came from; part of its receipt.
 TOPIC, RETRY = 0, 1
 
 _ENTRY_ID = re.compile(r"\d+-\d+")
+_SHOWN = 100  # characters of a malformed value a warning shows
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,93 +94,221 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
 
     The hot path of consuming: one loop, no call per entry beyond Message
     itself, which halves the cost of going through redis-py's reply parsing.
+    An entry it cannot read (another producer's malformed field) sends it and
+    the rest of the batch to :func:`message`, which reads field by field.
     """
     taken: list[Message] = []
     append = taken.append
-    for entry_id, flat in entries:
-        # Entries written by encode() start id, published_at, payload and may
-        # go on with key and headers: read those by position, anything else
-        # (retry entries, other writers) by name.
-        size = len(flat)
-        if (
-            size < 6
-            or size > 10
-            or flat[0] != b"id"
-            or flat[2] != b"published_at"
-            or flat[4] != b"payload"
-        ):
+    try:
+        for entry_id, flat in entries:
+            # Entries written by encode() start id, published_at, payload and may
+            # go on with key and headers: read those by position, anything else
+            # (retry entries, other writers) by name.
+            size = len(flat)
+            if (
+                size < 6
+                or size > 10
+                or flat[0] != b"id"
+                or flat[2] != b"published_at"
+                or flat[4] != b"payload"
+            ):
+                pairs = iter(flat)
+                append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
+                continue
+            key = headers = None
+            for at in range(6, size, 2):
+                name = flat[at]
+                if name == b"key":
+                    key = flat[at + 1].decode()
+                elif name == b"headers":
+                    headers = orjson.loads(flat[at + 1])
+                    for value in headers.values():  # AttributeError: not an object
+                        if type(value) is not str:
+                            raise TypeError(value)
+                else:
+                    break
+            else:
+                append(
+                    Message(
+                        flat[1].decode(),
+                        topic,
+                        flat[5],
+                        key,
+                        headers if headers is not None else NO_HEADERS,
+                        1,
+                        float(flat[3]),
+                        None,
+                        None,
+                        (source, entry_id),
+                    )
+                )
+                continue
             pairs = iter(flat)
             append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
-            continue
-        key = headers = None
-        for at in range(6, size, 2):
-            name = flat[at]
-            if name == b"key":
-                key = flat[at + 1].decode()
-            elif name == b"headers":
-                headers = orjson.loads(flat[at + 1])
-            else:
-                break
-        else:
-            append(
-                Message(
-                    flat[1].decode(),
-                    topic,
-                    flat[5],
-                    key,
-                    headers if headers is not None else NO_HEADERS,
-                    1,
-                    float(flat[3]),
-                    None,
-                    None,
-                    (source, entry_id),
-                )
-            )
-            continue
-        pairs = iter(flat)
-        append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
+    except Exception:
+        # Entry number len(taken) has a field that is not as encode() writes it.
+        for entry_id, flat in entries[len(taken) :]:
+            pairs = iter(flat)
+            append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
     return taken
 
 
 def message(
     topic: str, source: int, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
 ) -> Message:
-    """The delivery of one entry, on its ``deliveries``-th delivery by Redis's count."""
+    """The delivery of one entry, on its ``deliveries``-th delivery by Redis's count.
+
+    Never raises: a field that cannot be read gets its default, with a warning.
+    """
     msg_id = fields.get(b"id")
     key = fields.get(b"key")
     headers = fields.get(b"headers")
     published = fields.get(b"published_at")
     attempts = fields.get(b"attempts")
-    return Message(
-        id=msg_id.decode() if msg_id is not None else entry_id.decode(),
-        topic=topic,
-        payload=fields.get(b"payload", b""),
-        key=key.decode() if key is not None else None,
-        headers=orjson.loads(headers) if headers else NO_HEADERS,
-        attempt=(int(attempts) if attempts else 0) + deliveries,
-        published_at=float(published) if published else _entry_time(entry_id),
-        receipt=(source, entry_id),
-    )
+    try:
+        return Message(
+            id=msg_id.decode() if msg_id is not None else entry_id.decode(),
+            topic=topic,
+            payload=fields.get(b"payload", b""),
+            key=key.decode() if key is not None else None,
+            headers=_strict_headers(headers) if headers else NO_HEADERS,
+            attempt=(int(attempts) if attempts else 0) + deliveries,
+            published_at=float(published) if published else _entry_time(entry_id),
+            receipt=(source, entry_id),
+        )
+    except Exception:
+        return _careful(topic, source, entry_id, fields, deliveries)
 
 
-def dead_letter(keys: Keys, entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
-    """A dead-letter stream entry as the queue shows it."""
+def _strict_headers(raw: bytes) -> dict[str, str]:
+    headers: dict[str, str] = orjson.loads(raw)
+    for value in headers.values():  # AttributeError: not an object
+        if type(value) is not str:
+            raise TypeError(value)
+    return headers
+
+
+def _careful(
+    topic: str, source: int, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
+) -> Message:
+    """Read an entry field by field; each one that cannot be read gets its default."""
+    problems: list[str] = []
     msg_id = fields.get(b"id")
     key = fields.get(b"key")
     headers = fields.get(b"headers")
-    failed = fields.get(b"failed_at")
+    published = fields.get(b"published_at")
+    attempts = fields.get(b"attempts")
+    found = Message(
+        id=_text(b"id", msg_id, problems) if msg_id is not None else entry_id.decode(),
+        topic=topic,
+        payload=fields.get(b"payload", b""),
+        key=_text(b"key", key, problems) if key is not None else None,
+        headers=_lenient_headers(headers, problems) if headers else NO_HEADERS,
+        attempt=_number(b"attempts", attempts, int, 0, problems) + deliveries,
+        published_at=_number(b"published_at", published, float, _entry_time(entry_id), problems),
+        receipt=(source, entry_id),
+    )
+    if problems:
+        log.warning(
+            "redis: topic %r entry %s (message %s): %s",
+            topic,
+            entry_id.decode(),
+            found.id,
+            "; ".join(problems),
+        )
+    return found
+
+
+def _text(name: bytes, raw: bytes, problems: list[str]) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        text = raw.decode(errors="backslashreplace")
+        problems.append(
+            f"{name.decode()}={_shown(raw)} is not UTF-8; read with the odd bytes escaped"
+        )
+        return text
+
+
+def _number(
+    name: bytes, raw: bytes | None, kind: Callable[[bytes], N], default: N, problems: list[str]
+) -> N:
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        if name == b"attempts":
+            problems.append(f"attempts={_shown(raw)} is not a whole number; counted as 0")
+        else:
+            problems.append(
+                f"{name.decode()}={_shown(raw)} is not a number of seconds since the epoch; "
+                "the entry's time stands in"
+            )
+        return default
+
+
+def _lenient_headers(raw: bytes, problems: list[str]) -> dict[str, str]:
+    expected = "expected a JSON object of strings"
+    try:
+        headers = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        problems.append(f"headers={_shown(raw)} is not JSON ({expected}); ignored")
+        return {}
+    if not isinstance(headers, dict):
+        problems.append(f"headers={_shown(raw)} is not a JSON object ({expected}); ignored")
+        return {}
+    odd = [name for name, value in headers.items() if not isinstance(value, str)]
+    if odd:
+        problems.append(
+            f"headers={_shown(raw)}: the value of {', '.join(map(repr, odd))} is not a string "
+            f"({expected}); handed over as its JSON text"
+        )
+        for name in odd:
+            headers[name] = orjson.dumps(headers[name]).decode()
+    return headers
+
+
+def _shown(raw: bytes) -> str:
+    """A malformed value as a warning shows it: its repr, cut short."""
+    shown = repr(raw.decode(errors="backslashreplace"))
+    return shown if len(shown) <= _SHOWN else f"{shown[: _SHOWN - 3]}..."
+
+
+def dead_letter(keys: Keys, entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    """A dead-letter stream entry as the queue shows it; never raises, whoever wrote it.
+
+    A field that cannot be read shows its default (headers ``{}``, attempts
+    0, the entry's time); ids and keys that are not UTF-8 show their odd
+    bytes escaped, as the message had them.
+    """
+    msg_id = fields.get(b"id")
+    key = fields.get(b"key")
+    unused: list[str] = []
     return DeadLetter(
         id=entry_id.decode(),
-        message_id=msg_id.decode() if msg_id is not None else "",
+        message_id=msg_id.decode(errors="backslashreplace") if msg_id is not None else "",
         topic=keys.topic,
         group=keys.group,
         payload=fields.get(b"payload", b""),
-        key=key.decode() if key is not None else None,
-        headers=orjson.loads(headers) if headers else {},
-        attempts=int(fields.get(b"attempts", b"0")),
+        key=key.decode(errors="backslashreplace") if key is not None else None,
+        headers=_json_object(fields.get(b"headers")),
+        attempts=_number(b"attempts", fields.get(b"attempts"), int, 0, unused),
         error=fields.get(b"error", b"").decode(errors="replace"),
-        failed_at=float(failed) if failed else _entry_time(entry_id),
+        failed_at=_number(
+            b"failed_at", fields.get(b"failed_at"), float, _entry_time(entry_id), unused
+        ),
     )
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def valid_ids(ids: Sequence[str]) -> list[str]:

@@ -20,21 +20,34 @@ local function now_ms()
 end
 
 -- An entry's message fields: without the bookkeeping that describes one delivery.
-local function message_fields(f)
+-- An entry another tool wrote has no id: the message's id is then the entry's
+-- (entry_id), and it goes along as 'id' so the copy keeps it.
+local function message_fields(f, entry_id)
   local out = {}
+  local has_id = false
   for j = 1, #f, 2 do
     local name = f[j]
     if name ~= 'attempts' and name ~= 'error' and name ~= 'failed_at' then
       out[#out + 1] = name
       out[#out + 1] = f[j + 1]
+      if name == 'id' then has_id = true end
     end
+  end
+  if not has_id and entry_id then
+    table.insert(out, 1, entry_id)
+    table.insert(out, 1, 'id')
   end
   return out
 end
 
+-- Deliveries before this entry; 0 when another tool wrote something else there.
 local function attempts_of(f)
   for j = 1, #f, 2 do
-    if f[j] == 'attempts' then return tonumber(f[j + 1]) end
+    if f[j] == 'attempts' then
+      local n = tonumber(f[j + 1])
+      if n and n == math.floor(n) then return n end
+      return 0
+    end
   end
   return 0
 end
@@ -79,22 +92,102 @@ HOUSEKEEP = Script(
     + """
 -- KEYS: topic, retry, delayed.
 -- ARGV: group, consumer, lease ms, refresh-idle ms, claim count, topic cursor,
---       retry cursor, move limit, prune-idle ms (0: none), number of held topic
---       ids, then the ids the member holds: topic ones, then retry ones.
+--       retry cursor, move limit, prune-idle ms (0: none), take back (1: what
+--       the consumer's name holds that this member does not know), then how
+--       many ids of each list follow: held topic, held retry, unseen topic; then
+--       the ids: what the member holds (topic, retry), then what its name was
+--       delivered but never handed out (topic, retry; the rest of ARGV).
 local group, me = ARGV[1], ARGV[2]
+local lease, want = tonumber(ARGV[3]), tonumber(ARGV[5])
 local now = now_ms()
+local spans, at = {}, 14
+for i = 1, 3 do
+  spans[i] = {at, at + tonumber(ARGV[10 + i]) - 1}
+  at = at + tonumber(ARGV[10 + i])
+end
+spans[4] = {at, #ARGV}
+
+local function set_of(span)
+  local found = {}
+  for j = span[1], span[2] do found[ARGV[j]] = true end
+  return found
+end
+
+-- name -> {pending, idle ms} of the group's consumers on one stream.
+local function consumers(stream)
+  local found = {}
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+    found[field(c, 'name')] = {field(c, 'pending'), field(c, 'idle')}
+  end
+  return found
+end
+
+local claimed = {}
+local owners, owner_at = {}, {}  -- name, how many, idle ms: whom claimed entries came from
+local function took(name, count, idle)
+  local k = owner_at[name]
+  if k == nil then
+    owners[#owners + 1] = {name, 0, idle}
+    k = #owners
+    owner_at[name] = k
+  end
+  owners[k][2] = owners[k][2] + count
+  owners[k][3] = math.max(owners[k][3], idle)
+end
+
+-- 0. A member back under the name of one that stopped (crashed, or lost its
+-- connection without releasing) takes back at once what that one held. A
+-- delivery it handed out counts as an attempt; one it only buffered does not.
+local more = 0
+if ARGV[10] == '1' then
+  for i = 1, 2 do
+    local room = want - #claimed
+    if room <= 0 then
+      more = 1
+    else
+      local known, unseen = set_of(spans[i]), set_of(spans[i + 2])
+      local idle = (consumers(KEYS[i])[me] or {0, 0})[2]
+      local limit = spans[i][2] - spans[i][1] + 1 + room
+      local again, kept, deliveries = {}, {}, {}
+      for _, p in ipairs(redis.call('XPENDING', KEYS[i], group, '-', '+', limit, me)) do
+        if not known[p[1]] and #again + #kept < room then
+          deliveries[p[1]] = p[4]
+          if unseen[p[1]] then kept[#kept + 1] = p[1] else again[#again + 1] = p[1] end
+        end
+      end
+      if #again + #kept >= room then more = 1 end
+      local entries = {}
+      for s = 1, #again, 1000 do
+        local args = {'XCLAIM', KEYS[i], group, me, 0}
+        for j = s, math.min(s + 999, #again) do
+          args[#args + 1] = again[j]
+          deliveries[again[j]] = deliveries[again[j]] + 1
+        end
+        for _, e in ipairs(redis.call(unpack(args))) do entries[#entries + 1] = e end
+      end
+      for _, id in ipairs(kept) do
+        local reply = redis.call(
+          'XCLAIM', KEYS[i], group, me, 0, id, 'RETRYCOUNT', deliveries[id])
+        for _, e in ipairs(reply) do entries[#entries + 1] = e end
+      end
+      for _, e in ipairs(entries) do
+        if type(e[2]) == 'table' then
+          claimed[#claimed + 1] = {i - 1, e[1], e[2], deliveries[e[1]]}
+        end
+      end
+      if #entries > 0 then took(me, #entries, idle) end
+    end
+  end
+end
 
 -- 1. Still alive: reset the idle time of what this member holds, so no one
 -- takes it over. Only what it knows it holds and Redis still says is its own:
 -- an entry another member took over stays taken, and one whose delivery this
 -- member never saw (a reply lost on the way) runs out and is taken over.
-local held_topic = tonumber(ARGV[10])
-local spans = {{11, 10 + held_topic}, {11 + held_topic, #ARGV}}
 for i = 1, 2 do
   local first, last = spans[i][1], spans[i][2]
   if first <= last then
-    local known = {}
-    for j = first, last do known[ARGV[j]] = true end
+    local known = set_of(spans[i])
     local limit = last - first + 10001  -- room for what it holds unknowingly, too
     local own = redis.call('XPENDING', KEYS[i], group, 'IDLE', ARGV[4], '-', '+', limit, me)
     local ids = {}
@@ -121,18 +214,34 @@ for _, packed in ipairs(due) do
   moved = moved + 1
 end
 
--- 3. Take over what members that stopped calling have held longer than the lease.
-local claimed = {}
+-- 3. Take over what members that stopped calling have held longer than the
+-- lease, and tell whom it came from: members whose pending entries dropped and
+-- that have not called for half a lease (a live one calls every quarter lease
+-- at most; an idle entry of a live member is a delivery it never saw, not a
+-- takeover).
 local cursors = {ARGV[6], ARGV[7]}
-local want = tonumber(ARGV[5])
 for i = 1, 2 do
   if #claimed < want then
+    local before = consumers(KEYS[i])
     local reply = redis.call(
-      'XAUTOCLAIM', KEYS[i], group, me, ARGV[3], cursors[i], 'COUNT', want - #claimed)
+      'XAUTOCLAIM', KEYS[i], group, me, lease, cursors[i], 'COUNT', want - #claimed)
     cursors[i] = reply[1]
+    local got = 0
     for _, e in ipairs(reply[2]) do
-      local p = redis.call('XPENDING', KEYS[i], group, e[1], e[1], 1)
-      claimed[#claimed + 1] = {i - 1, e[1], e[2], p[1][4]}
+      if type(e[2]) == 'table' then
+        local p = redis.call('XPENDING', KEYS[i], group, e[1], e[1], 1)
+        claimed[#claimed + 1] = {i - 1, e[1], e[2], p[1][4]}
+        got = got + 1
+      end
+    end
+    if got > 0 then
+      local after = consumers(KEYS[i])
+      for name, was in pairs(before) do
+        local left = (after[name] or {0})[1]
+        if name ~= me and was[2] >= lease / 2 and was[1] > left then
+          took(name, was[1] - left, was[2])
+        end
+      end
     end
   end
 end
@@ -153,7 +262,7 @@ end
 local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local next_due = -1
 if #head > 0 then next_due = math.max(0, tonumber(head[2]) - now) end
-return {cursors[1], cursors[2], claimed, next_due, moved}
+return {cursors[1], cursors[2], claimed, next_due, moved, owners, more}
 """
 )
 
@@ -207,13 +316,13 @@ for i = 2, #ARGV, 5 do
   if redis.call('XACK', stream, group, id) == 1 then
     applied = applied + 1
     if f ~= nil and kind == 'r' then
-      local item = message_fields(f)
+      local item = message_fields(f, id)
       table.insert(item, 1, source .. ':' .. id)
       item[#item + 1] = 'attempts'
       item[#item + 1] = attempt
       redis.call('ZADD', KEYS[3], now + tonumber(ARGV[i + 4]), cmsgpack.pack(item))
     elseif f ~= nil and kind == 'd' then
-      xadd(KEYS[4], message_fields(f),
+      xadd(KEYS[4], message_fields(f, id),
         {'attempts', attempt, 'error', ARGV[i + 4], 'failed_at', failed_at})
     end
     if source == '1' then redis.call('XDEL', KEYS[2], id) end
@@ -240,7 +349,7 @@ for i = 1, 2 do
       local id, deliveries = p[1], p[4]
       local f = entry(KEYS[i], id)
       if f ~= nil then
-        xadd(KEYS[2], message_fields(f), {'attempts', attempts_of(f) + deliveries - 1})
+        xadd(KEYS[2], message_fields(f, id), {'attempts', attempts_of(f) + deliveries - 1})
       end
       redis.call('XACK', KEYS[i], group, id)
       if i == 2 then redis.call('XDEL', KEYS[2], id) end

@@ -6,10 +6,18 @@ does besides reading and settling (keeping what it holds alive, moving due
 retries, taking over what dead members held, trimming, forgetting members
 long gone) rides on its fetches as one "housekeeping" script at most every
 quarter lease: no task of its own, no round trip per message.
+
+A server that stops answering (a silent partition: nothing is reset, the
+socket timeout runs out) ends the subscription: ``fetch`` raises
+``BrokerUnavailable`` from then on, and what is left to settle or release
+gets ``AFTER_SILENCE`` seconds at most, so the consumer reconnects within a
+socket timeout and a little.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import os
 import secrets
@@ -18,14 +26,21 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis
 
 from millstream.brokers import redact
 from millstream.brokers import redis_scripts as scripts
 from millstream.brokers.base import Lag
-from millstream.brokers.redis_connection import Arg, GroupMissing, execute, queue, translated
+from millstream.brokers.redis_connection import (
+    Arg,
+    GroupMissing,
+    Silent,
+    execute,
+    queue,
+    translated,
+)
 from millstream.brokers.redis_entries import RETRY, TOPIC, Keys, message, messages
 from millstream.errors import BrokerUnavailable
 from millstream.message import Message
@@ -33,32 +48,54 @@ from millstream.message import Message
 if TYPE_CHECKING:
     from millstream.brokers.redis import RedisBroker
 
-__all__ = ["HOUSEKEEPING_MAX", "RedisSubscription"]
+__all__ = ["AFTER_SILENCE", "HOUSEKEEPING_MAX", "RedisSubscription"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("millstream.brokers")
 
 HOUSEKEEPING_MAX = 5.0  # seconds between housekeeping runs at most, whatever the lease
 _MOVE_LIMIT = 1000  # due retries moved per run; more are moved on the next fetch
 _PRUNE_EVERY = 60.0  # seconds between looks for members long gone
+# Seconds a settle or release may still take once the server stopped answering
+# another command: enough for one that was only slow, short enough that the
+# consumer reconnects soon after a silent partition.
+AFTER_SILENCE = 1.0
 
 
 class RedisSubscription:
-    """A group member, known to Redis as ``host:pid:random`` (see ``XINFO CONSUMERS``).
+    """A group member, known to Redis by its member name, else as ``host:pid:random``
+    (see ``XINFO CONSUMERS``).
 
     What it fetched stays in its pending entries list until settled.
     ``close`` gives all of it back at once, uncounted; a member that stops
     calling (a crash) loses it to the others after the lease, counted, as
-    Redis's delivery count says.
+    Redis's delivery count says, or at once to the next member under its name.
     """
 
-    def __init__(self, broker: RedisBroker, keys: Keys, reader: Redis, longest_wait: float) -> None:
+    def __init__(
+        self,
+        broker: RedisBroker,
+        keys: Keys,
+        reader: Redis,
+        longest_wait: float,
+        member: str | None = None,
+    ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
         self._broker = broker
         self._keys = keys
         self._reader = reader
         self.topic = keys.topic
         self.group = keys.group
-        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        random_name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.consumer = member if member is not None else random_name
+        self._named = member is not None
+        # A named member takes back what its name holds, on its first fetches;
+        # what a predecessor in this process only buffered is taken back uncounted.
+        self._take_back = self._named
+        self._unseen = broker.unseen(keys, self.consumer) if self._named else ((), ())
+        self._silence: Silent | None = None  # why the server is taken for gone
+        self._deadlines: set[asyncio.Timeout] = set()  # of settles and releases under way
         lease = broker.options.lease
         self._lease_ms = max(1, round(lease * 1000))
         self._interval = min(lease / 4, HOUSEKEEPING_MAX)
@@ -85,6 +122,8 @@ class RedisSubscription:
         by ``close``).
         """
         self._check()
+        if self._silence is not None:
+            raise BrokerUnavailable(f"{self._silence}; subscribe again")
         now = time.monotonic()
         deadline = now + timeout
         taken = [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
@@ -129,6 +168,7 @@ class RedisSubscription:
             await self.trim()
         prune = now >= self._prune_at
         held_topic, held_retry = self._held
+        unseen_topic, unseen_retry = self._unseen if self._take_back else ((), ())
         args: list[Arg] = [
             keys.group,
             self.consumer,
@@ -139,27 +179,61 @@ class RedisSubscription:
             self._cursors[1],
             _MOVE_LIMIT,
             self._prune_idle_ms if prune else 0,
+            int(self._take_back),
             len(held_topic),
+            len(held_retry),
+            len(unseen_topic),
             *held_topic,
             *held_retry,
+            *unseen_topic,
+            *unseen_retry,
         ]
         client = self._broker.client()
         run = scripts.HOUSEKEEP
         reply = await self._in_group(
             lambda: run(client, [keys.stream, keys.retry, keys.delayed], args)
         )
-        topic_cursor, retry_cursor, claimed, next_due, _moved = reply
+        topic_cursor, retry_cursor, claimed, next_due, _moved, owners, more = reply
         self._cursors = [topic_cursor, retry_cursor]
         self._housekeep_at = now + self._interval
         self._due_at = math.inf if next_due < 0 else now + next_due / 1000
         if prune:
             self._prune_at = now + _PRUNE_EVERY
+        if self._take_back and not more:
+            self._take_back, self._unseen = False, ((), ())
+        elif self._take_back:
+            self._housekeep_at = now  # more to take back: on the next fetch
         taken = []
         for source, eid, flat, count in claimed:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            fields = dict(zip(flat[::2], flat[1::2], strict=False))
             taken.append(message(self.topic, source, eid, fields, count))
             self._held[source].add(eid)
+        if owners:
+            self._took_over(owners)
         return taken
+
+    def _took_over(self, owners: list[list[Any]]) -> None:
+        """Count a takeover and say it once: how many, and from whom."""
+        held = [
+            (name.decode(errors="backslashreplace"), n, idle / 1000) for name, n, idle in owners
+        ]
+        count = sum(n for _, n, _ in held)
+        self.taken_over += count
+        if len(held) == 1:
+            name, _, idle = held[0]
+            whom = f"{name}, which stopped calling {_seconds(idle)} ago"
+        else:
+            whom = ", ".join(
+                f"{name} ({n}, stopped calling {_seconds(idle)} ago)" for name, n, idle in held
+            )
+        log.warning(
+            "redis: member %s took over %d message(s) of %s/%s held by %s",
+            self.consumer,
+            count,
+            self.topic,
+            self.group,
+            whom,
+        )
 
     async def _in_group(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a read or housekeeping ``call``; if the group is gone (keys deleted,
@@ -170,12 +244,45 @@ class RedisSubscription:
         """
         url = self._broker.url
         try:
-            with translated(url):
-                return await call()
-        except GroupMissing:
-            await self._broker.ensure_group(self._keys)
-            with translated(url):
-                return await call()
+            try:
+                with translated(url):
+                    return await call()
+            except GroupMissing:
+                await self._broker.ensure_group(self._keys)
+                with translated(url):
+                    return await call()
+        except Silent as exc:
+            self._fell_silent(exc)
+            raise
+
+    def _fell_silent(self, silence: Silent) -> None:
+        """The server stopped answering: give what is under way AFTER_SILENCE more at most."""
+        if self._silence is None:
+            self._silence = silence
+        soon = asyncio.get_running_loop().time() + AFTER_SILENCE
+        for deadline in self._deadlines:
+            when = deadline.when()
+            if when is None or when > soon:
+                deadline.reschedule(soon)
+
+    async def _call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """``broker.call(operation)``, cut short once the server is known to be silent."""
+        limit = None if self._silence is None else AFTER_SILENCE
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                self._deadlines.add(deadline)
+                try:
+                    return await self._broker.call(operation)
+                finally:
+                    self._deadlines.discard(deadline)
+        except Silent as exc:
+            self._fell_silent(exc)
+            raise
+        except TimeoutError:
+            silence = self._silence
+            raise BrokerUnavailable(
+                f"{silence}; gave up after {AFTER_SILENCE:g}s more"
+            ) from silence
 
     async def settle(
         self,
@@ -195,7 +302,7 @@ class RedisSubscription:
                 if (receipt := _receipt(m)) is not None:
                     by_source[receipt[0]].append(receipt[1])
             if by_source[TOPIC] or by_source[RETRY]:
-                await self._broker.call(lambda client: self._ack(client, *by_source))
+                await self._call(lambda client: self._ack(client, *by_source))
                 self._held[TOPIC].difference_update(by_source[TOPIC])
                 self._held[RETRY].difference_update(by_source[RETRY])
             return
@@ -209,7 +316,7 @@ class RedisSubscription:
                 args += (kind, receipt[0], receipt[1], m.attempt, extra)
                 settled.append(receipt)
         script_keys = [keys.stream, keys.retry, keys.delayed, keys.dlq]
-        await self._broker.call(lambda client: scripts.SETTLE(client, script_keys, args))
+        await self._call(lambda client: scripts.SETTLE(client, script_keys, args))
         for source, entry_id in settled:
             self._held[source].discard(entry_id)
         if retries:
@@ -243,7 +350,7 @@ class RedisSubscription:
         Members do this every ``trim`` seconds (URL parameter) on their own.
         """
         stream = self._keys.stream
-        return int(await self._broker.call(lambda client: scripts.TRIM(client, [stream], [])))
+        return int(await self._call(lambda client: scripts.TRIM(client, [stream], [])))
 
     async def close(self) -> None:
         """Give back everything this member holds, uncounted, and leave the group. Safe twice."""
@@ -251,6 +358,10 @@ class RedisSubscription:
             return
         self._closed = True
         self._broker.forget(self)
+        unseen: tuple[list[bytes], list[bytes]] = ([*self._unseen[TOPIC]], [*self._unseen[RETRY]])
+        for m in self._buffer:
+            source, entry_id = m.receipt
+            unseen[source].append(entry_id)
         self._buffer.clear()
         self._held[TOPIC].clear()
         self._held[RETRY].clear()
@@ -262,8 +373,13 @@ class RedisSubscription:
             await self._reader.aclose()
         keys = self._keys
         release_keys, args = [keys.stream, keys.retry], [keys.group, self.consumer]
-        with suppress(BrokerUnavailable):
-            await self._broker.call(lambda c: scripts.RELEASE(c, release_keys, args))
+        try:
+            await self._call(lambda c: scripts.RELEASE(c, release_keys, args))
+        except BrokerUnavailable:
+            # Not released: the next member under this name takes it back, and
+            # what this one only buffered (never handed out) without counting.
+            if self._named and (unseen[TOPIC] or unseen[RETRY]):
+                self._broker.remember_unseen(keys, self.consumer, unseen)
 
     def _check(self) -> None:
         if self._closed:
@@ -278,3 +394,7 @@ def _receipt(message: Message) -> tuple[int, bytes] | None:
     if type(receipt) is tuple and len(receipt) == 2 and receipt[0] in (TOPIC, RETRY):
         return receipt  # made by redis_entries, so well-formed
     return None
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 100 else f"{seconds:.0f}s"

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 
 from millstream.brokers import sqlite_dead_letters as dead_letters
+from millstream.brokers import sqlite_leases as leases
 from millstream.brokers import sqlite_schema as schema
 from millstream.brokers.base import Capabilities, DeadLetter, Lag
 from millstream.brokers.sqlite_connection import DEFAULT_LEASE, SqliteConnection, parse_url
@@ -32,6 +34,8 @@ from millstream.errors import BrokerUnavailable
 from millstream.message import Message, OutgoingMessage
 
 __all__ = ["SqliteBroker", "SqliteDeadLetters", "SqliteSubscription"]
+
+log = logging.getLogger("millstream.brokers")
 
 # Other processes cannot wake us, so an empty fetch polls, backing off from
 # quick (a burst is about to arrive) to cheap (the topic is idle).
@@ -144,10 +148,16 @@ class SqliteBroker:
     async def subscribe(
         self, topic: str, group: str, *, prefetch: int, member: str | None = None
     ) -> SqliteSubscription:
-        """Join ``group`` on ``topic``, creating the group if it is new."""
+        """Join ``group`` on ``topic``, creating the group if it is new.
+
+        Under a ``member`` name, what a crashed member of that name still
+        holds is fetchable again at once (the attempt counted), instead of
+        when its lease runs out.
+        """
         connection = self.current()
-        gid = await connection.run(schema.ensure_group, topic, group)
-        subscription = SqliteSubscription(self, topic, group, gid, self._epoch)
+        owner = secrets.randbits(62) + 1
+        gid = await connection.run(leases.join, topic, group, owner, member)
+        subscription = SqliteSubscription(self, topic, group, gid, self._epoch, owner, member)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -199,15 +209,26 @@ class SqliteSubscription:
     on that call's transaction), so a slow handler keeps its messages; a
     member that stops calling loses them when the lease runs out.
     ``fetch(0, 0)`` takes nothing and only keeps the leases alive.
+    ``taken_over`` counts the messages it fetched that a stopped member held.
     """
 
-    def __init__(self, broker: SqliteBroker, topic: str, group: str, gid: int, epoch: int) -> None:
-        self.taken_over = 0  # messages taken from members that crashed
+    def __init__(
+        self,
+        broker: SqliteBroker,
+        topic: str,
+        group: str,
+        gid: int,
+        epoch: int,
+        owner: int,
+        name: str | None,
+    ) -> None:
+        self.taken_over = 0
         self._broker = broker
         self.topic = topic
         self.group = group
+        self.name = name
         self._gid = gid
-        self._owner = secrets.randbits(62) + 1
+        self._owner = owner
         self._epoch = epoch
         self._tokens = itertools.count(1)
         self._extended_at = time.time()
@@ -225,12 +246,14 @@ class SqliteSubscription:
         pause = _POLL_FIRST
         while True:
             connection = self._check()
-            messages = await connection.run(
+            taken = await connection.run(
                 self._take, max_messages, next(self._tokens), self._extension_due()
             )
+            if taken.taken_over:
+                self._took_over(taken.taken_over)
             remaining = deadline - loop.time()
-            if messages or remaining <= 0:
-                return messages
+            if taken.messages or remaining <= 0:
+                return taken.messages
             await self._broker.wait(self.topic, min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
 
@@ -271,6 +294,20 @@ class SqliteSubscription:
         """The connection was cut under this member: it can do nothing more."""
         self._closed = True
 
+    def _took_over(self, holders: Mapping[str, int]) -> None:
+        """Count what one fetch took over; one warning for the fetch."""
+        count = sum(holders.values())
+        self.taken_over += count
+        named = {name or "an unnamed member": n for name, n in holders.items()}
+        held_by = ", ".join(named if len(named) == 1 else (f"{k} ({n})" for k, n in named.items()))
+        log.warning(
+            "sqlite: %s took over %d message(s) of %s/%s held by %s, which stopped "
+            "without releasing them (its lease of %gs ran out, or its name subscribed again)",
+            f"member {self.name}" if self.name else "an unnamed member",
+            count, self.topic, self.group, held_by,
+            self._broker.lease,
+        )  # fmt: skip
+
     def _check(self) -> SqliteConnection:
         if self._closed:
             raise BrokerUnavailable(
@@ -288,13 +325,11 @@ class SqliteSubscription:
 
     # The two below run on the connection's thread and read only fixed attributes.
 
-    def _take(
-        self, conn: sqlite3.Connection, limit: int, token: int, extend: bool
-    ) -> list[Message]:
+    def _take(self, conn: sqlite3.Connection, limit: int, token: int, extend: bool) -> leases.Taken:
         now = time.time()
         gid, owner = self.member
         until = now + self._broker.lease
-        return schema.take(conn, self.topic, gid, owner, token, limit, now, until, extend)
+        return leases.take(conn, self.topic, gid, owner, token, limit, now, until, extend)
 
     def _settle(
         self,

@@ -10,15 +10,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 
-import orjson
-
 from millstream.brokers.base import DeadLetter
+from millstream.brokers.sqlite_decode import json_object, message_id_of
 from millstream.brokers.sqlite_schema import LIVE, find_group, forget, transaction
 
 __all__ = ["count_dead", "list_dead", "purge_dead", "replay_dead"]
 
-_DEAD_LETTERS = """SELECT d.seq, d.deaths, m.id, m.key, m.payload, m.headers,
-        d.attempt, d.error, d.failed_at
+# Text columns as bytes: a letter another writer stored with text that is not
+# UTF-8 must still be listed (and replayed or purged by its id).
+_DEAD_LETTERS = """SELECT d.seq, d.deaths, CAST(m.id AS BLOB),
+        CASE WHEN m.key IS NULL THEN NULL ELSE CAST(m.key AS BLOB) END,
+        CAST(m.payload AS BLOB), CASE WHEN m.headers IS NULL THEN NULL
+        ELSE CAST(m.headers AS BLOB) END, d.attempt, d.error, d.failed_at
     FROM deliveries AS d INDEXED BY deliveries_dead JOIN messages AS m ON m.seq = d.seq
     WHERE d.gid = ? AND d.state = 'dead'
     ORDER BY d.failed_at DESC, d.seq DESC LIMIT ? OFFSET ?"""
@@ -38,17 +41,17 @@ def list_dead(
     return [
         DeadLetter(
             id=f"{seq}-{deaths}",
-            message_id=message_id,
+            message_id=message_id_of(seq, raw_id),
             topic=topic,
             group=group,
-            payload=payload,
-            key=key,
-            headers=orjson.loads(headers) if headers else {},
+            payload=payload or b"",
+            key=None if raw_key is None else raw_key.decode(errors="backslashreplace"),
+            headers=json_object(headers) or {},
             attempts=attempt,
             error=error or "",
             failed_at=failed_at,
         )
-        for seq, deaths, message_id, key, payload, headers, attempt, error, failed_at in rows
+        for seq, deaths, raw_id, raw_key, payload, headers, attempt, error, failed_at in rows
     ]
 
 

@@ -4,10 +4,11 @@ Everything here is synchronous and runs on the broker's one worker thread
 (see :mod:`millstream.brokers.sqlite`); each public function is one
 operation of the broker and at most one write transaction.
 
-Three tables::
+Four tables::
 
     messages    seq (publish order) | topic | id | key | payload | headers (orjson) | published_at
     groups      gid | topic | name | live (its deliveries that are not dead)
+    members     owner | gid | name: the latest owner id of each named member of a group
     deliveries  one row per message per group, keyed (gid, seq):
                 state       'ready'    may be fetched now
                             'waiting'  a retry, fetchable from visible_at
@@ -16,6 +17,9 @@ Three tables::
                 visible_at  see state; meaningless for 'ready' and 'dead'
                 attempt     deliveries so far (a fetch adds one)
                 lease_owner, lease_token   which member holds it, from which fetch
+                taken_from  set when it went back to 'ready' because the member that
+                            held it stopped (its name, '' if it had none); read by
+                            the fetch that takes it next, to count the takeover
                 deaths, error, failed_at   dead-letter bookkeeping
 
 Each state has its own partial index, so no query walks rows of another
@@ -39,24 +43,25 @@ from contextlib import contextmanager, suppress
 import orjson
 
 from millstream.errors import BrokerError, ConfigError
-from millstream.message import NO_HEADERS, Message, OutgoingMessage
+from millstream.message import OutgoingMessage
 
 __all__ = [
+    "EXTEND",
     "LIVE",
     "SCHEMA_VERSION",
     "count_live",
     "ensure_group",
     "find_group",
     "forget",
+    "group_id",
     "open_database",
     "publish",
     "release",
     "settle",
-    "take",
     "transaction",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = (
     # AUTOINCREMENT so a seq is never reused after its row is deleted: receipts
@@ -87,7 +92,13 @@ _SCHEMA = (
         deaths INTEGER NOT NULL DEFAULT 0,
         error TEXT,
         failed_at REAL,
+        taken_from TEXT,
         PRIMARY KEY (gid, seq)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS members (
+        owner INTEGER PRIMARY KEY,
+        gid INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        UNIQUE (gid, name))""",
     # Fetch takes from here in publish order: nothing but what may be taken now.
     """CREATE INDEX IF NOT EXISTS deliveries_ready
         ON deliveries (gid, seq, key) WHERE state = 'ready'""",
@@ -101,39 +112,7 @@ _SCHEMA = (
         ON deliveries (gid, failed_at, seq) WHERE state = 'dead'""",
 )
 
-# The planner has no statistics for the partial indexes and would otherwise
-# walk the primary key, so the hot queries name their index.
-_DUE = "gid = :gid AND state IN ('waiting', 'leased') AND visible_at <= :now"
-_PROBE = f"""SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_ready
-        WHERE gid = :gid AND state = 'ready')
-    OR EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_due WHERE {_DUE})"""
-# Due retries and expired leases become fetchable; the attempt was counted when
-# they were taken, and the old holder's receipt no longer matches.
-_PROMOTE = f"""UPDATE deliveries INDEXED BY deliveries_due
-    SET state = 'ready', lease_owner = NULL, lease_token = NULL WHERE {_DUE}"""
-
-# A keyed message waits while another member holds a message with its key
-# (every lease left after _PROMOTE is unexpired), so members of a group never
-# handle one publish key at once and first deliveries keep publish order. A
-# retry is not leased while it waits for its delay, so it blocks no one; once
-# due it waits like any other message.
-_TAKE = """UPDATE deliveries
-    SET state = 'leased', attempt = attempt + 1, visible_at = :until,
-        lease_owner = :owner, lease_token = :token
-    WHERE gid = :gid AND seq IN (
-        SELECT d.seq FROM deliveries AS d INDEXED BY deliveries_ready
-        WHERE d.gid = :gid AND d.state = 'ready'
-          AND (d.key IS NULL OR NOT EXISTS (
-              SELECT 1 FROM deliveries AS b INDEXED BY deliveries_leased
-              WHERE b.gid = :gid AND b.key = d.key AND b.state = 'leased'
-                AND b.lease_owner <> :owner))
-        ORDER BY d.seq LIMIT :limit)
-    RETURNING seq, attempt"""
-
-_MESSAGES = """SELECT seq, id, key, payload, headers, published_at FROM messages
-    WHERE seq IN (SELECT value FROM json_each(?))"""
-
-_EXTEND = """UPDATE deliveries INDEXED BY deliveries_leased SET visible_at = ?
+EXTEND = """UPDATE deliveries INDEXED BY deliveries_leased SET visible_at = ?
     WHERE gid = ? AND state = 'leased' AND lease_owner = ?"""
 
 # Settling is guarded by owner and token: a receipt whose lease expired and was
@@ -141,13 +120,14 @@ _EXTEND = """UPDATE deliveries INDEXED BY deliveries_leased SET visible_at = ?
 _HELD = "gid = ? AND seq = ? AND state = 'leased' AND lease_owner = ? AND lease_token = ?"
 _ACK = f"DELETE FROM deliveries WHERE {_HELD}"
 _RETRY = f"""UPDATE deliveries SET state = ?, visible_at = ?,
-    lease_owner = NULL, lease_token = NULL WHERE {_HELD}"""
+    lease_owner = NULL, lease_token = NULL, taken_from = NULL WHERE {_HELD}"""
 _DEAD = f"""UPDATE deliveries SET state = 'dead', visible_at = 0, lease_owner = NULL,
-    lease_token = NULL, deaths = deaths + 1, error = ?, failed_at = ? WHERE {_HELD}"""
+    lease_token = NULL, taken_from = NULL, deaths = deaths + 1, error = ?, failed_at = ?
+    WHERE {_HELD}"""
 
 _RELEASE = """UPDATE deliveries INDEXED BY deliveries_leased
     SET state = 'ready', visible_at = 0, attempt = attempt - ?,
-        lease_owner = NULL, lease_token = NULL
+        lease_owner = NULL, lease_token = NULL, taken_from = NULL
     WHERE gid = ? AND state = 'leased' AND lease_owner = ?"""
 
 # A message goes once no group of its topic has a delivery of it left.
@@ -187,6 +167,8 @@ def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.C
                 )
             if version == 1:
                 _migrate_from_1(conn, time.time())
+            if version in (1, 2):
+                conn.execute("ALTER TABLE deliveries ADD COLUMN taken_from TEXT")
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -260,67 +242,22 @@ def find_group(conn: sqlite3.Connection, topic: str, group: str) -> int | None:
 def ensure_group(conn: sqlite3.Connection, topic: str, group: str) -> int:
     """The group's id; a new group gets every message of the topic still retained."""
     with transaction(conn):
-        gid = find_group(conn, topic, group)
-        if gid is not None:
-            return gid
-        cursor = conn.execute("INSERT INTO groups (topic, name) VALUES (?, ?)", (topic, group))
-        gid = int(cursor.lastrowid or 0)
-        inherited = conn.execute(
-            "INSERT INTO deliveries (gid, seq, key) SELECT ?, seq, key FROM messages "
-            "WHERE topic = ?",
-            (gid, topic),
-        ).rowcount
-        conn.execute(LIVE, (inherited, gid))
+        return group_id(conn, topic, group)
+
+
+def group_id(conn: sqlite3.Connection, topic: str, group: str) -> int:
+    """``ensure_group`` inside a transaction the caller holds."""
+    gid = find_group(conn, topic, group)
+    if gid is not None:
         return gid
-
-
-def take(
-    conn: sqlite3.Connection,
-    topic: str,
-    gid: int,
-    owner: int,
-    token: int,
-    limit: int,
-    now: float,
-    until: float,
-    extend_held: bool,
-) -> list[Message]:
-    """Lease up to ``limit`` fetchable deliveries to ``owner``, in publish order.
-
-    Reads first without the write lock, so an idle poller does not queue
-    behind other processes' writers; ``extend_held`` also pushes out the
-    leases ``owner`` already holds, in the same transaction (first, so none
-    of them counts as expired).
-    """
-    if limit <= 0 and not extend_held:
-        return []
-    if not extend_held and not conn.execute(_PROBE, {"gid": gid, "now": now}).fetchone()[0]:
-        return []
-    with transaction(conn):
-        if extend_held:
-            conn.execute(_EXTEND, (until, gid, owner))
-        if limit <= 0:
-            return []
-        conn.execute(_PROMOTE, {"gid": gid, "now": now})
-        params = {"gid": gid, "owner": owner, "token": token, "until": until, "limit": limit}
-        attempts = dict(conn.execute(_TAKE, params).fetchall())
-        if not attempts:
-            return []
-        rows = conn.execute(_MESSAGES, (orjson.dumps(list(attempts)),)).fetchall()
-    rows.sort()
-    return [
-        Message(
-            id=message_id,
-            topic=topic,
-            payload=payload,
-            key=key,
-            headers=orjson.loads(headers) if headers else NO_HEADERS,
-            attempt=attempts[seq],
-            published_at=published_at,
-            receipt=(seq, token),
-        )
-        for seq, message_id, key, payload, headers, published_at in rows
-    ]
+    cursor = conn.execute("INSERT INTO groups (topic, name) VALUES (?, ?)", (topic, group))
+    gid = int(cursor.lastrowid or 0)
+    inherited = conn.execute(
+        "INSERT INTO deliveries (gid, seq, key) SELECT ?, seq, key FROM messages WHERE topic = ?",
+        (gid, topic),
+    ).rowcount
+    conn.execute(LIVE, (inherited, gid))
+    return gid
 
 
 def settle(
@@ -357,7 +294,7 @@ def settle(
         if gone:
             conn.execute(LIVE, (-gone, gid))
         if extend_until is not None:
-            conn.execute(_EXTEND, (extend_until, gid, owner))
+            conn.execute(EXTEND, (extend_until, gid, owner))
 
 
 def _retry_state(delay: float) -> str:

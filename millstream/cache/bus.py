@@ -8,9 +8,12 @@ does it across processes over Redis pub/sub.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from millstream.brokers import redact
 from millstream.errors import ConfigError
@@ -18,7 +21,15 @@ from millstream.errors import ConfigError
 if TYPE_CHECKING:
     from millstream.cache.read_cache import Cache
 
-__all__ = ["EXPECTED_URL", "InvalidationBus", "LocalBus", "check_cache_url", "process_bus"]
+__all__ = [
+    "EXPECTED_URL",
+    "InvalidationBus",
+    "LocalBus",
+    "check_cache_url",
+    "database_number",
+    "process_bus",
+    "service_channel",
+]
 
 EXPECTED_URL = (
     "unset (invalidate within this process only), or redis://[[user]:password@]host:6379[/db] "
@@ -94,8 +105,43 @@ def check_cache_url(url: str) -> None:
         raise ConfigError(f"{shown} is not a Redis URL; expected {EXPECTED_URL}")
     if not parts.hostname:
         raise ConfigError(f"{shown} has no host; expected {EXPECTED_URL}")
-    database = parts.path.strip("/")
+    database = parts.path.strip("/") or parse_qs(parts.query).get("db", [""])[-1]
     if database and not database.isdigit():  # redis-py would quietly use database 0
         raise ConfigError(
             f"{shown}: {database!r} is not a database number; expected {EXPECTED_URL}"
         )
+
+
+def database_number(url: str) -> int:
+    """The Redis database a checked ``cache_url`` names (``/7`` or ``?db=7``; else 0)."""
+    parts = urlsplit(url)
+    database = parts.path.strip("/") or parse_qs(parts.query).get("db", [""])[-1]
+    return int(database) if database else 0
+
+
+def service_channel(channel: str | None, store_url: str | None) -> str:
+    """The name the instances of one service share invalidations under.
+
+    ``channel`` (setting ``cache_channel``) when given; else one derived
+    from ``store_url``, so that instances sharing a database share
+    invalidations and services with databases of their own do not: the
+    database's name and a digest of where it is (host, port and database
+    for PostgreSQL, the absolute file path for SQLite; never credentials
+    or parameters).
+    """
+    if channel:
+        return channel
+    if not store_url:
+        return "millstream"
+    parts = urlsplit(store_url)
+    if parts.scheme.lower() == "sqlite":
+        path = os.path.abspath(unquote(parts.path)[1:])
+        where, name = path, os.path.splitext(os.path.basename(path))[0]
+    else:
+        host = parts.netloc.rpartition("@")[2].lower()
+        if parts.port is None and ":" not in host:
+            host += ":5432"
+        name = unquote(parts.path).strip("/")
+        where = f"{host}/{name}"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'store'}-{digest}"

@@ -1,9 +1,10 @@
 """``RedisBus``: cache invalidations between instances over Redis pub/sub.
 
-Each instance publishes ``{"origin", "cache", "keys"}`` (orjson) on one
-channel and runs one subscriber task that applies what the others publish
-(its own messages, recognised by ``origin``, are skipped: it dropped those
-keys before publishing).
+Each instance publishes ``{"origin", "cache", "keys"}`` (orjson) on its
+service's channel, ``millstream:cache:<database>:<service>``, and runs one
+subscriber task that applies what the others publish (its own messages,
+recognised by ``origin``, are skipped: it dropped those keys before
+publishing).
 
 Pub/sub is fire-and-forget: a message published while an instance's
 subscription is down never reaches it. So the subscriber clears every
@@ -35,7 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from millstream.brokers import redact
-from millstream.cache.bus import check_cache_url
+from millstream.cache.bus import check_cache_url, database_number
 
 if TYPE_CHECKING:
     from millstream.cache.read_cache import Cache
@@ -61,19 +62,21 @@ class _Silent(redis_errors.ConnectionError):
 
 
 class RedisBus:
-    """Invalidations over the Redis pub/sub ``channel`` at ``url``; see the module docstring.
+    """Invalidations over Redis pub/sub at ``url``; see the module docstring.
+
+    ``service`` names the service whose instances share invalidations; the
+    pub/sub ``channel`` also carries the database number of ``url``, since
+    Redis delivers a channel's messages to subscribers of every database.
 
     ``heartbeat`` is how often the subscriber pings: a connection silent for
     three heartbeats counts as lost. ``connected`` tells whether the
     subscription is live right now; ``reconnects`` counts recoveries.
     """
 
-    def __init__(
-        self, url: str, channel: str = "millstream:cache", *, heartbeat: float = 5.0
-    ) -> None:
+    def __init__(self, url: str, service: str = "millstream", *, heartbeat: float = 5.0) -> None:
         check_cache_url(url)
         self.url = url
-        self.channel = channel
+        self.channel = f"millstream:cache:{database_number(url)}:{service}"
         self.heartbeat = heartbeat
         self.origin = uuid.uuid4().hex
         self.connected = False

@@ -26,6 +26,8 @@ from millstream.cli.common import (
     run,
     stdout,
 )
+from millstream.runtime.replay import replay_paced
+from millstream.settings import load_settings
 
 
 @dlq_app.command("list")
@@ -91,10 +93,22 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 @dlq_app.command("replay")
 def dlq_replay(
-    topic: TopicArgument, group: GroupOption, broker: BrokerOption = None, ids: IdsOption = None
+    topic: TopicArgument,
+    group: GroupOption,
+    broker: BrokerOption = None,
+    ids: IdsOption = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            min=0.001,
+            help="Letters replayed per second at most [default: MILLSTREAM_DLQ_REPLAY_RATE, 500].",
+        ),
+    ] = None,
 ) -> None:
     """Put dead letters of TOPIC back into GROUP as fresh deliveries (all, or each --id)."""
-    replayed = run(_change_letters(broker, topic, group, ids, purge=False))
+    pace = rate if rate is not None else load_settings().dlq_replay_rate
+    replayed = run(_change_letters(broker, topic, group, ids, purge=False, rate=pace))
     stdout().print(
         f"replayed {replayed} dead letter(s) of {topic!r} into {group!r}" + _missing(ids, replayed),
         markup=False,
@@ -125,11 +139,12 @@ async def _change_letters(
     *,
     purge: bool,
     confirmed: bool = False,
+    rate: float = 0.0,
 ) -> int:
     async with connected(broker_url) as broker:
         queue = await broker.dead_letters(topic, group)
         if not purge:
-            return await queue.replay(ids or None)
+            return await replay_paced(queue, ids or None, rate)
         if not ids and not confirmed:
             total = await queue.count()
             if total == 0:

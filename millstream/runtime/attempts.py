@@ -12,6 +12,8 @@ outcome".
 :class:`UncountedDeliveries` remembers those messages by id and takes the
 extra count off every later delivery of them, until they are settled. A
 process that crashes forgets, so a crash loop still counts every delivery.
+A message whose handler succeeded here but whose ack was lost is acked again
+when it comes back, without running its handler a second time.
 """
 
 from __future__ import annotations
@@ -26,49 +28,55 @@ __all__ = ["UncountedDeliveries"]
 
 class UncountedDeliveries:
     """Per consumer: message id -> (the broker's attempt last seen, deliveries it counted
-    that were no attempt, whether the next delivery follows an unstarted one)."""
+    that were no attempt, whether the next delivery follows one that ended without an
+    attempt, whether its handler already succeeded here)."""
 
     __slots__ = ("_entries", "_most")
 
     def __init__(self, most: int) -> None:
-        self._entries: dict[str, tuple[int, int, bool]] = {}
+        self._entries: dict[str, tuple[int, int, bool, bool]] = {}
         self._most = most
 
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def remember(self, messages: Iterable[Message]) -> None:
-        """These deliveries end unstarted or handled but unsettled: the next delivery of
-        each may be counted by the broker, and is no attempt."""
+    def remember(self, messages: Iterable[Message], *, handled: bool = False) -> None:
+        """These deliveries end unstarted, or ``handled`` (successfully) but unacked: the
+        next delivery of each may be counted by the broker, and is no attempt."""
         entries = self._entries
         for message in messages:
             entry = entries.get(message.id)
             extra = entry[1] if entry is not None else 0
-            entries[message.id] = (message.attempt + extra, extra, True)
+            entries[message.id] = (message.attempt + extra, extra, True, handled)
         excess = len(entries) - self._most
         if excess > 0:  # oldest first: a redelivery comes soon, or to another member
             for stale in list(itertools.islice(entries, excess)):
                 del entries[stale]
 
-    def correct(self, messages: Iterable[Message]) -> None:
-        """Take the deliveries that were no attempt off each message's ``attempt``."""
+    def correct(self, messages: Iterable[Message]) -> list[Message]:
+        """Take the deliveries that were no attempt off each message's ``attempt``; returns
+        the messages already handled here, whose ack was lost: ack them, do not run them."""
         entries = self._entries
+        handled: list[Message] = []
         for message in messages:
             entry = entries.get(message.id)
             if entry is None:
                 continue
-            seen, extra, after_unstarted = entry
+            seen, extra, after_lost, done = entry
             counted = message.attempt
-            if counted < seen:  # replayed from the dead letters: attempts start over
+            if counted < seen:  # replayed from the dead letters: a fresh start
                 del entries[message.id]
                 continue
-            if after_unstarted and counted > seen:
+            if done:
+                handled.append(message)
+            if after_lost and counted > seen:
                 extra += 1
-            if extra:
-                entries[message.id] = (counted, extra, False)
+            if extra or done:
+                entries[message.id] = (counted, extra, False, done)
                 message.attempt = max(1, counted - extra)
             else:
                 del entries[message.id]
+        return handled
 
     def settled(self, messages: Iterable[Message]) -> None:
         """These messages are acked or dead for good: no delivery of them comes again."""

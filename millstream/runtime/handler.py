@@ -54,12 +54,23 @@ class HandlerLink(Protocol):
     def __call__(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke: ...
 
 
+# What fills a handler parameter, found by its type hint.
+_PAYLOAD, _ENVELOPE, _TRANSACTION = "payload", "envelope", "transaction"
+
+
 @dataclass(frozen=True, slots=True)
 class _Signature:
     decoder: Decoder
-    wants_envelope: bool
-    transaction: str | None = None
-    """The parameter that takes the message's store transaction, if any."""
+    positional: tuple[str, ...]
+    """What each leading positional parameter takes, in order."""
+    keywords: tuple[tuple[str, str], ...] = ()
+    """(parameter name, what it takes) for the rest."""
+
+    @property
+    def transaction(self) -> bool:
+        return _TRANSACTION in self.positional or any(
+            role == _TRANSACTION for _, role in self.keywords
+        )
 
 
 def _decode_bytes(message: Message) -> bytes:
@@ -106,6 +117,8 @@ def _decoder_for(hint: Any) -> Decoder:
 
 
 def _inspect(handler: Handler) -> _Signature:
+    """Bind each parameter by its type hint, in any order: one takes the payload (decoded
+    by its hint), a ``Message`` one the envelope, a ``Transaction`` one the transaction."""
     name = getattr(handler, "__qualname__", repr(handler))
     try:
         parameters = list(inspect.signature(handler).parameters.values())
@@ -117,55 +130,80 @@ def _inspect(handler: Handler) -> _Signature:
         ) from exc
     except (TypeError, ValueError) as exc:
         raise HandlerSignatureError(f"handler {name}: cannot read its signature ({exc})") from exc
-    transaction = next((p.name for p in parameters if hints.get(p.name) is Transaction), None)
-    if transaction is not None and not _is_async(handler):
-        raise HandlerSignatureError(
-            f"handler {name} takes a store Transaction but is a plain def; "
-            f"make it `async def {name}(...)`: the transaction is used with await"
-        )
-    parameters = [p for p in parameters if p.name != transaction]
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required_extra = [
-        p.name
-        for p in parameters
-        if p not in positional[:2]
-        and p.default is p.empty
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    if not positional:
+    fillable = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not fillable:
         raise HandlerSignatureError(
             f"handler {name} takes no parameters; give it one for the payload, "
             f"annotated with {_ACCEPTED}, e.g. `async def {name}(payment: Payment) -> None`"
         )
-    if required_extra:
+    roles = _roles(name, fillable, hints)
+    if _TRANSACTION in roles.values() and not _is_async(handler):
         raise HandlerSignatureError(
-            f"handler {name} has required parameters {required_extra} the runtime cannot fill; "
-            "a handler takes the payload and optionally `msg: Message` and `tx: Transaction`"
+            f"handler {name} takes a store Transaction but is a plain def; "
+            f"make it `async def {name}(...)`: the transaction is used with await"
         )
-    first = positional[0]
-    if first.name not in hints:
-        raise HandlerSignatureError(
-            f"handler {name}: parameter {first.name!r} has no type hint; "
-            f"annotate it with {_ACCEPTED} so the payload can be decoded"
-        )
-    wants_envelope = False
-    if len(positional) > 1:
-        second = positional[1]
-        second_hint = hints.get(second.name)
-        if second_hint is Message:
-            wants_envelope = True
-        elif second.default is second.empty:
-            raise HandlerSignatureError(
-                f"handler {name}: second parameter {second.name!r} must be annotated "
-                f"`{second.name}: Message` (the envelope) or have a default"
-            )
+    payload = next(p for p in fillable if roles.get(p.name) == _PAYLOAD)
     try:
-        decoder = _decoder_for(hints[first.name])
+        decoder = _decoder_for(hints[payload.name])
     except Exception as exc:
         raise HandlerSignatureError(
-            f"handler {name}: cannot decode into {hints[first.name]!r} ({exc}); use {_ACCEPTED}"
+            f"handler {name}: cannot decode into {hints[payload.name]!r} ({exc}); use {_ACCEPTED}"
         ) from exc
-    return _Signature(decoder, wants_envelope, transaction)
+    positional: list[str] = []
+    keywords: list[tuple[str, str]] = []
+    for parameter in fillable:
+        role = roles.get(parameter.name)
+        if role is None:
+            continue  # it has a default and keeps it
+        if parameter.kind is parameter.KEYWORD_ONLY or len(positional) < fillable.index(parameter):
+            if parameter.kind is parameter.POSITIONAL_ONLY:
+                raise HandlerSignatureError(
+                    f"handler {name}: positional-only parameter {parameter.name!r} follows one "
+                    "the runtime leaves to its default, so it cannot be passed; reorder them"
+                )
+            keywords.append((parameter.name, role))
+        else:
+            positional.append(role)
+    return _Signature(decoder, tuple(positional), tuple(keywords))
+
+
+def _roles(name: str, parameters: list[inspect.Parameter], hints: dict[str, Any]) -> dict[str, str]:
+    """What each parameter takes; raises ``HandlerSignatureError`` for one nothing fills."""
+    roles: dict[str, str] = {}
+    for role, hint in ((_TRANSACTION, Transaction), (_ENVELOPE, Message)):
+        typed = [p.name for p in parameters if hints.get(p.name) is hint]
+        if len(typed) > 1:
+            raise HandlerSignatureError(
+                f"handler {name}: parameters {typed} are all annotated {hint.__name__}; keep one"
+            )
+        roles.update((each, role) for each in typed)
+    # The payload: the first parameter that is neither; else a lone Message is the payload.
+    rest = [p for p in parameters if p.name not in roles]
+    if rest:
+        payload = rest[0]
+        if payload.name not in hints:
+            raise HandlerSignatureError(
+                f"handler {name}: parameter {payload.name!r} has no type hint; "
+                f"annotate it with {_ACCEPTED} so the payload can be decoded"
+            )
+        roles[payload.name] = _PAYLOAD
+        rest = rest[1:]
+    else:
+        envelope = next((p.name for p in parameters if roles.get(p.name) == _ENVELOPE), None)
+        if envelope is None:
+            raise HandlerSignatureError(
+                f"handler {name} has no parameter for the payload; add one annotated with "
+                f"{_ACCEPTED}, e.g. `event: dict`"
+            )
+        roles[envelope] = _PAYLOAD
+    unfilled = [p.name for p in rest if p.default is p.empty]
+    if unfilled:
+        raise HandlerSignatureError(
+            f"handler {name} has required parameters {unfilled} the runtime cannot fill; a "
+            "handler takes the payload and, in any order, `msg: Message` and `tx: Transaction`"
+            " (others need a default)"
+        )
+    return roles
 
 
 def _is_async(handler: Handler) -> bool:
@@ -181,7 +219,7 @@ def check_handler(handler: Handler) -> None:
 
 def wants_transaction(handler: Handler) -> bool:
     """Whether ``handler`` takes a store ``Transaction`` (it runs inside one)."""
-    return _inspect(handler).transaction is not None
+    return _inspect(handler).transaction
 
 
 def bind_handler(
@@ -200,39 +238,27 @@ def bind_handler(
     """
     signature = _inspect(handler)
     decode = signature.decoder
-    if signature.transaction is not None:
-        tx_name = signature.transaction
-        envelope = signature.wants_envelope
-
-        async def invoke_in_transaction(message: Message) -> None:
-            tx = {tx_name: current_transaction()}
-            if envelope:
-                await handler(decode(message), message, **tx)
-            else:
-                await handler(decode(message), **tx)
-
-        return invoke_in_transaction
     if _is_async(handler):
-        # The handler's own coroutine is the invocation: no wrapper coroutine
-        # per message. A payload that does not decode raises on the call.
+        # The handler's own coroutine is the invocation: no wrapper coroutine per
+        # message. A payload that does not decode raises on the call.
         coroutine = cast(Callable[..., Awaitable[None]], handler)
-        if signature.wants_envelope:
+        if signature.positional == (_PAYLOAD,) and not signature.keywords:
+
+            def invoke_async(message: Message) -> Awaitable[None]:
+                return coroutine(decode(message))
+
+            return invoke_async
+        if signature.positional == (_PAYLOAD, _ENVELOPE) and not signature.keywords:
 
             def invoke_async_envelope(message: Message) -> Awaitable[None]:
                 return coroutine(decode(message), message)
 
             return invoke_async_envelope
-
-        def invoke_async(message: Message) -> Awaitable[None]:
-            return coroutine(decode(message))
-
-        return invoke_async
+        return cast(Invoke, _caller(coroutine, signature))
+    call = _caller(handler, signature)
 
     def run(message: Message, loop: asyncio.AbstractEventLoop) -> None:
-        if signature.wants_envelope:
-            result = handler(decode(message), message)
-        else:
-            result = handler(decode(message))
+        result = call(message)
         if inspect.isawaitable(result):
             asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
@@ -248,6 +274,27 @@ def bind_handler(
             raise
 
     return invoke_sync
+
+
+def _caller(handler: Handler, signature: _Signature) -> Callable[[Message], Any]:
+    """A call of ``handler`` with each parameter filled as ``signature`` binds it."""
+    decode = signature.decoder
+
+    def fill(role: str, message: Message) -> Any:
+        if role == _PAYLOAD:
+            return decode(message)
+        if role == _ENVELOPE:
+            return message
+        return current_transaction()
+
+    positional, keywords = signature.positional, signature.keywords
+
+    def call(message: Message) -> Any:
+        args = [fill(role, message) for role in positional]
+        kwargs = {name: fill(role, message) for name, role in keywords}
+        return handler(*args, **kwargs)
+
+    return call
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> None:

@@ -45,6 +45,7 @@ class Session:
         self.held = 0  # fetched and not yet settled: what max_inflight bounds
         self.settled = 0  # outcomes the broker accepted: proof the session works
         self.started_at = time.monotonic()
+        self._acked_again = 0  # redeliveries acked without running (their ack was lost)
         self._room = asyncio.Event()
         self.settler = Settler(
             subscription,
@@ -120,6 +121,9 @@ class Session:
                 await settle  # done or not: this also retrieves an exception it ended with
             except Exception as exc:
                 log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
+            # Outcomes that came after the settler failed were never sent: the broker
+            # redelivers those messages, and the handled ones were no failed attempt.
+            self._settled(self.settler.take_pending(), False)
         finally:
             await cancel_and_wait(keepalive)
             with contextlib.suppress(BrokerError):
@@ -174,8 +178,19 @@ class Session:
 
     def _submit(self, messages: list[Message]) -> None:
         uncounted = self.consumer.uncounted
-        if uncounted:
-            uncounted.correct(messages)
+        if uncounted and (handled := uncounted.correct(messages)):
+            # Handled here before a lost connection swallowed their acks: ack again.
+            if not self._acked_again:
+                log.info(
+                    "consumer %s: redelivered messages were handled before a lost "
+                    "connection swallowed their acks; acking them without handling them again",
+                    self.consumer.name,
+                )
+            self._acked_again += len(handled)
+            for message in handled:
+                self.succeeded(message)
+            again = {id(message) for message in handled}
+            messages = [message for message in messages if id(message) not in again]
         limit = self.consumer.retry.attempts
         overdue = [message for message in messages if message.attempt > limit]
         if overdue:
@@ -243,5 +258,5 @@ class Session:
         else:
             # Handled, but the ack did not reach the broker: the redelivery that follows
             # is no failed attempt either.
-            uncounted.remember(batch.acks)
+            uncounted.remember(batch.acks, handled=True)
         self._room.set()

@@ -93,19 +93,24 @@ class Settler:
         self._has_items.set()
         self._full.set()
 
-    async def _flush(self) -> None:
-        acks, retries, deads = self._acks, self._retries, self._deads
-        count = self.pending
+    def take_pending(self) -> Settled:
+        """Take what is pending, unsent: ``run`` has ended and will not send it."""
+        batch = Settled(self.pending, self._acks, self._deads)
         self._acks, self._retries, self._deads = [], [], []
         self.pending = 0
         self._has_items.clear()
         self._full.clear()
-        if not count:
+        return batch
+
+    async def _flush(self) -> None:
+        retries = self._retries
+        batch = self.take_pending()
+        if not batch.size:
             return
         try:
-            await self._subscription.settle(acks, retries, deads)
+            await self._subscription.settle(batch.acks, retries, batch.deads)
         except BaseException as exc:
             self.failure = exc
-            self._on_settled(Settled(count, acks, deads), False)
+            self._on_settled(batch, False)
             raise
-        self._on_settled(Settled(count, acks, deads), True)
+        self._on_settled(batch, True)

@@ -443,15 +443,19 @@ class Store(_Reads):
             )
 
     async def prune(self, sent_before: float, processed_before: float) -> None:
-        """Delete sent outbox rows and ledger entries older than the cut-offs."""
-        async with self.transaction() as tx:
-            await tx.execute(
-                "DELETE FROM millstream_outbox WHERE sent_at IS NOT NULL AND sent_at < $1",
-                sent_before,
-            )
-            await tx.execute(
-                "DELETE FROM millstream_processed WHERE processed_at < $1", processed_before
-            )
+        """Delete sent outbox rows and ledger entries older than the cut-offs.
+
+        One transaction per table: holding one table's locks while waiting
+        for the other's could deadlock with a schema change that locks them
+        in the other order.
+        """
+        await self.execute(
+            "DELETE FROM millstream_outbox WHERE sent_at IS NOT NULL AND sent_at < $1",
+            sent_before,
+        )
+        await self.execute(
+            "DELETE FROM millstream_processed WHERE processed_at < $1", processed_before
+        )
 
     async def outbox_pending(self) -> int:
         """Outbox rows not yet published."""

@@ -67,6 +67,10 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._next_prune = 0.0
+        # Published, but the store failed before recording it: recorded first next
+        # round (they are still claimed by us), rather than published again once
+        # the claim runs out.
+        self._unmarked: list[int] = []
         self.stats = RelayStats()
 
     def start(self) -> None:
@@ -106,6 +110,9 @@ class OutboxRelay:
         Cancelled half way, it hands the unmarked rows back (due now) before
         letting the cancellation through, so no row waits out a lease.
         """
+        if self._unmarked:
+            await self._store.outbox_sent(self._unmarked, time.time())
+            self._unmarked = []
         now = time.time()
         claimed = await self._store.claim_outbox(self._batch, now, self._lease)
         if not claimed:
@@ -140,8 +147,12 @@ class OutboxRelay:
                 sent.extend(row_id for row_id, _ in rows)
         self._failed_last = bool(failed)
         if sent:
-            await self._store.outbox_sent(sent, time.time())
             self.stats.published += len(sent)
+            try:
+                await self._store.outbox_sent(sent, time.time())
+            except BaseException:
+                self._unmarked.extend(sent)
+                raise
         if failed:
             self.stats.failed_batches += 1
             self.stats.last_error = error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Annotated, Any
 
@@ -11,12 +10,11 @@ from pydantic import BaseModel, Field
 
 from millstream.brokers.base import DeadLetter
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
+from millstream.runtime.replay import replay_paced
 from millstream.web.errors import middleware_responses
 from millstream.web.service import Service
 
 __all__ = ["admin_router"]
-
-_REPLAY_CHUNK = 100
 
 
 class ConcurrencyChange(BaseModel):
@@ -47,7 +45,10 @@ class LetterView(BaseModel):
     id: str
     message_id: str
     key: str | None
-    headers: dict[str, str]
+    headers: dict[str, Any] = Field(
+        description="as the broker holds them: strings, or other JSON values another "
+        "producer put there"
+    )
     attempts: int
     error: str
     failed_at: float
@@ -171,30 +172,8 @@ def admin_router(service: Service) -> APIRouter:
         selection: LetterSelection, found: ConsumerRuntime = by_name
     ) -> dict[str, int]:
         queue = await service.ms.dead_letters(found.spec.topic, found.spec.group)
-        # A chunk is at most a second's worth, so no second sees more than the rate.
         rate = service.settings.dlq_replay_rate
-        size = max(1, min(_REPLAY_CHUNK, int(rate)))
-        pause = size / rate
-        replayed = 0
-        if selection.ids is not None:
-            for start in range(0, len(selection.ids), size):
-                if start:
-                    await asyncio.sleep(pause)
-                replayed += await queue.replay(selection.ids[start : start + size])
-            return {"replayed": replayed}
-        # All of them: as many as there are now, so letters that die again while
-        # we replay are not replayed in a loop.
-        remaining = await queue.count()
-        while remaining > 0:
-            chunk = [x.id for x in await queue.list(limit=min(size, remaining))]
-            done = await queue.replay(chunk) if chunk else 0
-            if not done:
-                break
-            replayed += done
-            remaining -= done
-            if remaining > 0:
-                await asyncio.sleep(pause)
-        return {"replayed": replayed}
+        return {"replayed": await replay_paced(queue, selection.ids, rate)}
 
     @router.post(
         "/consumers/{name}/dead-letters/purge", responses=not_found, summary="Delete for good"

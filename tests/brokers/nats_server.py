@@ -9,12 +9,14 @@ Users (with permissions) go into the config file when given.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,15 @@ import pytest
 from tests.brokers.server_process import ServerProcess
 from tests.conftest import REQUIRE_BROKERS
 
-__all__ = ["NatsServer", "delete_streams", "nats_server_binary"]
+__all__ = [
+    "MALFORMED",
+    "NatsServer",
+    "delete_streams",
+    "ensure_topic_stream",
+    "nats_server_binary",
+    "publish_malformed",
+    "publish_raw",
+]
 
 
 def nats_server_binary() -> str:
@@ -89,12 +99,87 @@ class NatsServer(ServerProcess):
             return False
 
 
+# Each header millstream reads from a message on its topic, malformed in one way:
+# (header name, raw value), both as the bytes another producer could write.
+MALFORMED: list[tuple[bytes, bytes]] = [
+    (b"ms-attempt", b"abc"),
+    (b"ms-attempt", b"-3"),
+    (b"ms-published-at", b"abc"),
+    (b"Nats-Msg-Id", b"id-\xff\xfe"),
+    (b"ms-id", b"id-\xfe\xff"),
+    (b"ms-key", b"key-\xff"),
+    (b"h\xfcber", b"a header name that is not ASCII"),
+]
+
+
+async def publish_raw(
+    url: str, subject: str, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Publish one message with headers exactly as given, bytes that are not UTF-8 included.
+
+    nats-py encodes header values from ``str``, so this speaks the protocol
+    itself: CONNECT, HPUB, then PING; the PONG means the server has taken the
+    message (and an R1 stream has stored it).
+    """
+    host, port = url.removeprefix("nats://").rsplit("@", 1)[-1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+        if headers:
+            block = b"NATS/1.0\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+            block += b"\r\n"
+            size = f"{len(block)} {len(block) + len(payload)}".encode()
+            writer.write(b"HPUB " + subject.encode() + b" " + size + b"\r\n" + block + payload)
+        else:
+            writer.write(f"PUB {subject} {len(payload)}\r\n".encode() + payload)
+        writer.write(b"\r\nPING\r\n")
+        await writer.drain()
+        while (line := await reader.readline()) != b"PONG\r\n":
+            if not line or line.startswith(b"-ERR"):
+                raise AssertionError(f"the server refused a raw publish to {subject!r}: {line!r}")
+    finally:
+        writer.close()
+
+
+async def ensure_topic_stream(url: str, topic: str) -> None:
+    """Create the topic's stream as millstream would, so a raw publish to the topic is stored."""
+    from millstream.brokers.nats import NatsBroker
+    from millstream.brokers.nats_names import Names
+
+    broker = NatsBroker.from_url(url)
+    await broker.connect()
+    try:
+        await broker.ensure_stream(Names(topic, ""))
+    finally:
+        await broker.close()
+
+
+async def publish_malformed(url: str, topic: str) -> list[tuple[str, str, bytes]]:
+    """Publish one message per entry of ``MALFORMED`` to ``topic`` (its stream made first).
+
+    Returns (header, value as text, payload) of each; a payload is
+    ``{"malformed": "<header>=<value>"}``.
+    """
+    await ensure_topic_stream(url, topic)
+    sent = []
+    for name, value in MALFORMED:
+        field = name.decode(errors="backslashreplace")
+        text = value.decode(errors="backslashreplace")
+        payload = json.dumps({"malformed": f"{field}={text}"}).encode()
+        await publish_raw(url, topic, payload, [(name, value)])
+        sent.append((field, text, payload))
+    return sent
+
+
 async def delete_streams(url: str, topic: str) -> None:
-    """Delete the streams a test on ``topic`` made: the topic's and its dead-letter streams."""
+    """Delete the streams a test on ``topic`` made (the topic's and its dead-letter streams)
+    and its members' records and retry notes in ``MSHELD``."""
     import nats
     from nats.js.errors import NotFoundError
 
-    from millstream.brokers.nats_connection import Names
+    from millstream.brokers.nats_members import HELD_STREAM
+    from millstream.brokers.nats_names import Names
 
     names = Names(topic, "")
     dead_prefix = names.dead_stream.rsplit("_", 2)[0] + "_"
@@ -106,5 +191,8 @@ async def delete_streams(url: str, topic: str) -> None:
             if name == names.stream or name.startswith(dead_prefix):
                 with contextlib.suppress(NotFoundError):
                     await js.delete_stream(name)
+            elif name == HELD_STREAM:
+                with contextlib.suppress(NotFoundError):
+                    await js.purge_stream(name, subject=f"_ms.*.{names.stream}.>")
     finally:
         await client.close()

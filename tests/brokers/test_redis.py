@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,15 @@ from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigErro
 from millstream.runtime import ConsumerState
 from tests.brokers import scenarios
 from tests.brokers.redis_server import RedisServer, free_port
-from tests.brokers.scenarios import consumer_lag, drain, events, numbers, total_lag
+from tests.brokers.scenarios import (
+    at_least,
+    consumer_lag,
+    drain,
+    events,
+    fetch_n,
+    numbers,
+    total_lag,
+)
 from tests.conftest import require_service
 from tests.procs.group import ends, ready, spawn, stop
 from tests.proxy import TcpProxy
@@ -134,6 +143,122 @@ async def test_entries_are_plain_fields_and_other_writers_entries_are_read(
         assert theirs.attempt == 1
         await sub.settle([ours, theirs], [], [])
         assert await total_lag(sub) == 0
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+# What other producers write: (label, field, value), each malformed in one way.
+MALFORMED = [
+    ("published_at=abc", b"published_at", b"abc"),
+    ("headers=not json", b"headers", b"not json"),
+    ("headers=[1,2]", b"headers", b"[1,2]"),
+    ('headers={"a":1}', b"headers", b'{"a":1}'),
+    ("key=\\xff", b"key", b"\xff"),
+    ("id=\\xff", b"id", b"\xff"),
+    ("attempts=x", b"attempts", b"x"),
+]
+
+
+async def test_malformed_metadata_is_read_with_defaults_a_warning_and_no_stop(
+    shared: str, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        written = {}
+        for label, name, value in MALFORMED:
+            fields = {b"id": label.encode(), b"published_at": b"1700000000.25"}
+            fields[b"payload"] = json.dumps({"malformed": label}).encode()
+            fields[name] = value
+            written[label] = await admin.xadd(topic, fields)
+        retry = f"{topic}:retry:billing"  # a retry entry another tool wrote
+        await admin.xadd(
+            retry, {"id": "r-1", "payload": b'{"malformed": "retry"}', "attempts": "x"}
+        )
+        await broker.publish(topic, events(100))
+
+        sub = await broker.subscribe(topic, "billing", prefetch=200)
+        got = await fetch_n(sub, 108, within=5)
+        odd = {json.loads(m.payload)["malformed"]: m for m in got if b"malformed" in m.payload}
+        assert sorted(numbers([m for m in got if b"malformed" not in m.payload])) == list(
+            range(100)
+        )
+        entry_time = int(written["published_at=abc"].split(b"-")[0]) / 1000
+        assert odd["published_at=abc"].published_at == entry_time
+        assert odd["headers=not json"].headers == {} and odd["headers=[1,2]"].headers == {}
+        assert odd['headers={"a":1}'].headers == {"a": "1"}
+        assert odd["key=\\xff"].key == "\\xff" and odd["id=\\xff"].id == "\\xff"
+        assert odd["attempts=x"].attempt == 1
+        assert (odd["retry"].id, odd["retry"].attempt) == ("r-1", 1)
+
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        for _, name, value in MALFORMED:
+            shown = f"{name.decode()}={value.decode(errors='backslashreplace')!r}"
+            assert any(topic in w and shown in w for w in warnings), (shown, warnings)
+        await sub.settle(got, [], [])
+        assert await total_lag(sub) == 0
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+async def test_dead_letters_of_any_shape_are_listed(shared: str, topic: str) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    dlq = f"{topic}:dlq:billing"
+    try:
+        await admin.xadd(dlq, {"id": "m-1", "payload": b"{}", "headers": b'{"a":1,"b":[2]}'})
+        odd = await admin.xadd(
+            dlq,
+            {
+                "id": b"\xff",
+                "key": b"\xfe",
+                "payload": b"\x00",
+                "headers": b"not json",
+                "attempts": b"x",
+                "error": b"\xff",
+                "failed_at": b"soon",
+            },
+        )
+        letters = await (await broker.dead_letters(topic, "billing")).list()
+        assert [(x.message_id, x.key, x.headers, x.attempts) for x in letters] == [
+            ("\\xff", "\\xfe", {}, 0),
+            ("m-1", None, {"a": 1, "b": [2]}, 0),
+        ]
+        assert letters[0].failed_at == int(odd.split(b"-")[0]) / 1000
+    finally:
+        await admin.aclose()
+        await broker.close()
+
+
+async def test_a_foreign_message_keeps_its_id_through_retry_release_and_dead_letter(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        entry = (await admin.xadd(topic, {"payload": b'{"n": 0}'})).decode()  # no id field
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        [first] = await sub.fetch(10, 1.0)
+        assert (first.id, first.attempt) == (entry, 1)
+        await sub.settle([], [(first, 0.0)], [])
+        [retried] = await fetch_n(sub, 1)
+        assert (retried.id, retried.attempt) == (entry, 2)
+
+        await sub.close()  # released into the retry stream, uncounted
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        [released] = await sub.fetch(10, 1.0)
+        assert (released.id, released.attempt) == (entry, 2)
+        await sub.settle([], [], [(released, "FatalError: no")])
+        dlq = await broker.dead_letters(topic, "billing")
+        [letter] = await dlq.list()
+        assert (letter.message_id, letter.attempts) == (entry, 2)
+
+        assert await dlq.replay() == 1
+        [replayed] = await fetch_n(sub, 1)
+        assert (replayed.id, replayed.attempt) == (entry, 1)
+        await sub.settle([replayed], [], [])
     finally:
         await admin.aclose()
         await broker.close()
@@ -307,6 +432,54 @@ async def test_a_cut_connection_mid_stream_loses_nothing(
     assert len(handled) - 1000 <= 4 * 256
 
 
+async def test_a_silent_partition_is_noticed_within_ten_seconds_and_loses_nothing(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    ms = Millstream(
+        f"redis://127.0.0.1:{proxy.port}/0?lease=2", reconnect_backoff=0.05, poll_timeout=0.2
+    )
+    publisher = await opened(shared)  # not through the proxy: publishing goes on
+    handled: list[int] = []
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.005)
+        handled.append(event["n"])
+
+    try:
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await publisher.publish(topic, events(200))
+            await until(at_least(handled, 50))
+            proxy.blackhole()  # packets dropped both ways, nothing reset
+            started = time.monotonic()
+            publish_failed = 0.0
+
+            async def publish() -> None:  # through the app's own pool
+                nonlocal publish_failed
+                try:
+                    await ms.publish(topic, {"n": -1})
+                finally:
+                    publish_failed = time.monotonic() - started
+
+            publishing = asyncio.ensure_future(publish())
+            await publisher.publish(topic, events(100, start=200))
+            await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
+            noticed = time.monotonic() - started
+            with pytest.raises(BrokerUnavailable, match="stopped answering"):
+                await publishing
+
+            proxy.heal()
+            await until(lambda: set(range(300)) <= set(handled), within=30)
+            await until(lambda: consumer.state is ConsumerState.RUNNING)
+            await until_equal(lambda: consumer_lag(ms), 0)
+    finally:
+        await publisher.close()
+
+    assert publish_failed < 10 and noticed < 10, (publish_failed, noticed)
+    assert consumer.stats.reconnects >= 1
+
+
 @pytest.mark.slow
 async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
@@ -335,6 +508,100 @@ async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None
 
         assert set(handled) == set(range(700))
         assert consumer.stats.reconnects >= 1
+
+
+# -- members and takeovers ------------------------------------------------------------
+
+
+def took_over(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+
+
+async def test_a_member_back_under_its_name_takes_back_at_once_what_it_held(
+    shared: str, topic: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = await opened(f"redis://127.0.0.1:{proxy.port}/0?lease=30")
+    back = await opened(f"{shared}?lease=30")
+    try:
+        crashed = await gone.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        await back.publish(topic, events(8))
+        assert numbers(await crashed.fetch(5, 1.0)) == [0, 1, 2, 3, 4]
+        proxy.pause()
+        proxy.cut()  # the process died: nothing released, the lease is 30s
+
+        started = time.monotonic()
+        again = await back.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        got = await fetch_n(again, 8, within=1.0)
+        took = time.monotonic() - started
+        assert sorted(numbers(got)) == list(range(8)), f"{len(got)} back within {took:.2f}s"
+        assert {n: m.attempt for n, m in zip(numbers(got), got, strict=True)} == {
+            0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1  # a crash counts
+        }  # fmt: skip
+        assert took < 1.0 and again.taken_over == 5
+        [line] = took_over(caplog)
+        assert f"member web-1.charge took over 5 message(s) of {topic}/billing held by " in line
+        assert "web-1.charge, which stopped calling" in line
+        await again.settle(got, [], [])
+        assert await total_lag(again) == 0
+    finally:
+        await back.close()
+        await gone.close()
+
+
+async def test_a_takeover_after_the_lease_is_counted_and_logged_once(
+    shared: str, topic: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = await opened(f"redis://127.0.0.1:{proxy.port}/0?lease=1")
+    alive = await opened(f"{shared}?lease=1")
+    try:
+        crashed = await gone.subscribe(topic, "billing", prefetch=10, member="web-3.charge")
+        other = await alive.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        await alive.publish(topic, events(6))
+        assert numbers(await crashed.fetch(10, 1.0)) == list(range(6))
+        proxy.pause()
+        proxy.cut()
+
+        got = await fetch_n(other, 6, within=5)
+        assert sorted(numbers(got)) == list(range(6)) and {m.attempt for m in got} == {2}
+        assert other.taken_over == 6
+        [line] = took_over(caplog)
+        assert (
+            f"member web-1.charge took over 6 message(s) of {topic}/billing held by "
+            "web-3.charge, which stopped calling " in line
+        )
+        await other.settle(got, [], [])
+        assert await fetch_n(other, 1, within=1.5) == [] and other.taken_over == 6
+    finally:
+        await alive.close()
+        await gone.close()
+
+
+async def test_what_a_member_only_buffered_comes_back_uncounted_under_its_name(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    broker = await opened(f"redis://127.0.0.1:{proxy.port}/0?lease=30")
+    admin = redis.asyncio.Redis.from_url(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        for n in (0, 1):  # retries, read with the topic in one XREADGROUP
+            payload = json.dumps({"n": n}).encode()
+            await admin.xadd(f"{topic}:retry:billing", {"id": f"r{n}", "payload": payload})
+        await broker.publish(topic, events(2, start=2))
+        handed = await sub.fetch(2, 1.0)  # and the topic's two wait in the subscription
+        assert numbers(handed) == [0, 1]
+        proxy.pause()
+        proxy.cut()
+        await sub.close()  # cannot release: the server is out of reach
+        proxy.resume()
+
+        again = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        got = await fetch_n(again, 4, within=1.0)
+        attempts = {n: m.attempt for n, m in zip(numbers(got), got, strict=True)}
+        assert attempts == {0: 2, 1: 2, 2: 1, 3: 1}  # handed out counts, buffered does not
+        await again.settle(got, [], [])
+    finally:
+        await admin.aclose()
+        await broker.close()
 
 
 # -- refused credentials ------------------------------------------------------------

@@ -16,8 +16,10 @@ import pytest
 
 from millstream.brokers import connect
 from millstream.brokers.sqlite import SqliteBroker, SqliteSubscription
+from millstream.brokers.sqlite_schema import SCHEMA_VERSION
 from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.message import Message, OutgoingMessage
+from tests.brokers import sqlite_raw
 
 TOPIC = "payments"
 
@@ -535,7 +537,7 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert [(d.payload, d.error, d.attempts) for d in letters] == [(b"dead", "poison", 3)]
 
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT state FROM deliveries WHERE seq = 2").fetchall() == [
             ("waiting",)
         ]
@@ -550,3 +552,136 @@ async def test_a_file_from_a_newer_millstream_is_refused_with_the_fix(tmp_path: 
         await broker.connect()
     assert str(path) in str(raised.value)
     await broker.close()
+
+
+# -- members by name, takeovers, what other writers put in the file --------------
+
+
+async def test_a_member_subscribing_under_a_crashed_members_name_takes_its_messages_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = url_of(tmp_path / "broker.db")  # the default lease: 30 s
+    async with opened(url) as crashed, opened(url) as restarted:
+        before = await crashed.subscribe(TOPIC, "billing", prefetch=10, member="web-1.charge")
+        await crashed.publish(TOPIC, outgoing("a", "b", "c"))
+        assert payloads(await before.fetch(10, 1.0)) == ["a", "b", "c"]
+        crashed.cut()  # the process died: nothing released
+        unnamed = await restarted.subscribe(TOPIC, "billing", prefetch=10)
+        assert await unnamed.fetch(10, 0.2) == []  # held until the lease runs out
+        await unnamed.close()
+
+        started = time.monotonic()
+        after = await restarted.subscribe(TOPIC, "billing", prefetch=10, member="web-1.charge")
+        back = await after.fetch(10, 1.0)
+        seconds = time.monotonic() - started
+
+        print(f"sqlite takeover by name: {len(back)} message(s) in {seconds:.3f}s (lease 30s)")
+        assert [(m.payload, m.attempt) for m in back] == [(b"a", 2), (b"b", 2), (b"c", 2)]
+        assert seconds < 1.0
+        assert after.taken_over == 3
+        lines = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+        assert lines == [
+            f"sqlite: member web-1.charge took over 3 message(s) of {TOPIC}/billing held by "
+            "web-1.charge, which stopped without releasing them (its lease of 30s ran out, or "
+            "its name subscribed again)"
+        ]
+        await after.settle(back, [], [])
+        assert (await after.lag()).total == 0
+
+
+async def test_messages_of_an_expired_lease_count_as_taken_over_once_per_fetch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = url_of(tmp_path / "broker.db", lease=0.3)
+    async with opened(url) as doomed, opened(url) as survivor:
+        dying = await doomed.subscribe(TOPIC, "billing", prefetch=10, member="web-3.charge")
+        nameless = await doomed.subscribe(TOPIC, "billing", prefetch=10)
+        living = await survivor.subscribe(TOPIC, "billing", prefetch=10, member="web-1.charge")
+        await doomed.publish(TOPIC, outgoing("a", "b", "c", "d", "e", "f"))
+        assert payloads(await dying.fetch(3, 1.0)) == ["a", "b", "c"]
+        assert payloads(await nameless.fetch(1, 1.0)) == ["d"]
+        # Both are abandoned from here on: no settle, no fetch, no close.
+        fresh = await living.fetch(10, 0.1)
+        assert (payloads(fresh), living.taken_over) == (["e", "f"], 0)
+        await living.settle(fresh, [], [])
+
+        back = await living.fetch(10, 2.0)
+        assert payloads(back) == ["a", "b", "c", "d"]
+        await living.settle(back, [], [])
+        assert await living.fetch(10, 0.5) == []
+
+        assert living.taken_over == 4
+        lines = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith(
+            f"sqlite: member web-1.charge took over 4 message(s) of {TOPIC}/billing held by "
+            "web-3.charge (3), an unnamed member (1), which stopped"
+        )
+
+
+async def test_a_taken_over_message_retried_or_given_back_is_no_takeover_again(
+    tmp_path: Path,
+) -> None:
+    async with opened(url_of(tmp_path / "broker.db", lease=0.3)) as broker:
+        stopped = await broker.subscribe(TOPIC, "billing", prefetch=10, member="m1")
+        heir = await broker.subscribe(TOPIC, "billing", prefetch=10, member="m2")
+        await broker.publish(TOPIC, outgoing("a", "b"))
+        assert len(await stopped.fetch(2, 1.0)) == 2  # then it stops calling
+        a, _ = await heir.fetch(2, 2.0)
+        assert heir.taken_over == 2
+        await heir.settle([], [(a, 0.0)], [])  # a retry, due now
+        await heir.close()  # b is given back
+        third = await broker.subscribe(TOPIC, "billing", prefetch=10, member="m3")
+        again = await third.fetch(10, 1.0)
+        assert [(m.payload, m.attempt) for m in again] == [(b"a", 3), (b"b", 2)]
+        assert third.taken_over == 0
+
+
+async def test_what_another_writer_stores_never_stops_a_consumer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows written with sqlite3 alone: wrong types, text that is not UTF-8, no id at all.
+
+    Each is delivered with what could be read and a default for the rest
+    (one warning per field naming topic, field and value), under an id that
+    stays the same on every redelivery; the well-formed messages after them
+    go through as usual.
+    """
+    path = tmp_path / "broker.db"
+    async with opened(url_of(path)) as broker:
+        subscription = await broker.subscribe(TOPIC, "billing", prefetch=100)
+        sent = await asyncio.to_thread(sqlite_raw.malformed, path, TOPIC)
+        await asyncio.to_thread(sqlite_raw.foreign, path, TOPIC, b"foreign")
+        await broker.publish(TOPIC, outgoing(*(f"m{i}" for i in range(100))))
+
+        first = await subscription.fetch(12, 1.0)
+        assert [m.payload for m in first] == [payload for _, payload in sent] + [b"foreign"]
+        by_case = {case.shown: m for (case, _), m in zip(sent, first, strict=False)}
+        ids = [m.id for m in first]
+        assert ids[0] == "\\xff\\xfe-id" and ids[1].startswith("sqlite-") and ids[-1] != ids[1]
+        assert ids[-1].startswith("sqlite-")
+        assert [m.key for m in first[3:5]] == ["k\\xff", "\\xfe"]
+        assert [dict(m.headers) for m in first[5:9]] == [{}, {}, {"b": "ok"}, {}]
+        assert by_case["'yesterday'"].published_at == 0.0
+        assert all(type(m.payload) is bytes and type(m.published_at) is float for m in first)
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        for field, shown in [
+            ("id", "b'\\xff\\xfe-id'"),
+            ("id", "b''"),
+            ("key", "b'k\\xff'"),
+            ("headers", "b'[1, 2]'"),
+            ("headers", 'b\'{"a": 1, "b": "ok"}\''),
+            ("published_at", "b'yesterday'"),
+        ]:
+            expected = f"sqlite: a message of topic {TOPIC!r} has a malformed {field} {shown};"
+            assert any(line.startswith(expected) for line in warned), (expected, warned)
+
+        # Redelivered, each keeps its id; one of them dead-letters and can be listed.
+        await subscription.settle([], [(m, 0.0) for m in first[1:]], [(first[0], "poison")])
+        again = await subscription.fetch(11, 1.0)
+        assert [m.id for m in again] == ids[1:]
+        await subscription.settle(again, [], [])
+        letters = await (await broker.dead_letters(TOPIC, "billing")).list()
+        assert [(d.message_id, d.error) for d in letters] == [("\\xff\\xfe-id", "poison")]
+
+        rest = await drain(subscription)
+        assert payloads(rest) == [f"m{i}" for i in range(100)]

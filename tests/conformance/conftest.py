@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ class BrokerFactory:
     """A URL that child processes consume from (straight to the broker, no proxy)."""
     durable_server: Callable[[Path], tuple[ServerProcess, str]] | None = None
     """A private server with durable storage (not started) and the URL an app uses on it."""
+    restart_recovery: float = 5.0
+    """Seconds a member killed and restarted under its name may take to finish what it
+    held (process start included): well under a lease, which is what it waits without."""
 
     async def connect(self) -> Broker:
         broker = self.open()
@@ -99,9 +103,20 @@ def _memory(tmp_path: Path) -> BrokerFactory:
 
 
 def _sqlite(tmp_path: Path) -> BrokerFactory:
-    from millstream.brokers.sqlite import SqliteBroker
+    import asyncio
 
-    url = f"sqlite:///{tmp_path}/broker.db?lease={LEASE}"
+    from millstream.brokers.sqlite import SqliteBroker
+    from tests.brokers import sqlite_raw
+
+    path = tmp_path / "broker.db"
+    url = f"sqlite:///{path}?lease={LEASE}"
+
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        sent = await asyncio.to_thread(sqlite_raw.malformed, path, topic)
+        return [Malformed(case.field, case.shown, payload) for case, payload in sent]
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        await asyncio.to_thread(sqlite_raw.foreign, path, topic, payload)
 
     def crash(broker: Broker) -> None:
         assert isinstance(broker, SqliteBroker)
@@ -116,7 +131,9 @@ def _sqlite(tmp_path: Path) -> BrokerFactory:
         lambda: SqliteBroker.from_url(url),
         crash,
         cut,
-        process_url=f"sqlite:///{tmp_path}/broker.db",
+        publish_malformed=publish_malformed,
+        publish_raw=publish_raw,
+        process_url=f"sqlite:///{path}",
     )
 
 
@@ -180,12 +197,16 @@ def _redis(tmp_path: Path) -> BrokerFactory:
     import redis.asyncio
 
     from millstream.brokers.redis import RedisBroker
+    from tests.brokers.redis_server import RedisServer
 
     def make(proxy: TcpProxy) -> Broker:
         return RedisBroker.from_url(f"redis://127.0.0.1:{proxy.port}/0?lease={LEASE}")
 
+    def raw() -> redis.asyncio.Redis:
+        return redis.asyncio.Redis(host="127.0.0.1", port=6379)
+
     async def drop(topic: str) -> None:
-        client = redis.asyncio.Redis(host="127.0.0.1", port=6379)
+        client = raw()
         try:
             keys = [key async for key in client.scan_iter(match=f"{topic}*")]
             if keys:
@@ -193,7 +214,52 @@ def _redis(tmp_path: Path) -> BrokerFactory:
         finally:
             await client.aclose()
 
-    return proxied("redis", ("127.0.0.1", 6379), make, drop, process_url="redis://127.0.0.1:6379/0")
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        sent = []
+        client = raw()
+        try:
+            for name, value in _REDIS_MALFORMED:
+                shown = value.decode(errors="backslashreplace")
+                payload = json.dumps({"malformed": f"{name}={shown}"}).encode()
+                # As millstream writes an entry, but for the one field.
+                fields: dict[str, str | bytes] = {"id": uuid.uuid4().hex}
+                fields |= {"published_at": "1700000000.5", "payload": payload, name: value}
+                await client.xadd(topic, fields)  # type: ignore[arg-type]
+                sent.append(Malformed(name, shown, payload))
+        finally:
+            await client.aclose()
+        return sent
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        client = raw()
+        try:
+            await client.xadd(topic, {"payload": payload})
+        finally:
+            await client.aclose()
+
+    def durable_server(directory: Path) -> tuple[ServerProcess, str]:
+        server = RedisServer(directory / "redis")  # an append-only file, fsynced always
+        return server, f"{server.url}?lease={LEASE}"
+
+    factory = proxied(
+        "redis", ("127.0.0.1", 6379), make, drop, process_url="redis://127.0.0.1:6379/0"
+    )
+    factory.publish_malformed = publish_malformed
+    factory.publish_raw = publish_raw
+    factory.durable_server = durable_server
+    return factory
+
+
+# What another producer can get wrong in a Redis entry, one field at a time.
+_REDIS_MALFORMED: list[tuple[str, bytes]] = [
+    ("published_at", b"abc"),
+    ("headers", b"not json"),
+    ("headers", b"[1,2]"),
+    ("headers", b'{"a":1}'),
+    ("key", b"\xff"),
+    ("id", b"\xff"),
+    ("attempts", b"x"),
+]
 
 
 FACTORIES: dict[str, Callable[[Path], BrokerFactory]] = {

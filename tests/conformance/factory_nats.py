@@ -1,32 +1,57 @@
 """The NATS JetStream adapter in the contract suite: the shared server at 127.0.0.1:4222.
 
 Each connection goes through its own TCP proxy, so one can be cut (a network
-drop) or crashed (cut and never let back in) while the others carry on. The
-consumers' ``ack_wait`` is the suite's lease, so a crashed member's messages
-come back after it.
+drop), crashed (cut and never let back in) or blackholed (a silent partition)
+while the others carry on. The consumers' ``ack_wait`` is the suite's lease,
+so a crashed member's messages come back after it. Malformed and foreign
+messages are published with the NATS protocol itself (tests/brokers/nats_server.py),
+bytes that are not UTF-8 included; the durable server is a private
+``nats-server -js`` with its file store in the test's directory.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.conftest import LEASE, BrokerFactory, proxied
+from tests.brokers.server_process import ServerProcess
+from tests.conformance.conftest import LEASE, BrokerFactory, Malformed, proxied
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
 HOST, PORT = "127.0.0.1", 4222
+URL = f"nats://{HOST}:{PORT}"
 
 
 def factory(tmp_path: Path) -> BrokerFactory:
     require_service("NATS", HOST, PORT)
     from millstream.brokers.nats import NatsBroker
-    from tests.brokers.nats_server import delete_streams
+    from tests.brokers import nats_server
 
     def make(proxy: TcpProxy) -> Broker:
         return NatsBroker.from_url(f"nats://127.0.0.1:{proxy.port}?lease={LEASE:g}")
 
     async def drop(topic: str) -> None:
-        await delete_streams(f"nats://{HOST}:{PORT}", topic)
+        await nats_server.delete_streams(URL, topic)
 
-    return proxied("nats", (HOST, PORT), make, drop, redelivery_after_crash=LEASE)
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        sent = await nats_server.publish_malformed(URL, topic)
+        return [Malformed(field, value, payload) for field, value, payload in sent]
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        await nats_server.ensure_topic_stream(URL, topic)
+        await nats_server.publish_raw(URL, topic, payload)
+
+    def durable_server(directory: Path) -> tuple[ServerProcess, str]:
+        server = nats_server.NatsServer(directory / "nats")
+        return server, f"{server.url()}?lease={LEASE:g}"
+
+    base = proxied("nats", (HOST, PORT), make, drop, redelivery_after_crash=LEASE)
+    return replace(
+        base,
+        publish_malformed=publish_malformed,
+        publish_raw=publish_raw,
+        process_url=URL,
+        durable_server=durable_server,
+    )

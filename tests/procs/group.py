@@ -7,6 +7,7 @@ lines count.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,11 +18,19 @@ ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["ends", "ready", "spawn", "starts", "stop"]
 
 
-def spawn(url: str, topic: str, log: Path, sleep: float) -> subprocess.Popen[bytes]:
-    """One member of group ``billing`` with concurrency 4, sleeping ``sleep`` per message."""
+def spawn(
+    url: str, topic: str, log: Path, sleep: float, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """One member of group ``billing`` with concurrency 4, sleeping ``sleep`` per message.
+
+    ``env`` adds to the environment it inherits.
+    """
     command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
-    with log.with_suffix(".stderr").open("wb") as stderr:
-        return subprocess.Popen([*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=stderr)
+    environment = {**os.environ, **(env or {})}
+    with log.with_suffix(".stderr").open("ab") as stderr:
+        return subprocess.Popen(
+            [*command, str(log), str(sleep), "4"], cwd=ROOT, stderr=stderr, env=environment
+        )
 
 
 def _lines(log: Path, kind: str) -> list[tuple[int, int]]:

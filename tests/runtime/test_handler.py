@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from millstream import DecodeError, Message
+from millstream import DecodeError, Message, Millstream, Transaction
 from millstream.errors import HandlerSignatureError
 from millstream.runtime.handler import bind_handler, check_handler, with_timeout
 from millstream.runtime.spec import ConsumerSpec
@@ -77,12 +79,16 @@ async def test_sync_handlers_run_off_the_event_loop() -> None:
     [
         ("async def h() -> None: ...", "takes no parameters"),
         ("async def h(p) -> None: ...", "no type hint"),
-        ("async def h(p: dict, other: int) -> None: ...", "second parameter 'other'"),
+        ("async def h(p: dict, other: int) -> None: ...", r"required parameters \['other'\]"),
         ("async def h(p: dict, m: Message, extra: int) -> None: ...", "extra"),
+        ("async def h(m: Message, n: Message) -> None: ...", "keep one"),
+        ("async def h(p: dict, o: int = 1, m: Message = None, /) -> None: ...", "positional-only"),
+        ("def h(p: dict, tx: Transaction) -> None: ...", "plain def"),
+        ("async def h(*, tx: Transaction) -> None: ...", "no parameter for the payload"),
     ],
 )
 def test_unsupported_signatures_fail_at_declaration(source: str, match: str) -> None:
-    namespace: dict[str, object] = {"Message": Message}
+    namespace: dict[str, object] = {"Message": Message, "Transaction": Transaction}
     exec(source, namespace)
     with pytest.raises(HandlerSignatureError, match=match):
         check_handler(namespace["h"])  # type: ignore[arg-type]
@@ -101,3 +107,41 @@ async def test_timeout_fails_a_slow_handler_but_not_its_own_timeout_errors() -> 
         await link(spec, bind_handler(slow, lambda: POOL))(msg(b""))
     with pytest.raises(TimeoutError, match="upstream timed out"):
         await link(spec, bind_handler(own, lambda: POOL))(msg(b""))
+
+
+_PARAMETERS = {"data": "data: bytes", "msg": "msg: Message", "tx": "tx: Transaction"}
+_SIGNATURES = [
+    order
+    for size in (1, 2, 3)
+    for order in itertools.permutations(_PARAMETERS, size)
+    if "data" in order
+] + [("msg",), ("data", "*", "msg", "tx"), ("*", "tx", "data")]
+
+
+@pytest.mark.parametrize("order", _SIGNATURES, ids=lambda order: ", ".join(order))
+async def test_parameters_are_bound_by_type_in_any_order(
+    order: tuple[str, ...], tmp_path: Path
+) -> None:
+    ms = Millstream("memory://", store_url=f"sqlite:///{tmp_path}/state.db", poll_timeout=0.05)
+    got: dict[str, object] = {}
+    source = "async def handle({}) -> None:\n    got.update(locals())".format(
+        ", ".join(_PARAMETERS.get(name, name) for name in order)
+    )
+    namespace: dict[str, object] = {"Message": Message, "Transaction": Transaction, "got": got}
+    exec(source, namespace)
+    ms.consumer("t")(namespace["handle"])  # type: ignore[arg-type]
+
+    async with ms:
+        await ms.publish("t", b"\x01payload")
+        for _ in range(400):
+            if got:
+                break
+            await asyncio.sleep(0.005)
+
+    if "data" in order:
+        assert got["data"] == b"\x01payload"
+    envelope = got["msg"] if "msg" in order else None
+    if envelope is not None:
+        assert isinstance(envelope, Message) and envelope.payload == b"\x01payload"
+    if "tx" in order:
+        assert isinstance(got["tx"], Transaction)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from millstream import FatalError, Millstream
 from millstream.brokers.memory import MemoryHub
 from millstream.runtime import ConsumerState
+from tests.conftest import require_service
 from tests.support import until
 from tests.web import SECRET, bearer, memory_app, serving
 
@@ -287,6 +289,35 @@ async def test_dead_letters_are_listed_newest_first_paged_with_reason_and_attemp
             assert bad.status_code == 422, params
 
 
+async def test_letters_with_headers_that_are_not_strings_are_listed_as_json() -> None:
+    require_service("Redis", "127.0.0.1", 6379)
+    import redis.asyncio
+
+    topic = f"test-{uuid.uuid4().hex[:12]}"
+    ms = Millstream("redis://127.0.0.1:6379/0", jwt_secret=SECRET, poll_timeout=0.05)
+
+    @ms.consumer(topic, name="payments", group="billing")
+    async def on_payment(event: dict[str, int]) -> None: ...
+
+    raw = redis.asyncio.Redis(host="127.0.0.1", port=6379)
+    try:
+        # Another producer's letter: what the broker holds, the API shows.
+        headers = b'{"a":1,"b":{"c":[true,null]}}'
+        letter = {"id": "m-1", "payload": b'{"n":1}', "headers": headers, "attempts": b"3"}
+        await raw.xadd(f"{topic}:dlq:billing", letter)
+        async with serving(ms.fastapi()) as http:
+            http.headers.update(bearer())
+            page = await letters(http)
+        [item] = page["items"]  # type: ignore[misc]
+        assert item["headers"] == {"a": 1, "b": {"c": [True, None]}}
+        assert (item["message_id"], item["attempts"], item["payload"]) == ("m-1", 3, '{"n":1}')
+    finally:
+        keys = [key async for key in raw.scan_iter(match=f"{topic}*")]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+
 async def test_replay_all_dead_letters_back_into_the_group() -> None:
     ms, healed, handled = dlq_app()
     async with serving(ms.fastapi()) as http:
@@ -386,6 +417,21 @@ async def test_replay_of_chosen_ids_is_capped_too() -> None:
         elapsed = time.monotonic() - started
         assert response.json() == {"replayed": 60}
         assert elapsed >= 0.95, f"replayed 60 at {rate}/s in {elapsed:.2f}s"
+
+
+async def test_replaying_ids_that_are_not_there_answers_at_once() -> None:
+    ms, _, _ = dlq_app(dlq_replay_rate=100)
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer())
+        started = time.monotonic()
+        response = await http.post(
+            "/admin/consumers/payments/dead-letters/replay",
+            json={"ids": [f"gone-{n}" for n in range(10_000)]},
+        )
+        elapsed = time.monotonic() - started
+
+    assert response.json() == {"replayed": 0}
+    assert elapsed < 3, f"paced {elapsed:.1f}s for letters it never replayed"
 
 
 async def test_dead_letters_of_a_shared_hub_are_per_group() -> None:

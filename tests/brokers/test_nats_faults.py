@@ -1,0 +1,298 @@
+"""The NATS JetStream broker under faults: bad headers, foreign messages, partitions, crashes.
+
+Against the shared NATS at 127.0.0.1:4222, each test on a topic of its own
+whose streams it deletes afterwards; a TCP proxy stands in for the network
+where a test breaks it (a crash is the proxy cut and closed to the member).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+
+from millstream import Message, Millstream
+from millstream.brokers.nats import NatsBroker, NatsSubscription
+from millstream.brokers.nats_names import Names
+from millstream.errors import BrokerUnavailable
+from millstream.runtime import ConsumerState
+from tests.brokers.nats_server import delete_streams, publish_malformed, publish_raw
+from tests.brokers.scenarios import consumer_lag, drain, events, numbers
+from tests.conftest import require_service
+from tests.proxy import TcpProxy
+from tests.support import until, until_equal
+
+SHARED = "nats://127.0.0.1:4222"
+
+
+@pytest.fixture
+def shared() -> str:
+    require_service("NATS", "127.0.0.1", 4222)
+    return SHARED
+
+
+@pytest.fixture
+async def topic(shared: str) -> AsyncIterator[str]:
+    name = f"test.{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_streams(shared, name)
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", 4222) as running:
+        yield running
+
+
+@pytest.fixture
+def warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="millstream.brokers")
+    return caplog
+
+
+async def opened(url: str) -> NatsBroker:
+    broker = NatsBroker.from_url(url)
+    await broker.connect()
+    return broker
+
+
+def crash(proxy: TcpProxy) -> None:
+    """The member's process died: its connection goes, nothing is released, it never returns."""
+    proxy.pause()
+    proxy.cut()
+
+
+async def fetch_until(sub: NatsSubscription, count: int, within: float) -> list[Message]:
+    taken: list[Message] = []
+    deadline = time.monotonic() + within
+    while len(taken) < count and time.monotonic() < deadline:
+        taken += await sub.fetch(100, 0.2)
+    return taken
+
+
+def took_over(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
+
+
+# -- another producer's headers -------------------------------------------------------
+
+
+async def test_malformed_headers_are_read_with_defaults_and_the_consumer_goes_on(
+    shared: str, topic: str, warnings: pytest.LogCaptureFixture
+) -> None:
+    ms = Millstream(f"{shared}?lease=1", poll_timeout=0.2)
+    seen: list[Message] = []
+
+    @ms.consumer(topic, group="billing")
+    async def handle(message: Message) -> None:
+        seen.append(message)
+
+    sent = await publish_malformed(shared, topic)
+    publisher = await opened(shared)
+    try:
+        async with ms:
+            await publisher.publish(topic, events(100))
+            await until(lambda: len(seen) >= len(sent) + 100, within=10)
+            await until_equal(lambda: consumer_lag(ms), 0)
+            assert ms.consumers["handle"].state is ConsumerState.RUNNING
+    finally:
+        await publisher.close()
+
+    by_payload = {m.payload: m for m in seen}
+    assert len(seen) == len(sent) + 100, "a message came back: it was never acknowledged"
+    assert all(payload in by_payload for _, _, payload in sent)
+    for field, value, payload in sent:
+        message = by_payload[payload]
+        assert message.attempt == 1 and abs(message.published_at - time.time()) < 30, field
+        if field in ("ms-attempt", "ms-published-at"):
+            logged = [r.getMessage() for r in warnings.records]
+            assert any(topic in line and field in line and repr(value) in line for line in logged)
+    # Bytes that are not UTF-8 stay distinct (and readable) in the id and the key.
+    assert by_payload[sent[3][2]].id == "id-\\xff\\xfe"
+    assert by_payload[sent[4][2]].id == "id-\\xfe\\xff"
+    assert by_payload[sent[5][2]].key == "key-\\xff"
+
+
+async def test_foreign_and_undecodable_ids_stay_the_same_through_retry_release_and_dead_letters(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    client = await nats.connect(shared)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        await client.jetstream().publish(topic, b'{"n": 0}')  # no headers at all
+        await publish_raw(shared, topic, b'{"n": 1}', [(b"ms-id", b"\xff"), (b"h", b"\xc3\xbc")])
+        await publish_raw(shared, topic, b'{"n": 2}', [(b"ms-id", b"\xfe")])
+        first = await fetch_until(sub, 3, within=3)
+        ids = [m.id for m in first]
+        assert ids == [f"{Names(topic, '').stream}:1", "\\xff", "\\xfe"]
+        assert first[1].headers == {"h": "\u00fc"}
+
+        await sub.settle([], [(first[0], 0.0)], [(first[1], "FatalError: no")])
+        retried = await fetch_until(sub, 1, within=3)
+        assert [(m.id, m.attempt) for m in retried] == [(ids[0], 2)]
+        await sub.close()  # releases the retried one and the third
+
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        released = await fetch_until(sub, 2, within=3)
+        assert sorted((m.id, m.attempt) for m in released) == [(ids[0], 2), (ids[2], 1)]
+        await sub.settle(released, [], [])
+
+        dead = await broker.dead_letters(topic, "billing")
+        [letter] = await dead.list()
+        assert (letter.message_id, letter.headers, letter.attempts) == (ids[1], {"h": "\u00fc"}, 1)
+        assert await dead.replay() == 1
+        [replayed] = await fetch_until(sub, 1, within=3)
+        assert (replayed.id, replayed.attempt, dict(replayed.headers)) == (ids[1], 1, {"h": "ü"})
+    finally:
+        await client.close()
+        await broker.close()
+
+
+async def test_dead_letters_another_tool_wrote_are_listed_with_defaults(
+    shared: str, topic: str
+) -> None:
+    broker = await opened(shared)
+    names = Names(topic, "billing")
+    try:
+        await broker.ensure_dead_stream(names)
+        await publish_raw(
+            shared,
+            names.dead,
+            b"{}",
+            [
+                (b"ms-attempt", b"abc"),
+                (b"ms-error", b"not json"),
+                (b"ms-failed-at", b"yesterday"),
+                (b"ms-id", b"id-\xff"),
+                (b"h", b"\xc3\xbc"),
+            ],
+        )
+        [letter] = await (await broker.dead_letters(topic, "billing")).list()
+        assert (letter.message_id, letter.attempts, letter.error) == ("id-\\xff", 0, "not json")
+        assert (letter.failed_at, letter.headers) == (0.0, {"h": "\u00fc"})
+    finally:
+        await broker.close()
+
+
+# -- a silent partition ----------------------------------------------------------------
+
+
+async def test_a_silent_partition_is_noticed_within_seconds_and_nothing_is_lost(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    ms = Millstream(f"nats://127.0.0.1:{proxy.port}?lease=1", reconnect_backoff=0.05)
+    handled: set[int] = set()
+
+    @ms.consumer(topic, group="billing", concurrency=4)
+    async def handle(event: dict[str, int]) -> None:
+        await asyncio.sleep(0.002)
+        handled.add(event["n"])
+
+    publisher = await opened(shared)  # not through the proxy
+    try:
+        async with ms:
+            consumer = ms.consumers["handle"]
+            await publisher.publish(topic, events(300))
+            await until(lambda: len(handled) >= 100, within=10)
+            proxy.blackhole()
+            started = time.monotonic()
+            await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
+            noticed = time.monotonic() - started
+            # Found by the fetch whose request went unanswered, not by the pings, which are slower.
+            assert "no answer to a ping" in (consumer.stats.last_error or "")
+            await publisher.publish(topic, events(100, start=300))
+            proxy.heal()
+            await until(lambda: len(handled) == 400, within=20)
+            await until(lambda: consumer.state is ConsumerState.RUNNING, within=5)
+            await until_equal(lambda: consumer_lag(ms), 0)
+    finally:
+        await publisher.close()
+    print(f"silent partition noticed after {noticed:.1f}s")
+
+
+async def test_an_idle_connection_cut_off_silently_is_found_dead_by_its_pings(
+    proxy: TcpProxy,
+) -> None:
+    broker = await opened(f"nats://127.0.0.1:{proxy.port}")
+
+    def lost() -> bool:
+        try:
+            broker.connection()
+        except BrokerUnavailable:
+            return True
+        return False
+
+    try:
+        proxy.blackhole()
+        await until(lost, within=10)
+    finally:
+        await broker.close()
+
+
+# -- members that crash and come back ----------------------------------------------------
+
+
+async def test_a_member_back_under_its_name_takes_back_at_once_what_it_held(
+    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
+) -> None:
+    crashed = await opened(f"nats://127.0.0.1:{proxy.port}?lease=30")
+    publisher = await opened(shared)
+    back = await opened(f"{shared}?lease=30")
+    try:
+        sub = await crashed.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
+        await publisher.publish(topic, events(20))
+        held = await fetch_until(sub, 20, within=3)
+        # Settled before the crash: five done, one to retry in 30s (no longer held).
+        await sub.settle(held[:5], [(held[5], 30.0)], [])
+        crash(proxy)
+
+        started = time.monotonic()
+        again = await back.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
+        taken = await fetch_until(again, 14, within=3)
+        took = time.monotonic() - started
+        assert sorted(numbers(taken)) == list(range(6, 20)), "not taken back within 3s"
+        assert {m.attempt for m in taken} == {2}, "a crash counts an attempt"
+        assert again.taken_over == 14
+        [line] = took_over(warnings)
+        assert "web-1.charge" in line and " 14 message(s)" in line and f"{topic}/billing" in line
+        await again.settle(taken, [], [])
+        assert await fetch_until(again, 1, within=0.5) == [], "the retry came back early"
+    finally:
+        for broker in (back, publisher, crashed):
+            await broker.close()
+    print(f"taken back after {took:.2f}s (lease 30s)")
+
+
+async def test_what_an_expired_lease_gives_another_member_counts_and_a_retry_does_not(
+    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
+) -> None:
+    crashed = await opened(f"nats://127.0.0.1:{proxy.port}?lease=1")
+    other = await opened(f"{shared}?lease=1")
+    try:
+        gone = await crashed.subscribe(topic, "billing", prefetch=5)
+        alive = await other.subscribe(topic, "billing", prefetch=5)
+        await other.publish(topic, events(5))
+        assert len(await fetch_until(gone, 5, within=3)) == 5
+        crash(proxy)
+        await other.publish(topic, events(1, start=5))
+        [failed] = await fetch_until(alive, 1, within=3)
+        await alive.settle([], [(failed, 0.0)], [])  # handler failed: retried at once
+
+        taken = await fetch_until(alive, 6, within=5)
+        assert sorted(numbers(taken)) == list(range(6))
+        assert {m.attempt for m in taken} == {2}
+        assert alive.taken_over == 5, "the retry counted as a takeover, or the crash did not"
+        assert all("(ack_wait 1s) ran out" in line for line in took_over(warnings))
+        counts = [int(line.split(" took over ")[1].split()[0]) for line in took_over(warnings)]
+        assert sum(counts) == 5
+        await alive.settle(taken, [], [])
+        assert await drain(alive) == []
+    finally:
+        await other.close()
+        await crashed.close()
