@@ -165,6 +165,12 @@ def translated(url: str) -> Iterator[None]:
         if "closed" in str(exc):  # aiormq: "<Connection ...> closed" when opening a channel
             raise BrokerUnavailable(f"broker {redact(url)}: connection closed") from exc
         raise
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        # aiormq ends what still waits on a channel or connection it closed
+        # with a bare Exception.
+        raise BrokerUnavailable(f"broker {redact(url)}: the channel was closed") from exc
     except asyncio.CancelledError as exc:
         task = asyncio.current_task()
         if task is None or task.cancelling():

@@ -25,7 +25,7 @@ import decimal
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiormq.abc import DeliveredMessage
@@ -50,7 +50,7 @@ from millstream.message import (
     Message,
 )
 
-__all__ = ["attempt_of", "letter", "letter_id_of", "message", "messages"]
+__all__ = ["Unfetched", "attempt_of", "letter", "letter_id_of", "message", "messages"]
 
 log = logging.getLogger("millstream.brokers.rabbitmq")
 
@@ -67,14 +67,50 @@ class _Unusual(Exception):
 
 def messages(
     topic: str, batch: Sequence[DeliveredMessage], holder: object
-) -> tuple[list[Message], int]:
-    """The messages of ``batch`` (receipts ``(holder, delivery tag)``), and how many
-    of them RabbitMQ returned from a member that went without acking them."""
+) -> tuple[list[Message], list[Message]]:
+    """The messages of ``batch`` (receipts ``(holder, delivery tag)``), and those of
+    them RabbitMQ returned from a member that went without acking them."""
     try:
-        return [_message(topic, d, (holder, tag_of(d))) for d in batch], 0
+        return [_message(topic, d, (holder, tag_of(d))) for d in batch], []
     except _Unusual:
         out = [_careful(topic, d, (holder, tag_of(d)), True) for d in batch]
-        return out, sum(1 for d in batch if _returned(d))
+        return out, [m for m, d in zip(out, batch, strict=True) if _returned(d)]
+
+
+class Unfetched:
+    """Deliveries a member had received and not yet handed out when its connection died.
+
+    RabbitMQ counts their return as a delivery (``x-delivery-count``, the
+    ``redelivered`` flag) though no handler saw them, so a flapping network
+    ran their attempts up until the runtime buried healthy messages as
+    delivered too often. The next delivery of each gives that count back.
+    One per broker, so it outlives reconnections; at most ``LIMIT`` entries,
+    the oldest forgotten first (another member may have taken them).
+    """
+
+    LIMIT = 20_000
+
+    def __init__(self) -> None:
+        self._returns: dict[tuple[str, str], int] = {}
+
+    def remember(self, queue: str, deliveries: Iterable[DeliveredMessage]) -> None:
+        returns = self._returns
+        for delivered in deliveries:
+            key = (queue, delivered.header.properties.message_id or content_id(delivered))
+            returns[key] = returns.pop(key, 0) + 1
+        while len(returns) > self.LIMIT:
+            del returns[next(iter(returns))]
+
+    def take(self, queue: str, message: Message) -> bool:
+        """Whether ``message`` came back from such a return; its attempt is set right."""
+        key = (queue, message.id)
+        count = self._returns.pop(key, 0)
+        if not count:
+            return False
+        if count > 1:
+            self._returns[key] = count - 1
+        message.attempt = max(1, message.attempt - 1)
+        return True
 
 
 def message(topic: str, delivered: DeliveredMessage, receipt: object) -> Message:

@@ -102,7 +102,9 @@ class RabbitMqSubscription:
         if not buffer:
             self._arrived.clear()
         if returned:
-            self._took_over(returned)
+            queue, unfetched = self._names.queue, self._broker.unfetched
+            if count := sum(1 for m in returned if not unfetched.take(queue, m)):
+                self._took_over(count)
         return out
 
     def _took_over(self, count: int) -> None:
@@ -131,8 +133,16 @@ class RabbitMqSubscription:
         self._arrived.set()
 
     def _on_channel_closed(self, _: object) -> None:
+        self._returned_unfetched()
         self._lost = True
         self._arrived.set()  # wake a waiting fetch, which raises
+
+    def _returned_unfetched(self) -> None:
+        """RabbitMQ returns the deliveries still waiting here, counting a delivery
+        though nothing handled them: remembered, so that their next one does not."""
+        if self._buffer:
+            self._broker.unfetched.remember(self._names.queue, self._buffer)
+            self._buffer.clear()
 
     # -- settling ----------------------------------------------------------------
 
@@ -261,7 +271,7 @@ class RabbitMqSubscription:
         except BrokerError:
             pass
         finally:
-            self._buffer.clear()
+            self._returned_unfetched()  # what the release did not copy
             self._held.clear()
             self._order.clear()
             with suppress(Exception):
@@ -283,6 +293,7 @@ class RabbitMqSubscription:
         await self._broker.send(copies, mandatory=True)
         with translated(self._broker.url):
             await channel.basic_ack(max(held), multiple=True)
+        self._buffer.clear()  # released with the rest
 
     def _check_consumer(self) -> None:
         """RabbitMQ cancels a consumer whose queue was deleted: that must not look like quiet."""

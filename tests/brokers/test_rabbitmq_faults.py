@@ -172,3 +172,27 @@ async def test_what_a_crashed_member_held_is_taken_over_counted_and_logged(
     counts = [int(line.split("took over ")[1].split()[0]) for line in said]
     assert sum(counts) == 25 and all("member web-1.charge" in line for line in said), said
     print(f"restart to every held message fetched again: {took:.2f}s")
+
+
+async def test_a_lost_connection_counts_no_attempt_for_what_was_never_handed_out(
+    topic: str,
+) -> None:
+    with TcpProxy(HOST, PORT) as proxy:
+        broker = await opened(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+        try:
+            sub = await broker.subscribe(topic, "billing", prefetch=10)
+            await broker.publish(topic, events(20))
+            [handed] = await sub.fetch(1, 5.0)  # the other 19 wait in its window
+            await until(lambda: len(sub._buffer) == 19)
+            proxy.cut()
+            await until(lambda: sub._lost)
+            await sub.close()
+            await broker.connect()  # as the supervisor does
+            again = await broker.subscribe(topic, "billing", prefetch=10)
+            back = await fetch_n(again, 20)
+        finally:
+            await broker.close()
+    attempts = {m.id: m.attempt for m in back}
+    assert attempts.pop(handed.id) == 2, "the one handed out was delivered twice"
+    assert set(attempts.values()) == {1}, "what no one had counted an attempt"
+    assert again.taken_over == 1
