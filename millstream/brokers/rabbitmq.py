@@ -16,12 +16,8 @@ original is acked only after its copy is confirmed (at-least-once).
 
 A lost connection ends every subscription on it with ``BrokerUnavailable``;
 RabbitMQ returns what they held to their queues, counted (the attempt goes
-up). The broker remembers what they held but never handed out, and how
-much may have been on its way, and takes those returns off again when the
-messages come back (see :mod:`millstream.brokers.rabbitmq_returns`). The supervisor calls
-:meth:`RabbitMqBroker.connect` and subscribes again, which declares the
-topology again. A connection gone silent (no frame, not even a heartbeat,
-for ``heartbeat`` + 1 seconds) is taken for lost the same way.
+up). The supervisor calls :meth:`RabbitMqBroker.connect` and subscribes
+again, which declares the topology again.
 """
 
 from __future__ import annotations
@@ -46,7 +42,7 @@ from millstream.brokers.rabbitmq_connection import (
 )
 from millstream.brokers.rabbitmq_dead_letters import RabbitMqDeadLetters
 from millstream.brokers.rabbitmq_envelope import Names, encode, tag_of
-from millstream.brokers.rabbitmq_returns import Returns
+from millstream.brokers.rabbitmq_reading import Unfetched
 from millstream.brokers.rabbitmq_subscription import RabbitMqSubscription
 from millstream.brokers.rabbitmq_topology import declare_group, declare_topic
 from millstream.errors import BrokerUnavailable
@@ -81,8 +77,8 @@ class RabbitMqBroker:
         self._lock = asyncio.Lock()
         self._topics: set[str] = set()  # declared on this connection
         self._subscriptions: list[RabbitMqSubscription] = []
-        # Per queue: what lost subscriptions held, for the deliveries that come back.
-        self._returns: dict[str, Returns] = {}
+        self.unfetched = Unfetched()
+        """What subscriptions had received, not handed out, when their connection died."""
         self.declared: set[tuple[str, str]] = set()
         """("exchange" | "queue", name) of everything this broker declared: for cleanup tools."""
 
@@ -180,8 +176,7 @@ class RabbitMqBroker:
         """Join ``group`` on ``topic``: declare its topology, adopt unrouted messages, consume.
 
         Consuming starts at the first fetch, so a member that never fetches
-        takes nothing from the others. ``member`` names it in takeover logs;
-        RabbitMQ returns what a crashed member held at once, whatever its name.
+        takes nothing from the others.
         """
         names = Names(topic, group)
         channel = await self.channel(confirms=False)
@@ -215,14 +210,6 @@ class RabbitMqBroker:
                 raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
         with translated(self.url):
             return await connection.channel(publisher_confirms=confirms)
-
-    def returns(self, queue: str, most: int) -> Returns:
-        """What lost subscriptions of ``queue`` held, remembering at least ``most`` messages."""
-        found = self._returns.get(queue)
-        if found is None:
-            found = self._returns[queue] = Returns(most)
-        found.most = max(found.most, most)
-        return found
 
     def forget(self, subscription: RabbitMqSubscription) -> None:
         """Stop tracking a closed subscription."""

@@ -11,20 +11,13 @@ The adapter speaks through aiormq, the AMQP transport under aio-pika (the
 more than everything else the hot path does, and its robust connection
 would reconnect behind the supervisor's back with delivery tags that no
 longer mean anything.
-
-A connection can also go silent without closing (a partition, a peer that
-vanished): nothing arrives and nothing fails. Both ends send a heartbeat
-every ``heartbeat / 2`` seconds of quiet (``heartbeat`` URL parameter,
-millstream's default 5), and a connection on which nothing at all arrived
-for ``heartbeat + 1`` seconds is taken for lost, so a silent partition is
-noticed within ``heartbeat * 1.5 + 1`` seconds (8.5 s by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -32,18 +25,17 @@ import aiormq
 from aiormq import exceptions as amqp_errors
 
 from millstream.brokers import redact
-from millstream.brokers.rabbitmq_frames import install as install_lenient_decoding
+from millstream.brokers.rabbitmq_frames import install as install_careful_reading
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
 
 __all__ = ["EXPECTED", "NotFound", "RabbitMqOptions", "open_connection", "parse_url", "translated"]
 
 EXPECTED = (
     "amqp://user:password@host:5672/vhost or amqps://... for TLS, "
-    "optionally with ?queue_type=quorum|classic"
+    "optionally with ?queue_type=quorum|classic&heartbeat=4"
 )
 CONNECT_TIMEOUT = 5.0
-HEARTBEAT = 5
-"""Seconds of the AMQP heartbeat unless the URL says (``heartbeat=``; 0 turns it off)."""
+HEARTBEAT = 4  # AMQP heartbeat (s) unless the URL says ?heartbeat=; see _Connection
 _QUEUE_TYPES = ("quorum", "classic")
 
 
@@ -57,11 +49,10 @@ class RabbitMqOptions:
 
     client_url: str
     queue_type: str = "quorum"
-    heartbeat: int = HEARTBEAT
 
 
 def parse_url(url: str) -> RabbitMqOptions:
-    """Split ``url`` into aiormq's URL (with the heartbeat) and millstream's ``queue_type``.
+    """Split ``url`` into aiormq's URL and millstream's ``queue_type``.
 
     Raises ``ConfigError`` naming the URL (password hidden), what is wrong and
     the expected form.
@@ -79,11 +70,8 @@ def parse_url(url: str) -> RabbitMqOptions:
             f"broker URL {shown!r} has an invalid port; expected {EXPECTED}"
         ) from None
     queue_type = "quorum"
-    heartbeat: int | None = None
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "heartbeat":
-            heartbeat = _heartbeat(value, shown)
         if name != "queue_type":
             rest.append((name, value))
         elif value in _QUEUE_TYPES:
@@ -93,35 +81,10 @@ def parse_url(url: str) -> RabbitMqOptions:
                 f"broker URL {shown!r}: queue_type={value!r} is not one of "
                 f"{', '.join(_QUEUE_TYPES)}; expected e.g. amqp://host:5672/?queue_type=quorum"
             )
-    if heartbeat is None:
-        heartbeat = HEARTBEAT
+    if not any(name == "heartbeat" for name, _ in rest):
         rest.append(("heartbeat", str(HEARTBEAT)))
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
-    return RabbitMqOptions(client_url, queue_type=queue_type, heartbeat=heartbeat)
-
-
-def _heartbeat(value: str, shown: str) -> int:
-    try:
-        seconds = int(value)
-    except ValueError:
-        seconds = -1
-    if not 0 <= seconds <= 65535:
-        raise ConfigError(
-            f"broker URL {shown!r}: heartbeat={value!r} is not a whole number of seconds "
-            f"from 0 (off) to 65535; expected e.g. amqp://host:5672/?heartbeat={HEARTBEAT}"
-        )
-    return seconds
-
-
-class _Connection(aiormq.Connection):
-    """aiormq's connection, taking one silent for ``heartbeat + 1`` seconds for lost.
-
-    aiormq waits three times that, which leaves a silent partition
-    unnoticed for 20 seconds at a 5-second heartbeat, while RabbitMQ sends
-    a heartbeat every half of it.
-    """
-
-    HEARTBEAT_GRACE_MULTIPLIER = 1
+    return RabbitMqOptions(client_url, queue_type=queue_type)
 
 
 async def open_connection(url: str, options: RabbitMqOptions) -> aiormq.abc.AbstractConnection:
@@ -131,17 +94,29 @@ async def open_connection(url: str, options: RabbitMqOptions) -> aiormq.abc.Abst
     refused credentials must not be tried again, so aiormq's plain
     connection is used, never a robust one.
     """
-    install_lenient_decoding()
+    install_careful_reading()
     with translated(url):
         async with asyncio.timeout(CONNECT_TIMEOUT):
             connection = _Connection(options.client_url)
-            try:
-                await connection.connect()
-            except BaseException:
-                with suppress(Exception):
-                    await connection.close()
-                raise
+            await connection.connect()
             return connection
+
+
+class _Connection(aiormq.Connection):
+    """aiormq's connection, giving up on a silent peer sooner.
+
+    A partition that drops packets without resetting anything shows only as
+    silence. RabbitMQ sends a heartbeat every ``heartbeat / 2`` seconds even
+    when idle; aiormq declares the connection dead after ``heartbeat + 1``
+    seconds times this multiplier without a frame (its own is 3: 15 s at
+    ``heartbeat=4``, 183 s at RabbitMQ's 60). At 1, that is 5 s (two
+    heartbeats missed), checked every ``heartbeat / 2`` seconds: a silent
+    partition ends every subscription on the connection with
+    ``BrokerUnavailable`` within about 7 s, and RabbitMQ, missing two of
+    ours, returns what they held after about 8 s.
+    """
+
+    HEARTBEAT_GRACE_MULTIPLIER = 1
 
 
 @contextmanager
@@ -151,16 +126,6 @@ def translated(url: str) -> Iterator[None]:
         yield
     except BrokerError:
         raise
-    except asyncio.CancelledError as exc:
-        # aiormq fails every call waiting for an answer with CancelledError
-        # when it gives a connection up as silent; only a cancelled task is
-        # a cancellation.
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise
-        raise BrokerUnavailable(
-            f"broker {redact(url)}: the connection was lost while waiting for an answer"
-        ) from exc
     except amqp_errors.ProbableAuthenticationError as exc:
         raise _refused(url, exc) from exc
     except amqp_errors.ChannelAccessRefused as exc:
@@ -200,6 +165,23 @@ def translated(url: str) -> Iterator[None]:
         if "closed" in str(exc):  # aiormq: "<Connection ...> closed" when opening a channel
             raise BrokerUnavailable(f"broker {redact(url)}: connection closed") from exc
         raise
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        # aiormq ends what still waits on a channel or connection it closed
+        # with a bare Exception.
+        raise BrokerUnavailable(f"broker {redact(url)}: the channel was closed") from exc
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        # aiormq closes a connection it found silent with a CancelledError,
+        # which every request still waiting on it then raises: this task was
+        # not cancelled, the connection died.
+        raise BrokerUnavailable(
+            f"broker {redact(url)}: the connection was closed while a request waited "
+            "for its answer (nothing came back for too long: a silent network?)"
+        ) from exc
 
 
 def _refused(url: str, exc: Exception) -> AuthenticationError:

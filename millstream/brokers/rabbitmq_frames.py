@@ -1,100 +1,134 @@
-"""Reading any frame RabbitMQ passes on, whatever another producer wrote into it.
+"""Reading the properties of a message pamqp cannot read, instead of losing the connection.
 
-RabbitMQ relays a message's properties as the publisher sent them, without
-checking them. pamqp (the frame codec under aiormq) raises on two things a
-publisher can send: a short string that is not UTF-8 (a message id, a
-header name, a routing key) and a timestamp outside ``datetime``'s years
-(milliseconds where seconds belong, say). aiormq's reader then dies, the
-connection with it, and the message comes back on every reconnect: one bad
-message would stop every member of its group for good.
+pamqp decodes a content header strictly: a message id, correlation id or
+header name that is not UTF-8, a timestamp past the year 9999, or a header
+value of a type it does not know raises while the frame is read, and aiormq
+closes the whole connection over it. RabbitMQ then returns the message to
+its queue, the next connection receives it again, and every consumer of the
+queue goes round a RECONNECTING loop for ever; a producer in another
+language writes such a message easily. :func:`install` makes pamqp fall
+back, for content headers only and only when its own decoding raised, to
+reading each property carefully (:func:`read_header`): text that is not
+UTF-8 with backslash escapes, a timestamp it cannot place as none, a header
+value it cannot decode as none. What was read so is named in the header
+:data:`UNREADABLE`, which the envelope reports in a warning naming the
+topic and leaves out of the message's headers and of every copy.
 
-:func:`install` swaps those decoders in pamqp's dispatch tables for ones that
-cannot fail that way: a short string that is not UTF-8 is read with
-backslash escapes (the same bytes always give the same text, so an id read
-that way stays stable across redeliveries), as an :class:`Escaped` string the
-envelope can tell apart to warn about it; a timestamp out of range stays the
-number it was. Everything pamqp reads today reads the same, at the same cost.
-The tables are process-wide, so this applies to every pamqp user in the
-process (aio-pika included), which only ever trades a lost connection for a
-readable value.
+The fallback is pamqp's for the whole process (aiormq reads frames through
+it); it changes nothing that pamqp could read.
 """
 
 from __future__ import annotations
 
-import datetime
 import struct
-from collections.abc import Callable
 from typing import Any
 
-from pamqp import decode
+import pamqp.frame
+from pamqp import decode, exceptions
+from pamqp.header import ContentHeader
 
-__all__ = ["Escaped", "install"]
+__all__ = ["UNREADABLE", "install", "read_header"]
 
-_LENGTH = struct.Struct(">I")
-_STAMP = struct.Struct(">Q")
+UNREADABLE = "x-millstream-unreadable"
+"""Header naming the properties :func:`read_header` could not read as AMQP says."""
 
-
-class Escaped(str):
-    """A short string that was not UTF-8, read with backslash escapes (``\\xff``)."""
-
-    __slots__ = ()
-
-
-def _short_str(value: bytes) -> tuple[int, str]:
-    try:
-        length = value[0]
-    except IndexError as err:
-        raise ValueError("Could not unpack short string value") from err
-    raw = value[1 : length + 1]
-    try:
-        return length + 1, raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return length + 1, Escaped(raw.decode("utf-8", "backslashreplace"))
-
-
-def _timestamp(value: bytes) -> tuple[int, datetime.datetime | int]:
-    try:
-        seconds = _STAMP.unpack(value[0:8])[0]
-    except struct.error as err:
-        raise ValueError("Could not unpack timestamp value") from err
-    # As pamqp: anything after the year 2106 is taken for milliseconds.
-    scaled = seconds / 1000.0 if seconds > 0xFFFFFFFF else seconds
-    try:
-        return 8, datetime.datetime.fromtimestamp(scaled, tz=datetime.UTC)
-    except (ValueError, OverflowError, OSError):
-        return 8, seconds  # no datetime has it: the number, as sent
-
-
-def _field_table(value: bytes) -> tuple[int, dict[str, Any]]:
-    """pamqp's ``field_table``, with names read by :func:`_short_str`."""
-    try:
-        length = _LENGTH.unpack(value[0:4])[0]
-    except struct.error as err:
-        raise ValueError("Could not unpack data") from err
-    offset, end = 4, 4 + length
-    if end > len(value):
-        raise ValueError("Field table length exceeds available data")
-    data: dict[str, Any] = {}
-    embedded = decode.embedded_value
-    while offset < end:
-        key_length = value[offset]
-        if offset + 1 + key_length > end:
-            raise ValueError("Field table key length exceeds data")
-        consumed, key = _short_str(value[offset : offset + 1 + key_length])
-        offset += consumed
-        consumed, data[key] = embedded(value[offset:])
-        offset += consumed
-    return end, data
-
-
-_INSTALLED: dict[str, Callable[..., Any]] = {}
+_FAILED = (ValueError, ArithmeticError, OSError, IndexError, struct.error)
 
 
 def install() -> None:
-    """Put the lenient decoders into pamqp's dispatch tables (once; safe to repeat)."""
-    if _INSTALLED:
+    """Make pamqp read content headers it cannot decode carefully. Safe twice."""
+    strict = pamqp.frame._unmarshal_header_frame
+    if getattr(strict, "careful", False):
         return
-    _INSTALLED.update(shortstr=_short_str, timestamp=_timestamp, table=_field_table)
-    decode.METHODS.update(_INSTALLED)
-    decode.TABLE_MAPPING[b"T"] = _timestamp
-    decode.TABLE_MAPPING[b"F"] = _field_table
+
+    def careful(frame_data: bytes) -> ContentHeader:
+        try:
+            return strict(frame_data)
+        except (exceptions.UnmarshalingException, *_FAILED):
+            return read_header(frame_data)
+
+    careful.careful = True  # type: ignore[attr-defined]
+    pamqp.frame._unmarshal_header_frame = careful
+
+
+def read_header(data: bytes) -> ContentHeader:
+    """A content header whose unreadable properties were read carefully, see the module."""
+    header = ContentHeader()
+    try:
+        header.class_id, header.weight, header.body_size = struct.unpack(">HHQ", data[0:12])
+        consumed, flags = ContentHeader._get_flags(data[12:])
+        rest = data[12 + consumed :]
+        properties = header.properties
+        unreadable: list[str] = []
+        for name in properties.__slots__:
+            if flags & properties.flags[name]:
+                kind = getattr(type(properties), f"_{name}")
+                consumed, value = _property(rest, kind, name, unreadable)
+                setattr(properties, name, value)
+                rest = rest[consumed:]
+    except _FAILED as exc:  # not a header at all: as pamqp would fail
+        raise exceptions.UnmarshalingException("ContentHeader", exc) from exc
+    if unreadable:
+        headers = dict(properties.headers or {})
+        headers[UNREADABLE] = "; ".join(unreadable)
+        properties.headers = headers
+    return header
+
+
+def _property(data: bytes, kind: str, name: str, unreadable: list[str]) -> tuple[int, Any]:
+    try:
+        return decode.by_type(data, kind)
+    except _FAILED:
+        pass
+    if kind == "shortstr":
+        raw = data[1 : 1 + data[0]]
+        unreadable.append(f"{name}={raw!r}")
+        return 1 + data[0], raw.decode("utf-8", "backslashreplace")
+    if kind == "timestamp":
+        unreadable.append(f"{name}={struct.unpack('>Q', data[:8])[0]}")
+        return 8, None
+    if kind == "table":
+        return _table(data, name, unreadable)
+    raise ValueError(f"cannot read property {name} ({kind})")
+
+
+def _table(data: bytes, where: str, unreadable: list[str]) -> tuple[int, dict[str, Any]]:
+    """A field table: names that are not UTF-8 escaped, values that cannot be read none."""
+    end = 4 + struct.unpack(">I", data[:4])[0]
+    offset, table = 4, {}
+    while offset < end:
+        raw_name = data[offset + 1 : offset + 1 + data[offset]]
+        offset += 1 + data[offset]
+        try:
+            name = raw_name.decode()
+        except UnicodeDecodeError:
+            name = raw_name.decode("utf-8", "backslashreplace")
+            unreadable.append(f"{where} header name {raw_name!r}")
+        size, value = _value(data[offset:end], f"{where} {name}", unreadable)
+        if size is None:
+            kind = data[offset : offset + 1]
+            unreadable.append(f"{where} from {name!r} on: a value of type {kind!r}")
+            break
+        table[name] = value
+        offset += size
+    return end, table
+
+
+def _value(data: bytes, where: str, unreadable: list[str]) -> tuple[int | None, Any]:
+    """(size, value) of a table value; one pamqp cannot read is none (a table is read
+    carefully); ``(None, None)`` when even its size is unknown."""
+    try:
+        return decode.embedded_value(data)
+    except _FAILED:
+        pass
+    kind = data[0:1]
+    if kind == b"T":
+        unreadable.append(f"{where}={struct.unpack('>Q', data[1:9])[0]}")
+        return 9, None
+    if kind == b"F":
+        consumed, table = _table(data[1:], where, unreadable)
+        return 1 + consumed, table
+    if kind == b"A":
+        unreadable.append(f"{where}: an array it cannot read")
+        return 5 + struct.unpack(">I", data[1:5])[0], None
+    return None, None

@@ -3,21 +3,14 @@
 RabbitMQ pushes deliveries up to the prefetch window; they wait in the
 subscription until ``fetch`` hands them out. Every delivery not yet settled
 is *held* (by delivery tag): what ``settle`` acks, what ``lag`` counts and
-what ``close`` releases. When the channel is lost instead, what it held goes
-into the broker's :class:`~millstream.brokers.rabbitmq_returns.Returns` of
-the queue, so the deliveries that come back are counted as they should be.
-
-A redelivery (RabbitMQ returned it when the channel of the member holding it
-closed without settling it: a crash, or a lost connection) is a takeover:
-counted in ``taken_over`` and logged once per fetch.
+what ``close`` releases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -27,16 +20,8 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
 from millstream.brokers.rabbitmq_connection import translated
-from millstream.brokers.rabbitmq_envelope import (
-    Names,
-    copy,
-    dead_copy,
-    messages,
-    retry_step,
-    tag_of,
-)
-from millstream.brokers.rabbitmq_headers import careful, returns_of
-from millstream.brokers.rabbitmq_returns import Loss
+from millstream.brokers.rabbitmq_envelope import Names, copy, dead_copy, retry_step, tag_of
+from millstream.brokers.rabbitmq_reading import attempt_of, messages
 from millstream.brokers.rabbitmq_topology import declare_retry
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
@@ -46,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RabbitMqSubscription", "prefetch_window"]
 
-log = logging.getLogger("millstream.brokers")
+log = logging.getLogger("millstream.brokers.rabbitmq")
 
 
 def prefetch_window(prefetch: int) -> int:
@@ -70,15 +55,13 @@ class RabbitMqSubscription:
         member: str | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
+        self.member = member
         self._broker = broker
         self._names = names
         self._channel = channel
         self.topic = names.topic
         self.group = names.group
-        self.member = member
         self.prefetch = prefetch_window(prefetch)
-        self._quorum = broker.options.queue_type == "quorum"
-        self._returns = broker.returns(names.queue, most=8 * self.prefetch)
         self._consumer_tag: str | None = None
         self._buffer: deque[DeliveredMessage] = deque()
         self._arrived = asyncio.Event()
@@ -86,11 +69,9 @@ class RabbitMqSubscription:
         # every tag in delivery order until the run below it is acked.
         self._held: dict[int, DeliveredMessage] = {}
         self._order: deque[int] = deque()
-        self._acking: list[dict[int, DeliveredMessage]] = []  # acks on their way, by batch
         self._retry_queues: set[int] = set()
         self._closed = False
         self._lost = False
-        self._loss_noted = False
         channel.closing.add_done_callback(self._on_channel_closed)
 
     # -- receiving ---------------------------------------------------------------
@@ -117,14 +98,26 @@ class RabbitMqSubscription:
             self._check_consumer()
             return []
         popleft = buffer.popleft
-        out, again = messages(self.topic, [popleft() for _ in range(taken)], self, self._quorum)
+        out, returned = messages(self.topic, [popleft() for _ in range(taken)], self)
         if not buffer:
             self._arrived.clear()
-        returns = self._returns
-        back = returns.correct(out, self._returns_of) if returns else None
-        if again:
-            self._took_over(again, back)
+        if returned:
+            queue, unfetched = self._names.queue, self._broker.unfetched
+            if count := sum(1 for m in returned if not unfetched.take(queue, m)):
+                self._took_over(count)
         return out
+
+    def _took_over(self, count: int) -> None:
+        self.taken_over += count
+        log.warning(
+            "rabbitmq: member %s took over %d message(s) of %s/%s that RabbitMQ returned "
+            "from a member that went without acking them (a crash or a lost connection); "
+            "each counts an attempt",
+            self.member or "(unnamed)",
+            count,
+            self.topic,
+            self.group,
+        )
 
     async def _consume(self) -> None:
         with translated(self._broker.url):
@@ -139,64 +132,17 @@ class RabbitMqSubscription:
         self._buffer.append(delivered)
         self._arrived.set()
 
-    def _returns_of(self, handed: Message) -> int:
-        return returns_of(self._held[handed.receipt[1]], self._quorum)
-
     def _on_channel_closed(self, _: object) -> None:
-        if not self._closed:
-            self._lost = True
-            self._note_loss()
+        self._returned_unfetched()
+        self._lost = True
         self._arrived.set()  # wake a waiting fetch, which raises
 
-    def _note_loss(self) -> None:
-        """The channel is gone with what it held: RabbitMQ returns all of it, counted."""
-        if self._loss_noted or self._consumer_tag is None:
-            return
-        self._loss_noted = True
-        held = self._held
-        unhanded = {tag_of(delivered) for delivered in self._buffer}
-        buffered: list[tuple[str, int, int]] = []
-        handed: list[tuple[str, int]] = []
-        for acking in self._acking:
-            held.update(acking)  # handled, the acks lost: the runtime knows them
-        for tag, delivered in held.items():
-            found = careful(self.topic, delivered, None, self._quorum, warn=False)
-            if tag in unhanded:
-                buffered.append((found.id, found.attempt, returns_of(delivered, self._quorum)))
-            else:
-                handed.append((found.id, found.attempt))
-        # RabbitMQ may have sent up to its window in all: what did not arrive comes back too.
-        loss = Loss(self.member or "", time.monotonic(), max(0, self.prefetch - len(held)))
-        held.clear()
-        self._acking.clear()
-        self._buffer.clear()
-        self._returns.lost(loss, buffered, handed)
-
-    def _took_over(self, again: int, back: Counter[Loss] | None) -> None:
-        """Count redeliveries as taken over and say it once: how many, and whose."""
-        self.taken_over += again
-        parts, known = [], 0
-        now = time.monotonic()
-        for loss, count in (back or {}).items():
-            known += count
-            who = loss.member or "a member without a name"
-            parts.append(
-                f"{count} held by {who} in this process, whose connection was lost "
-                f"{now - loss.at:.1f}s ago"
-            )
-        if again > known:
-            parts.append(
-                f"{again - known} held by a member that stopped without releasing them "
-                "(it crashed or lost its connection; RabbitMQ does not say which)"
-            )
-        log.warning(
-            "rabbitmq: member %s took over %d message(s) of %s/%s: %s",
-            self.member or "(no name)",
-            again,
-            self.topic,
-            self.group,
-            "; ".join(parts),
-        )
+    def _returned_unfetched(self) -> None:
+        """RabbitMQ returns the deliveries still waiting here, counting a delivery
+        though nothing handled them: remembered, so that their next one does not."""
+        if self._buffer:
+            self._broker.unfetched.remember(self._names.queue, self._buffer)
+            self._buffer.clear()
 
     # -- settling ----------------------------------------------------------------
 
@@ -228,10 +174,6 @@ class RabbitMqSubscription:
             await self._broker.send(copies, mandatory=True)
         if tags:
             await self._ack(tags)
-            if self._returns:
-                self._returns.settled(m.id for m in acks)
-                self._returns.settled(m.id for m, _ in retries)
-                self._returns.settled(m.id for m, _ in deads)
 
     async def _retry_copy(
         self, delivered: DeliveredMessage, attempt: int, delay: float
@@ -258,9 +200,8 @@ class RabbitMqSubscription:
         """
         held, order = self._held, self._order
         done = set(tags)
-        # Until the acks are known applied, a lost channel returns these too.
-        acking = {tag: held.pop(tag) for tag in done if tag in held}
-        self._acking.append(acking)
+        for tag in done:
+            held.pop(tag, None)
         top = 0
         while order and order[0] not in held:
             tag = order.popleft()
@@ -278,7 +219,6 @@ class RabbitMqSubscription:
             # so one round trip on this channel, which handles frames in
             # order, proves the acks were applied: one per batch, not per ack.
             await channel.basic_qos(prefetch_count=self.prefetch)
-        self._acking.remove(acking)
 
     def _tag(self, m: Message) -> int | None:
         receipt = m.receipt
@@ -318,7 +258,7 @@ class RabbitMqSubscription:
         A held message goes back as a confirmed copy at the same attempt,
         then the original is acked; returning it with a reject would count
         a delivery. After a lost connection RabbitMQ has already returned
-        everything, counted: the broker remembers what, for the next member.
+        everything, counted.
         """
         if self._closed:
             return
@@ -329,11 +269,10 @@ class RabbitMqSubscription:
             if not self._lost:
                 await self._release(channel)
         except BrokerError:
-            self._note_loss()
+            pass
         finally:
-            self._buffer.clear()
+            self._returned_unfetched()  # what the release did not copy
             self._held.clear()
-            self._acking.clear()
             self._order.clear()
             with suppress(Exception):
                 await channel.close()
@@ -346,23 +285,15 @@ class RabbitMqSubscription:
         held = self._held
         if not held:
             return
-        queue, returns = self._names.queue, self._returns
-        copies: list[Publication] = []
-        released: list[str] = []
-        for delivered in held.values():
-            found = careful(self.topic, delivered, None, self._quorum, warn=False)
-            attempt = found.attempt
-            if returns:
-                again = returns_of(delivered, self._quorum)
-                attempt = returns.corrected(found.id, found.attempt, again)
-            copies.append(
-                ("", queue, delivered.body, copy(delivered, **{HEADER_ATTEMPT: attempt - 1}))
-            )
-            released.append(found.id)
+        queue = self._names.queue
+        copies: list[Publication] = [
+            ("", queue, d.body, copy(d, **{HEADER_ATTEMPT: attempt_of(d) - 1}))
+            for d in held.values()
+        ]
         await self._broker.send(copies, mandatory=True)
         with translated(self._broker.url):
             await channel.basic_ack(max(held), multiple=True)
-        returns.settled(released)
+        self._buffer.clear()  # released with the rest
 
     def _check_consumer(self) -> None:
         """RabbitMQ cancels a consumer whose queue was deleted: that must not look like quiet."""

@@ -1,188 +1,125 @@
-"""Publishing to RabbitMQ as another program would, byte for byte, with pamqp's frames alone.
+"""RabbitMQ as other applications write it: frames written by hand through aiormq's connection.
 
-aio-pika and aiormq refuse to send what millstream must survive: a short
-string (message id, header name, routing key) that is not UTF-8. This
-publisher marshals frames with pamqp, then swaps placeholder bytes for the
-bytes a test wants (of the same length, so every length field stays right),
-and waits for RabbitMQ's publisher confirm of each message.
+aiormq's ``basic_publish`` fills in a message id when there is none and pamqp
+encodes only well-formed values, so :func:`publish_frames` marshals the
+frames itself (pamqp) and puts them on the channel's write queue: a message
+may have no id, and placeholder bytes may be swapped for bytes pamqp would
+refuse to write (a message id or header name that is not UTF-8, a timestamp
+no calendar has), as a producer in another language can send them.
+:data:`MALFORMED` is one message per way to get millstream's metadata wrong.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import struct
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-from pamqp import commands, frame, header
+import aiormq
+from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
-__all__ = ["MALFORMED", "RawCase", "RawPublish", "malformed", "publish"]
+from millstream.brokers.rabbitmq_envelope import Names
+from millstream.brokers.rabbitmq_topology import declare_topic
 
-_PROTOCOL = b"AMQP\x00\x00\x09\x01"
-_CHANNEL = 1
+__all__ = ["MALFORMED", "Raw", "publish_frames", "publish_malformed", "publish_raw"]
 
-F = TypeVar("F")
-
-
-@dataclass(frozen=True)
-class RawPublish:
-    """One message: ``body`` with ``properties``; in the marshalled frames, each
-    ``(placeholder, replacement)`` of ``swap`` is replaced (same length)."""
-
-    body: bytes
-    properties: Basic.Properties
-    routing_key: str = ""
-    swap: tuple[tuple[bytes, bytes], ...] = ()
+_PLACED = datetime.datetime.fromtimestamp(1234567890, tz=datetime.UTC)
 
 
 @dataclass(frozen=True)
-class RawCase:
-    """Another producer's message with ``field`` malformed (as ``shown``): its properties,
-    byte swaps in its frames, and routing key."""
+class Raw:
+    """One message another producer writes: its malformed ``field`` shows as ``value``."""
 
     field: str
-    shown: str
+    value: str
+    headers: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
-    swap: tuple[tuple[bytes, bytes], ...] = ()
-    routing_key: str = ""
-
-    def message(self) -> RawPublish:
-        """The message, its payload naming the case: ``{"malformed": "<field>=<shown>"}``."""
-        payload = json.dumps({"malformed": f"{self.field}={self.shown}"}).encode()
-        return RawPublish(payload, Basic.Properties(**self.properties), self.routing_key, self.swap)
+    replace: dict[bytes, bytes] = field(default_factory=dict)
+    """Marshalled bytes to swap for others of the same length."""
 
 
-_SOME_TIME = datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC)
-_STAMP = struct.pack(">Q", int(_SOME_TIME.timestamp()))
-_NEVER = ((_STAMP, struct.pack(">Q", 2**63 - 1)),)  # a timestamp no datetime has
-
-
-_LONG_FF = ((b"S\0\0\0\x01@", b"S\0\0\0\x01\xff"),)  # the long string "@" as byte 0xff
-
-
-def _name(placeholder: str, raw: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """Swap a short string (``placeholder`` with its length byte) for ``raw``."""
-    return ((bytes([len(raw)]) + placeholder.encode(), bytes([len(raw)]) + raw),)
+def _not_utf8(field: str, name: str, placeholder: str) -> Raw:
+    """Header ``name`` a long string whose bytes are not UTF-8 (pamqp writes only UTF-8)."""
+    bad = b"\xff" * len(placeholder)
+    return Raw(field, r"\xff", {name: placeholder}, replace={placeholder.encode(): bad})
 
 
 MALFORMED = [
-    RawCase("message_id", "b'\\xff\\xfe'", {"message_id": "@@"}, _name("@@", b"\xff\xfe")),
-    RawCase("correlation_id", "b'\\xff\\xff'", {"correlation_id": "@@"}, _name("@@", b"\xff\xff")),
-    RawCase("header name", "b'\\xfe\\xff'", {"headers": {"@@": "v"}}, _name("@@", b"\xfe\xff")),
-    RawCase("routing key", "b'\\xff\\xff'", {}, _name("@@", b"\xff\xff"), routing_key="@@"),
-    RawCase("timestamp", "2**63-1", {"timestamp": _SOME_TIME}, _NEVER),
-    RawCase("headers", "{'sent': <2**63-1>}", {"headers": {"sent": _SOME_TIME}}, _NEVER),
-    RawCase("ms-key", "b'k\\xff'", {"headers": {"ms-key": "k@"}}, ((b"k@", b"k\xff"),)),
-    RawCase("ms-key", "42", {"headers": {"ms-key": 42}}),
-    RawCase("ms-published-at", "'yesterday'", {"headers": {"ms-published-at": "yesterday"}}),
-    RawCase("ms-published-at", "{'a': 1}", {"headers": {"ms-published-at": {"a": 1}}}),
-    RawCase("ms-attempt", "'abc'", {"headers": {"ms-attempt": "abc"}}),
-    RawCase("ms-attempt", "-3", {"headers": {"ms-attempt": -3}}),
-    RawCase("ms-attempt", "True", {"headers": {"ms-attempt": True}}),
-    RawCase("x-delivery-count", "'abc'", {"headers": {"x-delivery-count": "abc"}}),
-    RawCase("x-delivery-count", "7", {"headers": {"x-delivery-count": 7}}),
-    RawCase("ms-id", "42", {"headers": {"ms-id": 42}}),
-    RawCase("headers", "{'n': 7}", {"headers": {"n": 7}}),
-    RawCase("headers", "{'t': {'a': [1, None]}}", {"headers": {"t": {"a": [1, None]}}}),
-    RawCase("headers", "{'d': Decimal('1.5')}", {"headers": {"d": Decimal("1.5")}}),
-    RawCase("headers", "{'b': b'\\xff'}", {"headers": {"b": "@"}}, _LONG_FF),
-]  # fmt: skip
-"""What another producer can get wrong in a RabbitMQ message, one thing at a time."""
+    Raw("ms-attempt", "'abc'", {"ms-attempt": "abc"}),
+    Raw("ms-attempt", "-3", {"ms-attempt": -3}),
+    Raw("ms-attempt", "2.5", {"ms-attempt": 2.5}),
+    Raw("x-delivery-count", "'abc'", {"x-delivery-count": "abc"}),
+    Raw("ms-published-at", "'abc'", {"ms-published-at": "abc"}),
+    _not_utf8("ms-published-at", "ms-published-at", "PUBLISHED-PLACE"),
+    _not_utf8("ms-key", "ms-key", "KEY-PLACE"),
+    Raw("ms-key", "{'a': 1}", {"ms-key": {"a": 1}}),
+    _not_utf8("trace", "trace", "TRACE-PLACE"),
+    Raw("trace", "{'b': 2}", {"trace": {"b": 2}}),
+    Raw(
+        "message_id",
+        r"\xff",
+        properties={"message_id": "ID-PLACE"},
+        replace={b"ID-PLACE": b"\xff" * 8},
+    ),
+    Raw("header name", r"\xff", {"NAME-PLACE": "v"}, replace={b"NAME-PLACE": b"\xff" * 10}),
+    Raw(
+        "timestamp",
+        "18446744073709551615",
+        properties={"timestamp": _PLACED},
+        replace={struct.pack(">Q", 1234567890): b"\xff" * 8},
+    ),
+]
 
 
-async def malformed(host: str, port: int, exchange: str) -> list[RawCase]:
-    """Publish every case of :data:`MALFORMED` to ``exchange``; returns them."""
-    await publish(host, port, exchange, [case.message() for case in MALFORMED])
-    return MALFORMED
+async def publish_malformed(url: str, exchange: str) -> list[tuple[str, str, bytes]]:
+    """Every message of :data:`MALFORMED`; returns (field, value, payload) of each."""
+    sent = []
+    for n, raw in enumerate(MALFORMED):
+        payload = json.dumps({"malformed": f"{raw.field}={raw.value}", "n": n}).encode()
+        sent.append((raw.field, raw.value, payload))
+    await publish_frames(
+        url,
+        exchange,
+        [
+            (payload, Basic.Properties(headers=raw.headers or None, **raw.properties), raw.replace)
+            for (_, _, payload), raw in zip(sent, MALFORMED, strict=True)
+        ],
+    )
+    return sent
 
 
-async def publish(host: str, port: int, exchange: str, messages: list[RawPublish]) -> None:
-    """Publish ``messages`` to ``exchange`` as guest, with confirms; raise if one is refused."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def publish_frames(
+    url: str, exchange: str, messages: list[tuple[bytes, Basic.Properties, dict[bytes, bytes]]]
+) -> None:
+    """Publish (body, properties, bytes to swap) to topic ``exchange`` (declared first, as
+    millstream declares it), frames written by hand."""
+    connection = await aiormq.connect(url)
     try:
-        async with asyncio.timeout(10):
-            await _open(reader, writer)
-            data = b""
-            for m in messages:
-                data += _frames(exchange, m)
-            writer.write(data)
-            confirmed = 0
-            while confirmed < len(messages):
-                got = await _read(reader)
-                if isinstance(got, Basic.Nack):
-                    raise RuntimeError(f"RabbitMQ refused a raw publish: {got}")
-                if isinstance(got, commands.Channel.Close | commands.Connection.Close):
-                    raise RuntimeError(f"RabbitMQ closed the raw publisher: {got}")
-                if isinstance(got, Basic.Ack):
-                    confirmed = got.delivery_tag if got.multiple else confirmed + 1
-            writer.write(
-                frame.marshal(
-                    commands.Connection.Close(
-                        reply_code=200, reply_text="done", class_id=0, method_id=0
-                    ),
-                    0,
-                )
-            )
-            while not isinstance(await _read(reader), commands.Connection.CloseOk):
-                pass
+        channel = await connection.channel(publisher_confirms=False)
+        await declare_topic(channel, Names(exchange, ""), "quorum")
+        for body, properties, replace in messages:
+            frames = [
+                Basic.Publish(exchange=exchange, routing_key=""),
+                ContentHeader(body_size=len(body), properties=properties),
+                ContentBody(body),
+            ]
+            payload = ChannelFrame.marshall(channel.number, frames).payload
+            for placeholder, bad in replace.items():
+                assert len(placeholder) == len(bad) and payload.count(placeholder) == 1
+                payload = payload.replace(placeholder, bad)
+            await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+        # RabbitMQ handles a channel's frames in order: once this is answered,
+        # every publish before it was routed.
+        await channel.basic_qos(prefetch_count=0)
     finally:
-        writer.close()
+        await connection.close()
 
 
-def _frames(exchange: str, m: RawPublish) -> bytes:
-    method = frame.marshal(Basic.Publish(exchange=exchange, routing_key=m.routing_key), _CHANNEL)
-    head = frame.marshal(header.ContentHeader(0, len(m.body), m.properties), _CHANNEL)
-    for placeholder, replacement in m.swap:
-        assert len(placeholder) == len(replacement), (placeholder, replacement)
-        assert placeholder in method + head, f"{placeholder!r} is not in the frames"
-        method = method.replace(placeholder, replacement)
-        head = head.replace(placeholder, replacement)
-    return method + head + frame.marshal(ContentBody(m.body), _CHANNEL)
-
-
-async def _open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(_PROTOCOL)
-    await _expect(reader, commands.Connection.Start)
-    writer.write(
-        frame.marshal(
-            commands.Connection.StartOk(
-                client_properties={}, mechanism="PLAIN", response="\0guest\0guest"
-            ),
-            0,
-        )
-    )
-    tune = await _expect(reader, commands.Connection.Tune)
-    writer.write(
-        frame.marshal(
-            commands.Connection.TuneOk(
-                channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
-            ),
-            0,
-        )
-    )
-    writer.write(frame.marshal(commands.Connection.Open(virtual_host="/"), 0))
-    await _expect(reader, commands.Connection.OpenOk)
-    writer.write(frame.marshal(commands.Channel.Open(), _CHANNEL))
-    await _expect(reader, commands.Channel.OpenOk)
-    writer.write(frame.marshal(commands.Confirm.Select(), _CHANNEL))
-    await _expect(reader, commands.Confirm.SelectOk)
-
-
-async def _expect(reader: asyncio.StreamReader, kind: type[F]) -> F:
-    got = await _read(reader)
-    if not isinstance(got, kind):
-        raise RuntimeError(f"expected {kind.__name__} from RabbitMQ, got {got}")
-    return got
-
-
-async def _read(reader: asyncio.StreamReader) -> object:
-    start = await reader.readexactly(7)
-    _, _, size = frame.frame_parts(start)
-    assert size is not None
-    _, _, found = frame.unmarshal(start + await reader.readexactly(size + 1))
-    return found
+async def publish_raw(url: str, exchange: str, payload: bytes) -> None:
+    """A message with no properties at all, not even a message id."""
+    await publish_frames(url, exchange, [(payload, Basic.Properties(), {})])

@@ -3,10 +3,9 @@
 Crash: the proxy stops letting anyone in and kills the connection, so the
 member never releases anything; RabbitMQ returns its unacked deliveries at
 once (counted). Cut: the proxy kills the connection; the supervisor
-reconnects through it. Malformed and foreign messages are published byte for
-byte (``tests/brokers/rabbitmq_raw.py``), so they can carry what aio-pika
-would refuse to send. No ``durable_server``: the shared node must not be
-restarted.
+reconnects through it.
+Malformed and foreign messages are written frame by frame
+(tests/brokers/rabbitmq_raw.py).
 """
 
 from __future__ import annotations
@@ -18,16 +17,12 @@ from tests.conformance.conftest import BrokerFactory, Malformed, proxied
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
-HOST, PORT = "127.0.0.1", 5672
-
 
 def factory(tmp_path: Path) -> BrokerFactory:
-    require_service("RabbitMQ", HOST, PORT)
-    from pamqp.commands import Basic
-
+    require_service("RabbitMQ", "127.0.0.1", 5672)
     from millstream.brokers.rabbitmq import RabbitMqBroker
-    from tests.brokers.rabbitmq_admin import delete_declared, delete_names
-    from tests.brokers.rabbitmq_raw import RawPublish, malformed, publish
+    from tests.brokers import rabbitmq_raw
+    from tests.brokers.rabbitmq_admin import SHARED, delete_declared, delete_names
 
     opened: list[RabbitMqBroker] = []
 
@@ -38,23 +33,23 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     async def drop(topic: str) -> None:
         await delete_declared(opened)
-        await delete_names(topic, ["g", "billing"])  # what child processes declared
+        await delete_names(topic, [])  # what a raw publisher declared
 
     async def publish_malformed(topic: str) -> list[Malformed]:
-        sent = await malformed(HOST, PORT, topic)
-        return [Malformed(case.field, case.shown, case.message().body) for case in sent]
+        return [Malformed(*sent) for sent in await rabbitmq_raw.publish_malformed(SHARED, topic)]
 
     async def publish_raw(topic: str, payload: bytes) -> None:
-        await publish(HOST, PORT, topic, [RawPublish(payload, Basic.Properties())])
+        await rabbitmq_raw.publish_raw(SHARED, topic, payload)
 
-    brokers = proxied(
+    built = proxied(
         "rabbitmq",
-        (HOST, PORT),
+        ("127.0.0.1", 5672),
         make,
         drop,
         redelivery_after_crash=1.0,
-        process_url=f"amqp://guest:guest@{HOST}:{PORT}/",
+        process_url=SHARED,
     )
-    brokers.publish_malformed = publish_malformed
-    brokers.publish_raw = publish_raw
-    return brokers
+    built.publish_malformed = publish_malformed
+    built.publish_raw = publish_raw
+    built.counts_lost_in_transit = True  # x-delivery-count includes what never arrived
+    return built
