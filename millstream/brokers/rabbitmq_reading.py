@@ -66,14 +66,15 @@ class _Unusual(Exception):
 
 
 def messages(
-    topic: str, batch: Sequence[DeliveredMessage], holder: object
+    topic: str, batch: Sequence[DeliveredMessage], holder: object, quorum: bool
 ) -> tuple[list[Message], list[Message]]:
-    """The messages of ``batch`` (receipts ``(holder, delivery tag)``), and those of
-    them RabbitMQ returned from a member that went without acking them."""
+    """The messages of ``batch`` (receipts ``(holder, delivery tag)``) from a quorum queue
+    or not, and those of them RabbitMQ returned from a member that went without acking
+    them."""
     try:
         return [_message(topic, d, (holder, tag_of(d))) for d in batch], []
     except _Unusual:
-        out = [_careful(topic, d, (holder, tag_of(d)), True) for d in batch]
+        out = [_careful(topic, d, (holder, tag_of(d)), True, quorum) for d in batch]
         return out, [m for m, d in zip(out, batch, strict=True) if _returned(d)]
 
 
@@ -113,12 +114,14 @@ class Unfetched:
         return True
 
 
-def message(topic: str, delivered: DeliveredMessage, receipt: object) -> Message:
+def message(
+    topic: str, delivered: DeliveredMessage, receipt: object, quorum: bool = True
+) -> Message:
     """The message of one delivery; never raises on what another producer wrote."""
     try:
         return _message(topic, delivered, receipt)
     except _Unusual:
-        return _careful(topic, delivered, receipt, True)
+        return _careful(topic, delivered, receipt, True, quorum)
 
 
 def _message(topic: str, delivered: DeliveredMessage, receipt: object) -> Message:
@@ -156,7 +159,9 @@ def _message(topic: str, delivered: DeliveredMessage, receipt: object) -> Messag
     )
 
 
-def _careful(topic: str, delivered: DeliveredMessage, receipt: object, warn: bool) -> Message:
+def _careful(
+    topic: str, delivered: DeliveredMessage, receipt: object, warn: bool, quorum: bool
+) -> Message:
     props = delivered.header.properties
     raw = props.headers if isinstance(props.headers, dict) else {}
     ident = props.message_id or content_id(delivered)
@@ -178,7 +183,7 @@ def _careful(topic: str, delivered: DeliveredMessage, receipt: object, warn: boo
         delivered.body,
         _key(where, raw.get(HEADER_KEY)),
         theirs or NO_HEADERS,
-        _attempt(where, raw, delivered),
+        _attempt(where, raw, delivered, quorum),
         _stamp(props.timestamp) if published is None else published / 1000,
         None,
         None,
@@ -186,18 +191,34 @@ def _careful(topic: str, delivered: DeliveredMessage, receipt: object, warn: boo
     )
 
 
-def attempt_of(delivered: DeliveredMessage) -> int:
+def attempt_of(delivered: DeliveredMessage, quorum: bool) -> int:
     """The attempt a delivery is: earlier copies' deliveries, this copy's returns, plus one."""
     props = delivered.header.properties
     raw = props.headers if isinstance(props.headers, dict) else {}
-    return _attempt(None, raw, delivered)
+    return _attempt(None, raw, delivered, quorum)
 
 
-def _attempt(where: str | None, raw: dict[str, Any], delivered: DeliveredMessage) -> int:
-    before = _number(where, HEADER_ATTEMPT, raw.get(HEADER_ATTEMPT), "a whole number")
-    returns = _number(where, "x-delivery-count", raw.get("x-delivery-count"), "a whole number")
-    floor = 1 if _returned(delivered) else 0
-    return int(before or 0) + max(int(returns or 0), floor) + 1
+def _attempt(
+    where: str | None, raw: dict[str, Any], delivered: DeliveredMessage, quorum: bool
+) -> int:
+    """``ms-attempt``, plus this copy's returns, plus one. RabbitMQ counts returns in
+    ``x-delivery-count`` on quorum queues, and sets it on redeliveries only: on a first
+    delivery, or from a classic queue, the header is another producer's, no count."""
+    before = int(_number(where, HEADER_ATTEMPT, raw.get(HEADER_ATTEMPT), "a whole number") or 0)
+    returned = _returned(delivered)
+    count = raw.get("x-delivery-count")
+    if returned and quorum:
+        returns = _number(where, "x-delivery-count", count, "a whole number")
+        return before + max(int(returns or 0), 1) + 1
+    if count is not None and where is not None:
+        log.warning(
+            "rabbitmq: %s: header 'x-delivery-count' is %s on %s, where RabbitMQ counts "
+            "nothing in it (another producer wrote it); ignored",
+            where,
+            _shown(count),
+            "a redelivery from a classic queue" if returned else "a first delivery",
+        )
+    return before + returned + 1
 
 
 def _returned(delivered: DeliveredMessage) -> bool:
@@ -301,7 +322,7 @@ def letter(names: Names, delivered: DeliveredMessage) -> DeadLetter:
     """The :class:`DeadLetter` a message in the dead-letter queue stands for; never raises."""
     props = delivered.header.properties
     raw = props.headers if isinstance(props.headers, dict) else {}
-    found = _careful(names.topic, delivered, None, False)
+    found = _careful(names.topic, delivered, None, False, False)
     failed = _number(None, HEADER_FAILED_AT, raw.get(HEADER_FAILED_AT), "epoch ms")
     return DeadLetter(
         id=letter_id_of(delivered),

@@ -62,6 +62,7 @@ class RabbitMqSubscription:
         self.topic = names.topic
         self.group = names.group
         self.prefetch = prefetch_window(prefetch)
+        self._quorum = broker.options.queue_type == "quorum"
         self._consumer_tag: str | None = None
         self._buffer: deque[DeliveredMessage] = deque()
         self._arrived = asyncio.Event()
@@ -98,7 +99,8 @@ class RabbitMqSubscription:
             self._check_consumer()
             return []
         popleft = buffer.popleft
-        out, returned = messages(self.topic, [popleft() for _ in range(taken)], self)
+        batch = [popleft() for _ in range(taken)]
+        out, returned = messages(self.topic, batch, self, self._quorum)
         if not buffer:
             self._arrived.clear()
         if returned:
@@ -287,7 +289,7 @@ class RabbitMqSubscription:
             return
         queue = self._names.queue
         copies: list[Publication] = [
-            ("", queue, d.body, copy(d, **{HEADER_ATTEMPT: attempt_of(d) - 1}))
+            ("", queue, d.body, copy(d, **{HEADER_ATTEMPT: attempt_of(d, self._quorum) - 1}))
             for d in held.values()
         ]
         await self._broker.send(copies, mandatory=True)

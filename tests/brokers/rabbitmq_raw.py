@@ -94,14 +94,17 @@ async def publish_malformed(url: str, exchange: str) -> list[tuple[str, str, byt
 
 
 async def publish_frames(
-    url: str, exchange: str, messages: list[tuple[bytes, Basic.Properties, dict[bytes, bytes]]]
+    url: str,
+    exchange: str,
+    messages: list[tuple[bytes, Basic.Properties, dict[bytes, bytes]]],
+    queue_type: str = "quorum",
 ) -> None:
     """Publish (body, properties, bytes to swap) to topic ``exchange`` (declared first, as
-    millstream declares it), frames written by hand."""
+    millstream declares it with ``queue_type``), frames written by hand."""
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=False)
-        await declare_topic(channel, Names(exchange, ""), "quorum")
+        await declare_topic(channel, Names(exchange, ""), queue_type)
         for body, properties, replace in messages:
             frames = [
                 Basic.Publish(exchange=exchange, routing_key=""),

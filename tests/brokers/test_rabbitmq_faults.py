@@ -86,6 +86,30 @@ async def test_metadata_another_producer_got_wrong_is_read_with_defaults_and_a_w
         assert topic in said[0] and field in said[0] and value in said[0], said
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_an_x_delivery_count_another_producer_wrote_counts_no_delivery(
+    topic: str, queue_type: str
+) -> None:
+    with TcpProxy(HOST, PORT) as proxy:
+        crashing = await opened(
+            f"amqp://guest:guest@127.0.0.1:{proxy.port}/?queue_type={queue_type}"
+        )
+        taker = await opened(f"{SHARED}?queue_type={queue_type}")
+        try:
+            before = await crashing.subscribe(topic, "billing", prefetch=10)
+            counted = Basic.Properties(headers={"x-delivery-count": 7})
+            await publish_frames(SHARED, topic, [(b"{}", counted, {})], queue_type)
+            [first] = await before.fetch(1, 5.0)
+            proxy.pause()  # crashes holding it: RabbitMQ counts one return
+            proxy.cut()
+            after = await taker.subscribe(topic, "billing", prefetch=10)
+            [again] = await fetch_n(after, 1)
+        finally:
+            await crashing.close()
+            await taker.close()
+    assert (first.attempt, again.attempt) == (1, 2)
+
+
 async def test_a_foreign_message_keeps_its_id_through_a_retry_and_its_dead_letter(
     topic: str,
 ) -> None:
