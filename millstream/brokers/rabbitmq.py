@@ -16,8 +16,11 @@ original is acked only after its copy is confirmed (at-least-once).
 
 A lost connection ends every subscription on it with ``BrokerUnavailable``;
 RabbitMQ returns what they held to their queues, counted (the attempt goes
-up). The supervisor calls :meth:`RabbitMqBroker.connect` and subscribes
-again, which declares the topology again.
+up). The broker remembers what they had not handed out, and how much may
+have been on its way, and takes those returns off again when the messages
+come back (see :mod:`millstream.brokers.rabbitmq_returns`). The supervisor
+calls :meth:`RabbitMqBroker.connect` and subscribes again, which declares
+the topology again.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from millstream.brokers.rabbitmq_connection import (
 )
 from millstream.brokers.rabbitmq_dead_letters import RabbitMqDeadLetters
 from millstream.brokers.rabbitmq_envelope import Names, encode, tag_of
-from millstream.brokers.rabbitmq_reading import Unfetched
+from millstream.brokers.rabbitmq_returns import Returns
 from millstream.brokers.rabbitmq_subscription import RabbitMqSubscription
 from millstream.brokers.rabbitmq_topology import declare_group, declare_topic
 from millstream.errors import BrokerUnavailable
@@ -77,8 +80,8 @@ class RabbitMqBroker:
         self._lock = asyncio.Lock()
         self._topics: set[str] = set()  # declared on this connection
         self._subscriptions: list[RabbitMqSubscription] = []
-        self.unfetched = Unfetched()
-        """What subscriptions had received, not handed out, when their connection died."""
+        # Per queue: what subscriptions held when their connection died.
+        self._returns: dict[str, Returns] = {}
         self.declared: set[tuple[str, str]] = set()
         """("exchange" | "queue", name) of everything this broker declared: for cleanup tools."""
 
@@ -210,6 +213,14 @@ class RabbitMqBroker:
                 raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
         with translated(self.url):
             return await connection.channel(publisher_confirms=confirms)
+
+    def returns(self, queue: str, most: int) -> Returns:
+        """What lost subscriptions of ``queue`` held, remembering at least ``most`` messages."""
+        found = self._returns.get(queue)
+        if found is None:
+            found = self._returns[queue] = Returns(most)
+        found.most = max(found.most, most)
+        return found
 
     def forget(self, subscription: RabbitMqSubscription) -> None:
         """Stop tracking a closed subscription."""

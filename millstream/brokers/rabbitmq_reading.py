@@ -25,7 +25,7 @@ import decimal
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiormq.abc import DeliveredMessage
@@ -50,7 +50,15 @@ from millstream.message import (
     Message,
 )
 
-__all__ = ["Unfetched", "attempt_of", "letter", "letter_id_of", "message", "messages"]
+__all__ = [
+    "attempt_of",
+    "counted",
+    "letter",
+    "letter_id_of",
+    "message",
+    "messages",
+    "returns_of",
+]
 
 log = logging.getLogger("millstream.brokers.rabbitmq")
 
@@ -76,42 +84,6 @@ def messages(
     except _Unusual:
         out = [_careful(topic, d, (holder, tag_of(d)), True, quorum) for d in batch]
         return out, [m for m, d in zip(out, batch, strict=True) if _returned(d)]
-
-
-class Unfetched:
-    """Deliveries a member had received and not yet handed out when its connection died.
-
-    RabbitMQ counts their return as a delivery (``x-delivery-count``, the
-    ``redelivered`` flag) though no handler saw them, so a flapping network
-    ran their attempts up until the runtime buried healthy messages as
-    delivered too often. The next delivery of each gives that count back.
-    One per broker, so it outlives reconnections; at most ``LIMIT`` entries,
-    the oldest forgotten first (another member may have taken them).
-    """
-
-    LIMIT = 20_000
-
-    def __init__(self) -> None:
-        self._returns: dict[tuple[str, str], int] = {}
-
-    def remember(self, queue: str, deliveries: Iterable[DeliveredMessage]) -> None:
-        returns = self._returns
-        for delivered in deliveries:
-            key = (queue, delivered.header.properties.message_id or content_id(delivered))
-            returns[key] = returns.pop(key, 0) + 1
-        while len(returns) > self.LIMIT:
-            del returns[next(iter(returns))]
-
-    def take(self, queue: str, message: Message) -> bool:
-        """Whether ``message`` came back from such a return; its attempt is set right."""
-        key = (queue, message.id)
-        count = self._returns.pop(key, 0)
-        if not count:
-            return False
-        if count > 1:
-            self._returns[key] = count - 1
-        message.attempt = max(1, message.attempt - 1)
-        return True
 
 
 def message(
@@ -219,6 +191,22 @@ def _attempt(
             "a redelivery from a classic queue" if returned else "a first delivery",
         )
     return before + returned + 1
+
+
+def returns_of(delivered: DeliveredMessage, quorum: bool) -> int:
+    """How often RabbitMQ returned this copy before this delivery (0: a first delivery)."""
+    if not _returned(delivered):
+        return 0
+    raw = delivered.header.properties.headers
+    count = raw.get("x-delivery-count") if quorum and isinstance(raw, dict) else None
+    return max(int(_number(None, "x-delivery-count", count, "a whole number") or 0), 1)
+
+
+def counted(delivered: DeliveredMessage, quorum: bool) -> tuple[str, int, int]:
+    """(message id, attempt, returns) of a delivery as RabbitMQ counted them, read quietly."""
+    props = delivered.header.properties
+    message_id = props.message_id or content_id(delivered)
+    return message_id, attempt_of(delivered, quorum), returns_of(delivered, quorum)
 
 
 def _returned(delivered: DeliveredMessage) -> bool:

@@ -3,7 +3,10 @@
 RabbitMQ pushes deliveries up to the prefetch window; they wait in the
 subscription until ``fetch`` hands them out. Every delivery not yet settled
 is *held* (by delivery tag): what ``settle`` acks, what ``lag`` counts and
-what ``close`` releases.
+what ``close`` releases. When the channel is lost instead, what it held (and
+the acks still on their way) goes into the broker's
+:class:`~millstream.brokers.rabbitmq_returns.Returns` for the queue, so the
+deliveries that come back are counted as they should be.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from millstream.brokers import redact
 from millstream.brokers.base import Lag
 from millstream.brokers.rabbitmq_connection import translated
 from millstream.brokers.rabbitmq_envelope import Names, copy, dead_copy, retry_step, tag_of
-from millstream.brokers.rabbitmq_reading import attempt_of, messages
+from millstream.brokers.rabbitmq_reading import counted, messages, returns_of
 from millstream.brokers.rabbitmq_topology import declare_retry
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
@@ -63,6 +66,7 @@ class RabbitMqSubscription:
         self.group = names.group
         self.prefetch = prefetch_window(prefetch)
         self._quorum = broker.options.queue_type == "quorum"
+        self._returns = broker.returns(names.queue, most=8 * self.prefetch)
         self._consumer_tag: str | None = None
         self._buffer: deque[DeliveredMessage] = deque()
         self._arrived = asyncio.Event()
@@ -70,9 +74,11 @@ class RabbitMqSubscription:
         # every tag in delivery order until the run below it is acked.
         self._held: dict[int, DeliveredMessage] = {}
         self._order: deque[int] = deque()
+        self._acking: list[dict[int, DeliveredMessage]] = []  # acks on their way, by batch
         self._retry_queues: set[int] = set()
         self._closed = False
         self._lost = False
+        self._loss_noted = False
         channel.closing.add_done_callback(self._on_channel_closed)
 
     # -- receiving ---------------------------------------------------------------
@@ -103,11 +109,14 @@ class RabbitMqSubscription:
         out, returned = messages(self.topic, batch, self, self._quorum)
         if not buffer:
             self._arrived.clear()
-        if returned:
-            queue, unfetched = self._names.queue, self._broker.unfetched
-            if count := sum(1 for m in returned if not unfetched.take(queue, m)):
-                self._took_over(count)
+        returns = self._returns
+        given_back = returns.correct(out, self._returns_of) if returns else 0
+        if returned and (count := len(returned) - given_back) > 0:
+            self._took_over(count)
         return out
+
+    def _returns_of(self, handed: Message) -> int:
+        return returns_of(self._held[handed.receipt[1]], self._quorum)
 
     def _took_over(self, count: int) -> None:
         self.taken_over += count
@@ -135,16 +144,33 @@ class RabbitMqSubscription:
         self._arrived.set()
 
     def _on_channel_closed(self, _: object) -> None:
-        self._returned_unfetched()
+        if not self._closed:
+            self._note_loss()
         self._lost = True
         self._arrived.set()  # wake a waiting fetch, which raises
 
-    def _returned_unfetched(self) -> None:
-        """RabbitMQ returns the deliveries still waiting here, counting a delivery
-        though nothing handled them: remembered, so that their next one does not."""
-        if self._buffer:
-            self._broker.unfetched.remember(self._names.queue, self._buffer)
-            self._buffer.clear()
+    def _note_loss(self) -> None:
+        """RabbitMQ returns all the channel held, counted, and what was on its way:
+        remembered, so that no attempt is counted for what no handler started."""
+        if self._loss_noted or self._consumer_tag is None:
+            return
+        self._loss_noted = True
+        held, quorum = self._held, self._quorum
+        for acking in self._acking:
+            held.update(acking)  # handled, their acks lost: the runtime knows them
+        unhanded = {tag_of(delivered) for delivered in self._buffer}
+        waiting, handed = [], []
+        for tag, delivered in held.items():
+            message_id, attempt, returns = counted(delivered, quorum)
+            if tag in unhanded:
+                waiting.append((message_id, attempt, returns))
+            else:
+                handed.append((message_id, attempt))
+        # RabbitMQ may have sent up to its window in all: what did not arrive comes back too.
+        self._returns.lost(self.prefetch - len(held), waiting, handed)
+        held.clear()
+        self._acking.clear()
+        self._buffer.clear()
 
     # -- settling ----------------------------------------------------------------
 
@@ -176,6 +202,10 @@ class RabbitMqSubscription:
             await self._broker.send(copies, mandatory=True)
         if tags:
             await self._ack(tags)
+            if self._returns:
+                self._returns.settled(m.id for m in acks)
+                self._returns.settled(m.id for m, _ in retries)
+                self._returns.settled(m.id for m, _ in deads)
 
     async def _retry_copy(
         self, delivered: DeliveredMessage, attempt: int, delay: float
@@ -202,8 +232,9 @@ class RabbitMqSubscription:
         """
         held, order = self._held, self._order
         done = set(tags)
-        for tag in done:
-            held.pop(tag, None)
+        # Until the acks are known applied, a lost channel returns these too.
+        acking = {tag: held.pop(tag) for tag in done if tag in held}
+        self._acking.append(acking)
         top = 0
         while order and order[0] not in held:
             tag = order.popleft()
@@ -221,6 +252,7 @@ class RabbitMqSubscription:
             # so one round trip on this channel, which handles frames in
             # order, proves the acks were applied: one per batch, not per ack.
             await channel.basic_qos(prefetch_count=self.prefetch)
+        self._acking.remove(acking)
 
     def _tag(self, m: Message) -> int | None:
         receipt = m.receipt
@@ -260,7 +292,7 @@ class RabbitMqSubscription:
         A held message goes back as a confirmed copy at the same attempt,
         then the original is acked; returning it with a reject would count
         a delivery. After a lost connection RabbitMQ has already returned
-        everything, counted.
+        everything, counted: the broker remembers what, for the next member.
         """
         if self._closed:
             return
@@ -271,10 +303,11 @@ class RabbitMqSubscription:
             if not self._lost:
                 await self._release(channel)
         except BrokerError:
-            pass
+            self._note_loss()  # not released: RabbitMQ returns it all, counted
         finally:
-            self._returned_unfetched()  # what the release did not copy
+            self._buffer.clear()
             self._held.clear()
+            self._acking.clear()
             self._order.clear()
             with suppress(Exception):
                 await channel.close()
@@ -287,15 +320,22 @@ class RabbitMqSubscription:
         held = self._held
         if not held:
             return
-        queue = self._names.queue
-        copies: list[Publication] = [
-            ("", queue, d.body, copy(d, **{HEADER_ATTEMPT: attempt_of(d, self._quorum) - 1}))
-            for d in held.values()
-        ]
+        queue, returns = self._names.queue, self._returns
+        copies: list[Publication] = []
+        released: list[str] = []
+        for delivered in held.values():
+            message_id, attempt, again = counted(delivered, self._quorum)
+            if returns:
+                attempt = returns.corrected(message_id, attempt, again)
+            copies.append(
+                ("", queue, delivered.body, copy(delivered, **{HEADER_ATTEMPT: attempt - 1}))
+            )
+            released.append(message_id)
         await self._broker.send(copies, mandatory=True)
         with translated(self._broker.url):
             await channel.basic_ack(max(held), multiple=True)
         self._buffer.clear()  # released with the rest
+        returns.settled(released)
 
     def _check_consumer(self) -> None:
         """RabbitMQ cancels a consumer whose queue was deleted: that must not look like quiet."""

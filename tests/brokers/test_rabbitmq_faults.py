@@ -25,7 +25,7 @@ from millstream.errors import RetryableError
 from millstream.runtime import ConsumerState
 from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
 from tests.brokers.rabbitmq_raw import publish_frames, publish_malformed
-from tests.brokers.scenarios import at_least, events, fetch_n
+from tests.brokers.scenarios import at_least, events, fetch_n, numbers
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 from tests.support import until
@@ -220,3 +220,72 @@ async def test_a_lost_connection_counts_no_attempt_for_what_was_never_handed_out
     assert attempts.pop(handed.id) == 2, "the one handed out was delivered twice"
     assert set(attempts.values()) == {1}, "what no one had counted an attempt"
     assert again.taken_over == 1
+
+
+async def test_repeated_losses_count_no_attempt_for_what_was_never_handed_out(
+    topic: str,
+) -> None:
+    with TcpProxy(HOST, PORT) as proxy:
+        broker = await opened(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+        other = await opened()
+        try:
+            sub = await broker.subscribe(topic, "billing", prefetch=10)
+            await other.publish(topic, events(8))
+            for n in range(3):
+                [one] = await sub.fetch(1, 5.0)
+                # The first of what every lost member only had in its window: no attempt.
+                assert (numbers([one]), one.attempt) == ([n], 1)
+                await sub.settle([one], [], [])
+                await sub.lag()  # the rest are in its window once this is answered
+                proxy.cut()
+                await until(lambda lost=sub: lost._lost)
+                await sub.close()
+                await broker.connect()  # as the supervisor does
+                sub = await broker.subscribe(topic, "billing", prefetch=10)
+            rest = await fetch_n(sub, 5)
+            assert (numbers(rest), {m.attempt for m in rest}) == ([3, 4, 5, 6, 7], {1})
+            assert sub.taken_over == 0, "none of it was another member's"
+            proxy.pause()  # now this process crashes, holding them: that counts, and
+            proxy.cut()  # another process knows nothing of the returns before
+            taker = await other.subscribe(topic, "billing", prefetch=10)
+            assert {m.attempt for m in await fetch_n(taker, 5)} == {5}
+        finally:
+            await broker.close()
+            await other.close()
+
+
+async def test_deliveries_lost_on_their_way_count_no_attempt(topic: str) -> None:
+    with TcpProxy(HOST, PORT) as proxy:
+        broker = await opened(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+        other = await opened()
+        try:
+            sub = await broker.subscribe(topic, "billing", prefetch=10)
+            assert await sub.fetch(1, 0.01) == []  # consuming
+            proxy.blackhole()
+            await other.publish(topic, events(5))
+            await sent_to_consumer(other, f"{topic}.billing")  # into the void: none arrives
+            proxy.cut()
+            proxy.heal()
+            await until(lambda: sub._lost)
+            await sub.close()
+            await broker.connect()
+            again = await broker.subscribe(topic, "billing", prefetch=10)
+            back = await fetch_n(again, 5)
+        finally:
+            await broker.close()
+            await other.close()
+    assert sorted(numbers(back)) == list(range(5))
+    assert {m.attempt for m in back} == {1}, "deliveries that never arrived counted"
+    assert again.taken_over == 0
+
+
+async def sent_to_consumer(broker: RabbitMqBroker, queue: str, within: float = 10.0) -> None:
+    """Wait until ``queue`` has nothing ready: RabbitMQ sent it all to its consumer."""
+    channel = await broker.channel(confirms=False)
+    deadline = time.monotonic() + within
+    try:
+        while (await channel.queue_declare(queue, passive=True)).message_count:
+            assert time.monotonic() < deadline, f"{queue} kept messages ready for {within}s"
+            await asyncio.sleep(0.02)
+    finally:
+        await channel.close()
