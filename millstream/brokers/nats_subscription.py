@@ -9,13 +9,10 @@ last request to end). At most one request is open at a time, and what a
 request delivers after ``fetch`` returned waits in the member for the next
 ``fetch``: it is held like everything handed out.
 
-**Settling** is one publish per outcome on the delivery's acknowledgement
-subject (``+ACK``, ``-NAK {"delay": ns}``, ``+TERM``), with only the last
-one sent as a request. The server applies a consumer's acknowledgements in
-the order they arrive, so its reply means the whole batch is applied: one
-round trip per batch, and ``lag`` read right after sees it. A dead letter
-is copied into the dead-letter stream (acknowledged by the stream) before
-its ``+TERM``: a crash in between leaves it delivered again, never lost.
+**Settling** is one round trip per batch (:mod:`millstream.brokers.nats_acks`).
+A dead letter is copied into the dead-letter stream (acknowledged by the
+stream) before its ``+TERM``: a crash in between leaves it delivered again,
+never lost.
 
 **Attempts** are JetStream's delivery count, plus ``ms-attempt`` on
 group-private copies. ``close`` gives back what the member holds without
@@ -55,6 +52,7 @@ from nats.js import errors as js_errors
 
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
+from millstream.brokers.nats_acks import ACK, PROGRESS, TERM, acknowledge, nak
 from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_envelope import decode, decode_carefully, private_headers
 from millstream.brokers.nats_members import Members
@@ -73,9 +71,6 @@ __all__ = ["NatsSubscription"]
 _LINGER = 1.0  # seconds a waiting pull request stays on the server at most
 _ANSWER_WITHIN = 1.0  # seconds a pull request may go unanswered past its expiry
 _KEEP_ALIVE_MAX = 5.0  # seconds between +WPI rounds at most, whatever the lease
-_ACK = b"+ACK"
-_TERM = b"+TERM"
-_PROGRESS = b"+WPI"
 
 
 class NatsSubscription:
@@ -253,7 +248,7 @@ class NatsSubscription:
         if subject.startswith(self._others) and subject != self._own:
             # Another group's released or replayed message: not for this group.
             with suppress(nats_errors.Error, OSError):  # lost: it comes back, to be acked again
-                await self._client.publish(reply, _ACK)
+                await self._client.publish(reply, ACK)
             return
         try:
             message = decode(self.topic, self._stream, msg)
@@ -287,56 +282,32 @@ class NatsSubscription:
         commands: list[tuple[str, bytes]] = []
         for m, _ in deads:
             if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, _TERM))
+                commands.append((m.receipt, TERM))
         retried: list[str] = []
         for m, delay in retries:
             if held.pop(m.receipt, None) is not None:
-                ns = max(0, round(delay * 1e9))
-                commands.append((m.receipt, b'-NAK {"delay": %d}' % ns if ns else b"-NAK"))
+                commands.append((m.receipt, nak(delay)))
                 retried.append(m.receipt)
         for m in acks:
             if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, _ACK))
+                commands.append((m.receipt, ACK))
         if retried:  # before the naks, on the same connection: in place when they come back
             await self._members.note_retries(retried)
             await self._record()
         await self._send(commands)
 
     async def _send(self, commands: list[tuple[str, bytes]]) -> None:
-        """Publish acknowledgements, the last as a request: its reply means all are applied."""
-        if not commands:
-            return
-        client = self._client
-        connection = self._connection
-        with translated(self._broker.url):
-            for subject, payload in commands[:-1]:
-                await client.publish(subject, payload)
-        last_subject, last_payload = commands[-1]
-        if last_payload == _TERM:
-            # The server answers no request to +TERM; +WPI after it is answered, and
-            # since the consumer takes its acknowledgements in order, it fences the batch.
-            with translated(self._broker.url):
-                await client.publish(last_subject, _TERM)
-            last_payload = _PROGRESS
-        if not await connection.guard(self._fence(last_subject, last_payload), *self._mine):
+        if not await acknowledge(self._connection, commands, *self._mine):
             # No responders: the consumer is gone (deleted, or its stream). Its
             # successor starts over and delivers these again.
             self._missing = True
-
-    async def _fence(self, subject: str, payload: bytes) -> bool:
-        """Send the batch's last acknowledgement as a request; ``False`` if no consumer answers."""
-        try:
-            await self._client.request(subject, payload, timeout=REQUEST_TIMEOUT)
-        except nats_errors.NoRespondersError:
-            return False
-        return True
 
     async def _keep_alive(self, now: float) -> None:
         self._keep_alive_at = now + self._keep_alive_every
         if self._held:
             with translated(self._broker.url):
                 for subject in list(self._held):
-                    await self._client.publish(subject, _PROGRESS)
+                    await self._client.publish(subject, PROGRESS)
 
     async def _recreate(self) -> None:
         """The consumer (or its stream) was deleted: create it again, from the stream's start."""
@@ -397,7 +368,7 @@ class NatsSubscription:
             if held:
                 copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
                 await self._broker.send(self._own, copies, self._stream)
-                await self._send([(m.receipt, _ACK) for m in held])
+                await self._send([(m.receipt, ACK) for m in held])
             await self._members.write(())  # released: nothing for a successor to take back
         except BrokerError:
             pass  # not released: they come back after ack_wait, counted
