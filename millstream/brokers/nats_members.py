@@ -13,8 +13,9 @@ rewrites it without waiting for the stream (a publish, no reply) once per
 pull request that delivered something, and after a settle with retries
 (a retried message is no longer the member's; its stale subject would
 redeliver it early). A member that subscribes under that name reads the
-record, ``-NAK``s every subject in it, so the server redelivers at once
-what the crashed one held (counted: a nak is a delivery), and empties it.
+record, ``-NAK``s every subject in it (the last as a request, so all are
+applied before its first pull), so the server redelivers at once what the
+crashed one held (counted: a nak is a delivery), and empties it.
 A subject already settled is a no-op to the server.
 
 **Retry notes**, on ``_ms.retried.<stream>.<consumer>.<stream sequence>``:
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from nats.js import errors as js_errors
 
+from millstream.brokers.nats_acks import acknowledge
 from millstream.brokers.nats_connection import Connection, api_error, translated
 from millstream.brokers.nats_envelope import delivery
 from millstream.brokers.nats_names import Names
@@ -79,6 +81,7 @@ class Members:
         self.member = member
         self._record = f"_ms.held.{names.stream}.{names.consumer}.{member}" if member else ""
         self._notes = f"_ms.retried.{names.stream}.{names.consumer}."
+        self._mine = (names.stream, "_INBOX")
         self._taken_back: _TakenBack | None = None
         self._enabled = False
 
@@ -97,11 +100,11 @@ class Members:
         if not subjects:
             return None
         taken = _TakenBack(str(self.member), _float(written))
-        with translated(self._broker.url):
-            for subject in subjects:
-                with suppress(ValueError, IndexError):
-                    taken.sequences.add(delivery(subject)[1])
-                await self._client.publish(subject, _NAK)
+        for subject in subjects:
+            with suppress(ValueError, IndexError):
+                taken.sequences.add(delivery(subject)[1])
+        # All applied before the first pull, which takes them back in one batch.
+        await acknowledge(self._connection, [(s, _NAK) for s in subjects], *self._mine)
         # The record is spent: a later successor must not nak these again.
         await self.write(())
         return taken
