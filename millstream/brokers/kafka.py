@@ -17,7 +17,7 @@ retries and how a crash's redelivery counts an attempt.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +28,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.conn import CloseReason
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import BrokerMetadata
 
 from millstream.brokers.addresses import refuse_unknown_hosts
 from millstream.brokers.base import Capabilities
 from millstream.brokers.kafka_dead_letters import KafkaDeadLetters
+from millstream.brokers.kafka_members import (
+    client_id,
+    remove_predecessors,
+    wait_for_rebalances,
+    watch_connections,
+)
 from millstream.brokers.kafka_options import KafkaOptions, parse_url, redact, translated
 from millstream.brokers.kafka_records import Headers, dlq_topic, retry_topic, topic_headers
 from millstream.brokers.kafka_subscription import KafkaSubscription
@@ -46,7 +51,7 @@ __all__ = ["KafkaBroker", "KafkaDeadLetters", "KafkaSubscription"]
 Route = Callable[[str, int], tuple[str, int]]
 Record = tuple[bytes | None, bytes, Headers, int]
 
-_MEMBERS = itertools.count()
+log = logging.getLogger("millstream.brokers.kafka")
 
 
 class KafkaBroker:
@@ -55,7 +60,8 @@ class KafkaBroker:
     ``kafka://[user:password@]host:9092[,host:9092]`` with optional
     parameters (seconds unless said): ``partitions=8`` and ``replication=1``
     for topics millstream creates; ``session_timeout=10``, ``heartbeat=1``,
-    ``rebalance_timeout=30`` for the group; ``drain=10``, how long a revoked
+    ``rebalance_timeout=30`` for the group; ``request_timeout=5``, after which
+    an unanswered request counts its connection dead; ``drain=10``, how long a revoked
     partition waits for its handlers before it is given up;
     ``idempotence=true`` (``acks=all`` always); ``linger=0.005`` and
     ``batch_size`` (bytes) for the producer; ``security_protocol`` and
@@ -286,12 +292,11 @@ class KafkaBroker:
         count = self.partition_count(topic)
         await self.ensure_topics([retry_topic(topic, group), dlq_topic(topic)], count)
         options = self.options
-        # Member ids start with the client id, and the range assignor gives the
-        # first partitions to the lowest ids: older members keep theirs.
-        member = f"millstream-{time.time_ns():020d}-{os.getpid()}-{next(_MEMBERS)}"
+        if member is not None:
+            await self._remove_predecessors(group, member)
         consumer = AIOKafkaConsumer(
             **options.client(),
-            client_id=member,
+            client_id=client_id(member),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -305,7 +310,8 @@ class KafkaBroker:
             fetch_max_wait_ms=100,
         )
         self.adopt(consumer._client)
-        subscription = KafkaSubscription(self, consumer, topic, group, producer, prefetch)
+        wait_for_rebalances(consumer._client, options.join_timeout)
+        subscription = KafkaSubscription(self, consumer, topic, group, producer, prefetch, member)
         watch_connections(consumer._client, subscription.connection_lost)
         self._subscriptions.append(subscription)
         try:
@@ -314,6 +320,28 @@ class KafkaBroker:
             await subscription.close()
             raise
         return subscription
+
+    async def _remove_predecessors(self, group: str, member: str) -> None:
+        """Remove a crashed member of this name from ``group``: its partitions move at
+        once instead of after its session times out (:mod:`kafka_members`)."""
+        try:
+            with translated(self.url):
+                gone = await remove_predecessors(self.producer().client, group, member)
+        except BrokerError as exc:  # it then leaves when its session times out
+            log.warning(
+                "kafka: member %s could not remove its crashed predecessor from group %r: %s",
+                member,
+                group,
+                exc,
+            )
+            return
+        for member_id in gone:
+            log.info(
+                "kafka: member %s removed %s, its predecessor under that name, from group %r",
+                member,
+                member_id,
+                group,
+            )
 
     async def dead_letters(self, topic: str, group: str) -> KafkaDeadLetters:
         """The dead letters of ``topic`` for ``group`` (looking creates nothing)."""
@@ -330,20 +358,3 @@ class KafkaBroker:
         """Stop tracking a closed subscription."""
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
-
-
-def watch_connections(client: Any, lost: Callable[[str], None]) -> None:
-    """Call ``lost`` when a connection of ``client`` breaks (not when it idles out).
-
-    aiokafka reconnects on its own, which would hide a network failure from
-    the supervisor; a member that lost its connection also lost its place in
-    the group's eyes soon after, so it reports and rejoins instead.
-    """
-    original = client._on_connection_closed
-
-    def closed(conn: Any, reason: Any) -> None:
-        if reason in (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT):
-            lost(f"connection to {conn.host}:{conn.port} broke ({reason.name})")
-        original(conn, reason)
-
-    client._on_connection_closed = closed

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka.structs import TopicPartition
 
@@ -62,6 +63,43 @@ class DeliveryMarks:
         self._found.pop(tp, None)
         self._written.pop(tp, None)
         self._handed.pop(tp, None)
+
+    async def hand_over(self, partitions: set[TopicPartition]) -> None:
+        """Leave marks of ``partitions`` (given up in a rebalance) at what was handed out.
+
+        Marks run ahead of what was handed out; left so, the next owner would
+        count the records in between as handed out before. What an earlier
+        owner handed out and this one did not yet still counts.
+        """
+        marks = {
+            tp: max(self._handed.get(tp, 0), self._found.get(tp, 0))
+            for tp in partitions
+            if self._written.get(tp, 0) > 0
+        }
+        for tp in partitions:
+            self.forget(tp)
+        if not marks:
+            return
+        if self._writing is not None:  # a write ahead must not land after this one
+            with contextlib.suppress(Exception):
+                await self._writing
+        await self._offsets.commit(marks)
+
+    async def unsettled(
+        self, partitions: list[TopicPartition], commits: GroupOffsets, consumer: Any
+    ) -> list[tuple[TopicPartition, int, int]]:
+        """(partition, first, last offset) of what an earlier owner of ``partitions`` handed
+        out and never settled: from the group's commit (``commits``) up to the mark, as far
+        as records exist. ``consumer`` (aiokafka's) reads where partitions begin and end."""
+        done = await commits.fetch_or_start(partitions, consumer)
+        ends = await consumer.end_offsets(partitions)
+        found = []
+        for tp in sorted(partitions):
+            first = done.get(tp, 0)
+            last = min(self.before(tp), ends.get(tp, 0)) - 1
+            if last >= first:
+                found.append((tp, first, last))
+        return found
 
     async def cover(self, handed: dict[TopicPartition, int], window: int) -> None:
         """Make sure the marks cover ``handed`` (next offsets), ``window`` ahead of them.

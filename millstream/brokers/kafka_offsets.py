@@ -1,6 +1,6 @@
 """Read and write one consumer group's committed offsets without being a member of it.
 
-Two uses: the lag reads the group's commits for every partition (also the
+Two uses: the lag (:func:`group_lag`) reads the group's commits for every partition (also the
 ones other members own), and each member writes its delivery marks (see
 :mod:`millstream.brokers.kafka_subscription`) as the commits of a companion
 group that has no members. Requests go to the group's coordinator over the
@@ -10,6 +10,7 @@ member's own client, one round trip for all partitions.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Container
 from typing import Any
 
 from aiokafka import errors as kafka_errors
@@ -17,7 +18,9 @@ from aiokafka.client import ConnectionGroup
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.structs import TopicPartition
 
-__all__ = ["GroupOffsets"]
+from millstream.brokers.base import Lag
+
+__all__ = ["GroupOffsets", "group_lag"]
 
 _GROUP = 0  # FindCoordinator key type of a consumer group
 _MOVED = (
@@ -49,6 +52,17 @@ class GroupOffsets:
                     found[TopicPartition(topic, partition)] = offset
         return found
 
+    async def fetch_or_start(
+        self, partitions: list[TopicPartition], consumer: Any
+    ) -> dict[TopicPartition, int]:
+        """The committed offset of each partition, or where it begins if it has none
+        (``consumer``, aiokafka's, reads that)."""
+        committed = await self.fetch(partitions)
+        missing = [tp for tp in partitions if tp not in committed]
+        if missing:
+            committed.update(await consumer.beginning_offsets(missing))
+        return committed
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` as a group with no members does (generation -1)."""
         by_topic: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
@@ -77,3 +91,35 @@ class GroupOffsets:
             if issubclass(error, _MOVED):
                 self._node = None
             raise error(f"group {self.group!r}")
+
+
+async def group_lag(
+    consumer: Any, commits: GroupOffsets, topic: str, retry_topic: str, owned: Container[Any]
+) -> Lag | None:
+    """The lag of ``commits``' group: per partition of ``topic``, its end offset minus the
+    group's commit; the total adds the backlog of ``retry_topic``. ``owned`` partitions
+    (a member's) also count their last fetch's high watermark."""
+    cluster = consumer._client.cluster
+    partitions = [
+        TopicPartition(name, p)
+        for name in (topic, retry_topic)
+        for p in sorted(cluster.partitions_for_topic(name) or ())
+    ]
+    if not partitions:
+        return None
+    ends = await consumer.end_offsets(partitions)
+    done = await commits.fetch_or_start(partitions, consumer)
+    by_partition: dict[int, int] = {}
+    retrying = 0
+    for tp in partitions:
+        end = ends.get(tp, 0)
+        if tp in owned:
+            # The high watermark of the last fetch can be ahead of what
+            # ListOffsets answered a moment ago.
+            end = max(end, consumer.highwater(tp) or 0)
+        behind = max(0, end - done.get(tp, 0))
+        if tp.topic == topic:
+            by_partition[tp.partition] = behind
+        else:
+            retrying += behind
+    return Lag(total=sum(by_partition.values()) + retrying, partitions=by_partition)

@@ -38,7 +38,9 @@ _NUMBERS: dict[str, tuple[float, float]] = {
     "drain": (10.0, 0.0),  # how long a revoked partition waits for its handlers
     "linger": (0.005, 0.0),  # producer batching window
     "batch_size": (1_048_576, 1),  # producer batch bytes
-    "request_timeout": (15.0, 0.5),
+    # A request unanswered this long counts the connection as dead (a silent
+    # partition shows only so); a join may take the rebalance timeout on top.
+    "request_timeout": (5.0, 0.5),
 }
 _FLAGS = {"idempotence": True}
 _TEXT = {"security_protocol": "", "sasl_mechanism": "SCRAM-SHA-512"}
@@ -58,12 +60,19 @@ class KafkaOptions:
     drain: float = 10.0
     linger: float = 0.005
     batch_size: int = 1_048_576
-    request_timeout: float = 15.0
+    request_timeout: float = 5.0
     idempotence: bool = True
     username: str | None = None
     password: str | None = None
     security_protocol: str = ""
     sasl_mechanism: str = "SCRAM-SHA-512"
+
+    @property
+    def join_timeout(self) -> float:
+        """How long a JoinGroup or SyncGroup answer may take: the coordinator holds it
+        until the rebalance is done, the rebalance timeout in Kafka, the session
+        timeout of a member that stopped answering in Tansu."""
+        return max(self.rebalance_timeout, self.session_timeout) + self.request_timeout
 
     def client(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client of this broker gets."""

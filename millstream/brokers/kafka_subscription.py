@@ -18,10 +18,14 @@ commit. Nothing past an unsettled offset is ever committed.
   given up are dropped: the new owner has them again.
 - **Attempts after a crash.** Kafka keeps no delivery count: delivery marks
   in the companion group ``<group>.deliveries`` tell a new owner what was
-  handed out and never settled (:mod:`millstream.brokers.kafka_marks`).
+  handed out and never settled (:mod:`millstream.brokers.kafka_marks`); it
+  counts those in ``taken_over`` and logs them once per assignment. A member
+  giving partitions up in a rebalance leaves the marks at what it handed out.
 - **Lost connections.** aiokafka reconnects silently; a broken connection
-  here ends the subscription with ``BrokerUnavailable``, so the supervisor
-  reports RECONNECTING and the member rejoins.
+  here (or a request unanswered for the request timeout: a silent
+  partition) ends the subscription with ``BrokerUnavailable``, so the
+  supervisor reports RECONNECTING and the member rejoins. A commit under way
+  stops waiting then (aiokafka would retry it for ever).
 """
 
 from __future__ import annotations
@@ -40,13 +44,13 @@ from aiokafka.structs import TopicPartition
 
 from millstream.brokers.base import Lag
 from millstream.brokers.kafka_marks import DeliveryMarks
-from millstream.brokers.kafka_offsets import GroupOffsets
+from millstream.brokers.kafka_offsets import GroupOffsets, group_lag
 from millstream.brokers.kafka_options import redact, translated
 from millstream.brokers.kafka_records import (
     dead_letter_headers,
     dlq_topic,
     due,
-    message,
+    messages,
     retry_headers,
     retry_topic,
 )
@@ -89,8 +93,10 @@ class KafkaSubscription:
         group: str,
         producer: AIOKafkaProducer,
         prefetch: int,
+        member: str | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
+        self.member = member
         self._broker = broker
         self._consumer = consumer
         self.topic = topic
@@ -103,6 +109,7 @@ class KafkaSubscription:
         self._settled = asyncio.Event()
         self._assigned = asyncio.Event()
         self._lost: str | None = None
+        self._lost_signal = asyncio.Event()
         self._closing = False
         self._closed = False
         options = broker.options
@@ -117,7 +124,8 @@ class KafkaSubscription:
         consumer = self._consumer
         consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
         options = self._broker.options
-        within = options.session_timeout + options.rebalance_timeout + options.request_timeout
+        # A join may take two rounds (the member id, then the join) and a sync.
+        within = options.session_timeout + 2 * options.join_timeout
         with translated(self._broker.url):
             try:
                 # aiokafka's start waits for the first join: bound it as a whole.
@@ -135,6 +143,7 @@ class KafkaSubscription:
         """A connection of this member broke: the next call ends the subscription."""
         if not self._closing and self._lost is None:
             self._lost = reason
+            self._lost_signal.set()
 
     async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to ``max_messages`` of owned partitions, waiting up to ``timeout`` for the first.
@@ -172,8 +181,7 @@ class KafkaSubscription:
                 records = self._due(tp, records)
             if not records:
                 continue
-            before = self._marks.before(tp)
-            taken += [message(topic, r, r.offset < before, claim) for r in records]
+            taken += messages(topic, records, self._marks.before(tp), claim)
             self._trackers[tp.topic].started(tp.partition, [r.offset for r in records])
             handed[tp] = records[-1].offset + 1
         if handed:
@@ -273,8 +281,20 @@ class KafkaSubscription:
                 await self._send_commit(offsets)
 
     async def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        # aiokafka retries a commit until the coordinator answers, for ever over
+        # a dead network: a broken connection of this member ends the wait.
+        committing = asyncio.ensure_future(self._consumer.commit(offsets))
+        lost = asyncio.ensure_future(self._lost_signal.wait())
         try:
-            await self._consumer.commit(offsets)
+            await asyncio.wait((committing, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not committing.done():
+                committing.cancel()
+        if committing.cancelled():
+            self._check()
+        try:
+            committing.result()
         except kafka_errors.CommitFailedError as exc:
             # The group moved on without us (rebalanced): these partitions are
             # someone else's now and will be read again from their last commit.
@@ -283,35 +303,10 @@ class KafkaSubscription:
     async def lag(self) -> Lag | None:
         """Per topic partition: end offset minus the group's commit; plus the retry backlog."""
         self._check()
-        cluster = self._consumer._client.cluster
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (self.topic, self.retry_topic)
-            for p in sorted(cluster.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return None
-        consumer = self._consumer
         with translated(self._broker.url):
-            ends = await consumer.end_offsets(partitions)
-            committed = await self._commits.fetch(partitions)
-            missing = [tp for tp in partitions if tp not in committed]
-            starts = await consumer.beginning_offsets(missing) if missing else {}
-        by_partition: dict[int, int] = {}
-        retrying = 0
-        for tp in partitions:
-            end = ends.get(tp, 0)
-            if tp in self._owned:
-                # The high watermark of the last fetch can be ahead of what
-                # ListOffsets answered a moment ago.
-                end = max(end, consumer.highwater(tp) or 0)
-            done = committed.get(tp, starts.get(tp, 0))
-            behind = max(0, end - done)
-            if tp.topic == self.topic:
-                by_partition[tp.partition] = behind
-            else:
-                retrying += behind
-        return Lag(total=sum(by_partition.values()) + retrying, partitions=by_partition)
+            return await group_lag(
+                self._consumer, self._commits, self.topic, self.retry_topic, self._owned
+            )
 
     async def close(self) -> None:
         """Commit what is done, clear this member's delivery marks, leave the group. Safe twice.
@@ -361,9 +356,16 @@ class KafkaSubscription:
                 )
         for tp in partitions:
             self._owned.pop(tp, None)
-            self._marks.forget(tp)
             self._paused.pop(tp, None)
             self._trackers[tp.topic].forget(tp.partition)
+        if self._closing or self._lost is not None:
+            for tp in partitions:
+                self._marks.forget(tp)
+            return
+        try:
+            await self._marks.hand_over(partitions)
+        except Exception as exc:  # the next owner then counts a few attempts too many
+            log.warning("group %s: could not leave exact delivery marks: %s", self.group, exc)
 
     def _pending(self, partitions: set[TopicPartition]) -> bool:
         return any(self._trackers[tp.topic].pending(tp.partition) for tp in partitions)
@@ -374,7 +376,33 @@ class KafkaSubscription:
         await self._marks.take(fresh)
         for tp in fresh:
             self._owned[tp] = _Claim(tp)
+        marked = [tp for tp in fresh if self._marks.before(tp) > 0]
+        if marked:
+            await self._count_taken_over(marked)
         self._assigned.set()
+
+    async def _count_taken_over(self, marked: list[TopicPartition]) -> None:
+        """Count, and log once, what an earlier owner of ``marked`` handed out and never settled."""
+        try:
+            with translated(self._broker.url):
+                ranges = await self._marks.unsettled(marked, self._commits, self._consumer)
+        except Exception as exc:  # counting is for the operator; the marks still apply
+            log.warning("group %s: could not count messages taken over: %s", self.group, exc)
+            return
+        count = sum(last - first + 1 for _, first, last in ranges)
+        if not count:
+            return
+        self.taken_over += count
+        log.warning(
+            "kafka: member %s took over %d message(s) of %s/%s (%s) that another member handed "
+            "out and never settled (it stopped without releasing them, or gave the partition up "
+            "with handlers still running); each counts an attempt",
+            self.member or self._consumer._client._client_id,
+            count,
+            self.topic,
+            self.group,
+            ", ".join(f"{tp.topic}[{tp.partition}] offsets {a}-{b}" for tp, a, b in ranges),
+        )
 
     def _check(self) -> None:
         if self._closed:

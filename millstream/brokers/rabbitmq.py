@@ -42,6 +42,7 @@ from millstream.brokers.rabbitmq_connection import (
 )
 from millstream.brokers.rabbitmq_dead_letters import RabbitMqDeadLetters
 from millstream.brokers.rabbitmq_envelope import Names, encode, tag_of
+from millstream.brokers.rabbitmq_reading import Unfetched
 from millstream.brokers.rabbitmq_subscription import RabbitMqSubscription
 from millstream.brokers.rabbitmq_topology import declare_group, declare_topic
 from millstream.errors import BrokerUnavailable
@@ -76,6 +77,8 @@ class RabbitMqBroker:
         self._lock = asyncio.Lock()
         self._topics: set[str] = set()  # declared on this connection
         self._subscriptions: list[RabbitMqSubscription] = []
+        self.unfetched = Unfetched()
+        """What subscriptions had received, not handed out, when their connection died."""
         self.declared: set[tuple[str, str]] = set()
         """("exchange" | "queue", name) of everything this broker declared: for cleanup tools."""
 
@@ -188,7 +191,7 @@ class RabbitMqBroker:
             with suppress(Exception):
                 await channel.close()
             raise
-        subscription = RabbitMqSubscription(self, names, channel, prefetch)
+        subscription = RabbitMqSubscription(self, names, channel, prefetch, member)
         self._subscriptions.append(subscription)
         return subscription
 

@@ -25,15 +25,17 @@ import aiormq
 from aiormq import exceptions as amqp_errors
 
 from millstream.brokers import redact
+from millstream.brokers.rabbitmq_frames import install as install_careful_reading
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
 
 __all__ = ["EXPECTED", "NotFound", "RabbitMqOptions", "open_connection", "parse_url", "translated"]
 
 EXPECTED = (
     "amqp://user:password@host:5672/vhost or amqps://... for TLS, "
-    "optionally with ?queue_type=quorum|classic"
+    "optionally with ?queue_type=quorum|classic&heartbeat=4"
 )
 CONNECT_TIMEOUT = 5.0
+HEARTBEAT = 4  # AMQP heartbeat (s) unless the URL says ?heartbeat=; see _Connection
 _QUEUE_TYPES = ("quorum", "classic")
 
 
@@ -79,6 +81,8 @@ def parse_url(url: str) -> RabbitMqOptions:
                 f"broker URL {shown!r}: queue_type={value!r} is not one of "
                 f"{', '.join(_QUEUE_TYPES)}; expected e.g. amqp://host:5672/?queue_type=quorum"
             )
+    if not any(name == "heartbeat" for name, _ in rest):
+        rest.append(("heartbeat", str(HEARTBEAT)))
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
     return RabbitMqOptions(client_url, queue_type=queue_type)
 
@@ -90,9 +94,29 @@ async def open_connection(url: str, options: RabbitMqOptions) -> aiormq.abc.Abst
     refused credentials must not be tried again, so aiormq's plain
     connection is used, never a robust one.
     """
+    install_careful_reading()
     with translated(url):
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            return await aiormq.connect(options.client_url)
+            connection = _Connection(options.client_url)
+            await connection.connect()
+            return connection
+
+
+class _Connection(aiormq.Connection):
+    """aiormq's connection, giving up on a silent peer sooner.
+
+    A partition that drops packets without resetting anything shows only as
+    silence. RabbitMQ sends a heartbeat every ``heartbeat / 2`` seconds even
+    when idle; aiormq declares the connection dead after ``heartbeat + 1``
+    seconds times this multiplier without a frame (its own is 3: 15 s at
+    ``heartbeat=4``, 183 s at RabbitMQ's 60). At 1, that is 5 s (two
+    heartbeats missed), checked every ``heartbeat / 2`` seconds: a silent
+    partition ends every subscription on the connection with
+    ``BrokerUnavailable`` within about 7 s, and RabbitMQ, missing two of
+    ours, returns what they held after about 8 s.
+    """
+
+    HEARTBEAT_GRACE_MULTIPLIER = 1
 
 
 @contextmanager
@@ -141,6 +165,23 @@ def translated(url: str) -> Iterator[None]:
         if "closed" in str(exc):  # aiormq: "<Connection ...> closed" when opening a channel
             raise BrokerUnavailable(f"broker {redact(url)}: connection closed") from exc
         raise
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        # aiormq ends what still waits on a channel or connection it closed
+        # with a bare Exception.
+        raise BrokerUnavailable(f"broker {redact(url)}: the channel was closed") from exc
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        # aiormq closes a connection it found silent with a CancelledError,
+        # which every request still waiting on it then raises: this task was
+        # not cancelled, the connection died.
+        raise BrokerUnavailable(
+            f"broker {redact(url)}: the connection was closed while a request waited "
+            "for its answer (nothing came back for too long: a silent network?)"
+        ) from exc
 
 
 def _refused(url: str, exc: Exception) -> AuthenticationError:

@@ -28,10 +28,9 @@ from millstream.brokers.rabbitmq_envelope import (
     HEADER_LETTER_ID,
     Names,
     copy,
-    letter,
-    letter_id_of,
     tag_of,
 )
+from millstream.brokers.rabbitmq_reading import letter, letter_id_of
 from millstream.brokers.rabbitmq_topology import declare_group, declare_topic
 from millstream.message import HEADER_ATTEMPT, HEADER_ERROR
 

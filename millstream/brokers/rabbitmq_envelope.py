@@ -17,12 +17,12 @@ id, the headers hold the user's headers and ``ms-key``,
 ``ms-published-at`` (ms since the epoch) and, on a republished copy,
 ``ms-attempt`` (deliveries before that copy). A delivery's attempt is
 ``ms-attempt`` plus the queue's own count of returns (``x-delivery-count`` on
-quorum queues, the ``redelivered`` flag on classic ones) plus one.
+quorum queues, the ``redelivered`` flag on classic ones) plus one. Reading
+a delivery is :mod:`millstream.brokers.rabbitmq_reading`.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import time
 from dataclasses import dataclass
@@ -31,28 +31,26 @@ from typing import Any, cast
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from millstream.brokers.base import DeadLetter
+from millstream.brokers.rabbitmq_frames import UNREADABLE
 from millstream.message import (
     HEADER_ATTEMPT,
     HEADER_ERROR,
     HEADER_KEY,
     HEADER_PUBLISHED_AT,
-    Message,
     OutgoingMessage,
 )
 
 __all__ = [
+    "BROKER_HEADERS",
     "HEADER_FAILED_AT",
     "HEADER_LETTER_ID",
+    "OWN_HEADERS",
     "RETRY_STEPS_MS",
     "Names",
-    "attempt_of",
+    "content_id",
     "copy",
     "dead_copy",
     "encode",
-    "letter",
-    "letter_id_of",
-    "message",
     "retry_step",
     "tag_of",
 ]
@@ -72,10 +70,12 @@ RETRY_STEPS_MS = (
     600_000, 900_000, 1_200_000, 1_800_000, 2_700_000, 3_600_000,
 )  # fmt: skip
 
-# Headers RabbitMQ adds (dead-lettering, quorum queues) and millstream's own:
-# neither is the user's business, and a republished copy drops the former.
-_BROKER_HEADERS = frozenset(
+# Headers RabbitMQ adds (dead-lettering, quorum queues), the one a careful
+# reading adds, and millstream's own: none is the user's business, and a
+# republished copy drops all but the last.
+BROKER_HEADERS = frozenset(
     {
+        UNREADABLE,
         "x-delivery-count",
         "x-death",
         "x-first-death-exchange",
@@ -86,7 +86,7 @@ _BROKER_HEADERS = frozenset(
         "x-last-death-reason",
     }
 )
-_OWN_HEADERS = frozenset(
+OWN_HEADERS = frozenset(
     {
         HEADER_KEY,
         HEADER_PUBLISHED_AT,
@@ -153,37 +153,6 @@ def encode(out: OutgoingMessage) -> tuple[bytes, Basic.Properties]:
     )
 
 
-def attempt_of(delivered: DeliveredMessage) -> int:
-    """The attempt this delivery is: earlier copies' deliveries, this copy's returns, plus one."""
-    headers = delivered.header.properties.headers or {}
-    before = _int(headers.get(HEADER_ATTEMPT))
-    returns = headers.get("x-delivery-count")
-    if returns is None:
-        returns = 1 if getattr(delivered.delivery, "redelivered", False) else 0
-    return before + _int(returns) + 1
-
-
-def message(topic: str, delivered: DeliveredMessage, receipt: object) -> Message:
-    """The :class:`Message` for one delivery; ``receipt`` is the subscription's handle."""
-    props = delivered.header.properties
-    raw = props.headers or {}
-    headers: dict[str, str] = {}
-    for name, value in raw.items():
-        if name not in _OWN_HEADERS and name not in _BROKER_HEADERS:
-            headers[name] = _text(value)
-    key = raw.get(HEADER_KEY)
-    return Message(
-        id=props.message_id or _content_id(delivered.body),
-        topic=topic,
-        payload=delivered.body,
-        key=None if key is None else _text(key),
-        headers=headers,
-        attempt=attempt_of(delivered),
-        published_at=_published_at(props),
-        receipt=receipt,
-    )
-
-
 def copy(delivered: DeliveredMessage, **own: Any) -> Basic.Properties:
     """Properties for a republished copy of ``delivered`` with millstream headers ``own``.
 
@@ -193,12 +162,12 @@ def copy(delivered: DeliveredMessage, **own: Any) -> Basic.Properties:
     """
     props = delivered.header.properties
     headers = {
-        name: value
+        name: _encodable(value)
         for name, value in (props.headers or {}).items()
-        if name not in _BROKER_HEADERS and name not in own
+        if name not in BROKER_HEADERS and name not in own
     }
     headers.update({name: value for name, value in own.items() if value is not None})
-    message_id = props.message_id or _content_id(delivered.body)
+    message_id = props.message_id or content_id(delivered)
     return Basic.Properties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
@@ -212,6 +181,18 @@ def copy(delivered: DeliveredMessage, **own: Any) -> Basic.Properties:
         message_type=props.message_type,
         app_id=props.app_id,
     )
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` as pamqp can write it again: it reads a long string that is not UTF-8
+    as ``bytes``, which it cannot write; a byte array carries the same bytes."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {name: _encodable(inner) for name, inner in value.items()}
+    if isinstance(value, list):
+        return [_encodable(inner) for inner in value]
+    return value
 
 
 def dead_copy(
@@ -229,62 +210,26 @@ def dead_copy(
     )
 
 
-def letter(names: Names, delivered: DeliveredMessage) -> DeadLetter:
-    """The :class:`DeadLetter` a message in the dead-letter queue stands for."""
+def content_id(delivered: DeliveredMessage) -> str:
+    """An id for a message another tool published without one, the same on every
+    redelivery: a hash of its body and of the properties RabbitMQ leaves alone, so two
+    messages with one body tell apart when anything else (a timestamp, a correlation id,
+    a header) does."""
     props = delivered.header.properties
-    raw = props.headers or {}
-    found = message(names.topic, delivered, None)
-    letter_id = raw.get(HEADER_LETTER_ID)
-    return DeadLetter(
-        id=_text(letter_id) if letter_id is not None else found.id,
-        message_id=found.id,
-        topic=names.topic,
-        group=names.group,
-        payload=found.payload,
-        key=found.key,
-        headers=dict(found.headers),
-        attempts=_int(raw.get(HEADER_ATTEMPT)),
-        error=_text(raw.get(HEADER_ERROR, "")),
-        failed_at=_int(raw.get(HEADER_FAILED_AT)) / 1000,
+    headers = props.headers or {}
+    kept = sorted(
+        (name, repr(value)) for name, value in headers.items() if name not in BROKER_HEADERS
     )
-
-
-def letter_id_of(delivered: DeliveredMessage) -> str:
-    """The id a dead letter is listed, replayed and purged by."""
-    props = delivered.header.properties
-    value = (props.headers or {}).get(HEADER_LETTER_ID)
-    return _text(value) if value is not None else (props.message_id or _content_id(delivered.body))
-
-
-def _published_at(props: Basic.Properties) -> float:
-    raw = (props.headers or {}).get(HEADER_PUBLISHED_AT)
-    if raw is not None:
-        return _int(raw) / 1000
-    stamp = props.timestamp
-    if isinstance(stamp, datetime.datetime):
-        return stamp.timestamp()
-    return time.time()
-
-
-def _content_id(body: bytes) -> str:
-    """An id for a message another tool published without one: stable across redeliveries."""
-    return hashlib.blake2b(body, digest_size=12).hexdigest()
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    try:
-        return int(_text(value))
-    except ValueError:
-        return 0
-
-
-def _text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return "" if value is None else str(value)
+    stable = (
+        props.content_type,
+        props.content_encoding,
+        props.correlation_id,
+        props.reply_to,
+        props.timestamp,
+        props.message_type,
+        props.app_id,
+        kept,
+    )
+    digest = hashlib.blake2b(delivered.body, digest_size=12)
+    digest.update(repr(stable).encode("utf-8", "backslashreplace"))
+    return digest.hexdigest()

@@ -9,6 +9,7 @@ what ``close`` releases.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
@@ -19,15 +20,8 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
 from millstream.brokers.rabbitmq_connection import translated
-from millstream.brokers.rabbitmq_envelope import (
-    Names,
-    attempt_of,
-    copy,
-    dead_copy,
-    message,
-    retry_step,
-    tag_of,
-)
+from millstream.brokers.rabbitmq_envelope import Names, copy, dead_copy, retry_step, tag_of
+from millstream.brokers.rabbitmq_reading import attempt_of, messages
 from millstream.brokers.rabbitmq_topology import declare_retry
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
@@ -36,6 +30,8 @@ if TYPE_CHECKING:
     from millstream.brokers.rabbitmq import Publication, RabbitMqBroker
 
 __all__ = ["RabbitMqSubscription", "prefetch_window"]
+
+log = logging.getLogger("millstream.brokers.rabbitmq")
 
 
 def prefetch_window(prefetch: int) -> int:
@@ -51,9 +47,15 @@ class RabbitMqSubscription:
     """A consumer on the group's queue; receipts are ``(subscription, delivery tag)``."""
 
     def __init__(
-        self, broker: RabbitMqBroker, names: Names, channel: AbstractChannel, prefetch: int
+        self,
+        broker: RabbitMqBroker,
+        names: Names,
+        channel: AbstractChannel,
+        prefetch: int,
+        member: str | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
+        self.member = member
         self._broker = broker
         self._names = names
         self._channel = channel
@@ -95,14 +97,27 @@ class RabbitMqSubscription:
         if not taken:
             self._check_consumer()
             return []
-        topic, popleft = self.topic, buffer.popleft
-        out = []
-        for _ in range(taken):
-            delivered = popleft()
-            out.append(message(topic, delivered, (self, tag_of(delivered))))
+        popleft = buffer.popleft
+        out, returned = messages(self.topic, [popleft() for _ in range(taken)], self)
         if not buffer:
             self._arrived.clear()
+        if returned:
+            queue, unfetched = self._names.queue, self._broker.unfetched
+            if count := sum(1 for m in returned if not unfetched.take(queue, m)):
+                self._took_over(count)
         return out
+
+    def _took_over(self, count: int) -> None:
+        self.taken_over += count
+        log.warning(
+            "rabbitmq: member %s took over %d message(s) of %s/%s that RabbitMQ returned "
+            "from a member that went without acking them (a crash or a lost connection); "
+            "each counts an attempt",
+            self.member or "(unnamed)",
+            count,
+            self.topic,
+            self.group,
+        )
 
     async def _consume(self) -> None:
         with translated(self._broker.url):
@@ -118,8 +133,16 @@ class RabbitMqSubscription:
         self._arrived.set()
 
     def _on_channel_closed(self, _: object) -> None:
+        self._returned_unfetched()
         self._lost = True
         self._arrived.set()  # wake a waiting fetch, which raises
+
+    def _returned_unfetched(self) -> None:
+        """RabbitMQ returns the deliveries still waiting here, counting a delivery
+        though nothing handled them: remembered, so that their next one does not."""
+        if self._buffer:
+            self._broker.unfetched.remember(self._names.queue, self._buffer)
+            self._buffer.clear()
 
     # -- settling ----------------------------------------------------------------
 
@@ -248,7 +271,7 @@ class RabbitMqSubscription:
         except BrokerError:
             pass
         finally:
-            self._buffer.clear()
+            self._returned_unfetched()  # what the release did not copy
             self._held.clear()
             self._order.clear()
             with suppress(Exception):
@@ -270,6 +293,7 @@ class RabbitMqSubscription:
         await self._broker.send(copies, mandatory=True)
         with translated(self._broker.url):
             await channel.basic_ack(max(held), multiple=True)
+        self._buffer.clear()  # released with the rest
 
     def _check_consumer(self) -> None:
         """RabbitMQ cancels a consumer whose queue was deleted: that must not look like quiet."""

@@ -40,7 +40,7 @@ __all__ = ["QUIRKS", "Tansu", "shared_tansu", "tansu_binary", "via"]
 
 QUIRKS = (
     "idempotence=false&batch_size=1&linger=0"
-    "&session_timeout=1.5&heartbeat=0.1&rebalance_timeout=0.3&request_timeout=5"
+    "&session_timeout=1.5&heartbeat=0.1&rebalance_timeout=0.3"
 )
 """URL parameters that make Tansu answer like Kafka, fast enough for tests."""
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from millstream import Message, Millstream, OutgoingMessage
@@ -27,6 +26,7 @@ from millstream.brokers.kafka_offsets import GroupOffsets
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests.brokers import scenarios
+from tests.brokers.kafka_raw import drop_topics
 from tests.brokers.redis_server import free_port
 from tests.brokers.scenarios import consumer_lag, events, total_lag
 from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
@@ -45,14 +45,7 @@ async def topic(tansu: Tansu) -> AsyncIterator[str]:
     """A topic no other test uses; it and its retry and dead-letter topics go afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    admin = AIOKafkaAdminClient(bootstrap_servers=tansu.address)
-    with contextlib.suppress(Exception):
-        await admin.start()
-        made = [t for t in await admin.list_topics() if t.startswith(name)]
-        if made:
-            await admin.delete_topics(made)
-    with contextlib.suppress(Exception):
-        await admin.close()
+    await drop_topics(tansu.address, name)
 
 
 @pytest.fixture

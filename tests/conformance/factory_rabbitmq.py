@@ -4,6 +4,8 @@ Crash: the proxy stops letting anyone in and kills the connection, so the
 member never releases anything; RabbitMQ returns its unacked deliveries at
 once (counted). Cut: the proxy kills the connection; the supervisor
 reconnects through it.
+Malformed and foreign messages are written frame by frame
+(tests/brokers/rabbitmq_raw.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.conftest import BrokerFactory, proxied
+from tests.conformance.conftest import BrokerFactory, Malformed, proxied
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -19,7 +21,8 @@ from tests.proxy import TcpProxy
 def factory(tmp_path: Path) -> BrokerFactory:
     require_service("RabbitMQ", "127.0.0.1", 5672)
     from millstream.brokers.rabbitmq import RabbitMqBroker
-    from tests.brokers.rabbitmq_admin import delete_declared
+    from tests.brokers import rabbitmq_raw
+    from tests.brokers.rabbitmq_admin import SHARED, delete_declared, delete_names
 
     opened: list[RabbitMqBroker] = []
 
@@ -30,5 +33,23 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     async def drop(topic: str) -> None:
         await delete_declared(opened)
+        await delete_names(topic, [])  # what a raw publisher declared
 
-    return proxied("rabbitmq", ("127.0.0.1", 5672), make, drop, redelivery_after_crash=1.0)
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        return [Malformed(*sent) for sent in await rabbitmq_raw.publish_malformed(SHARED, topic)]
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        await rabbitmq_raw.publish_raw(SHARED, topic, payload)
+
+    built = proxied(
+        "rabbitmq",
+        ("127.0.0.1", 5672),
+        make,
+        drop,
+        redelivery_after_crash=1.0,
+        process_url=SHARED,
+    )
+    built.publish_malformed = publish_malformed
+    built.publish_raw = publish_raw
+    built.counts_lost_in_transit = True  # x-delivery-count includes what never arrived
+    return built

@@ -25,6 +25,7 @@ from millstream.brokers.memory import MemoryBroker, MemoryHub
 from millstream.message import OutgoingMessage
 from millstream.store import open_store
 from millstream.store.outbox import OutboxRelay
+from tests.conftest import report
 from tests.store.postgres_server import PostgresServer
 from tests.support import until, until_equal
 
@@ -91,11 +92,16 @@ async def test_an_idempotent_consumer_applies_every_message_once_across_a_crash(
         await producing
         distinct = "SELECT count(DISTINCT n) FROM effects"
         await until_equal(lambda: count(postgres.url, distinct), total, within=30)
+        distinct_effects = await count(postgres.url, distinct)
         await asyncio.sleep(0.3)  # a duplicate effect would show by now
         rows = await count(postgres.url, "SELECT count(*) FROM effects")
-    print(
-        f"store crash A: published {total}, handled {rows}, lost 0, "
-        f"duplicates {rows - total}, recovery {recovery:.2f}s"
+    report(
+        "PostgreSQL kill -9 under an idempotent consumer",
+        published=total,
+        effects=rows,
+        lost=total - distinct_effects,
+        duplicates=rows - distinct_effects,
+        recovery_s=recovery,
     )
     assert rows == total
     # The retries say which store failed, not only "connection refused".
@@ -184,8 +190,12 @@ async def test_the_relay_publishes_every_outbox_row_across_a_crash(
         await broker.close()
     lost = len(ids - deliveries.ids.keys())
     duplicates = sum(deliveries.ids.values()) - len(deliveries.ids)
-    print(
-        f"store crash B: published {len(ids)}, handled {len(deliveries.ids)}, lost {lost}, "
-        f"duplicates {duplicates}, recovery {recovery:.2f}s"
+    report(
+        "PostgreSQL kill -9 under the outbox relay",
+        published=len(ids),
+        delivered=len(deliveries.ids),
+        lost=lost,
+        duplicates=duplicates,
+        recovery_s=recovery,
     )
     assert (lost, duplicates) == (0, 0)

@@ -1,0 +1,215 @@
+"""Kafka under faults: what other producers write, silent partitions, crashed members.
+
+Against the session's Tansu (tests/brokers/tansu.py), each test on a fresh
+topic; malformed and foreign records are written with aiokafka's own
+producer, as another application would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from millstream import Message, Millstream
+from millstream.brokers.kafka import KafkaBroker
+from millstream.runtime import ConsumerState
+from tests.brokers.kafka_raw import drop_topics, publish_malformed, publish_raw, raw_producer
+from tests.brokers.scenarios import at_least, events
+from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
+from tests.brokers.test_kafka import fetch_n, opened, url
+from tests.proxy import TcpProxy
+from tests.support import until
+
+
+@pytest.fixture
+def tansu() -> Tansu:
+    return shared_tansu()
+
+
+@pytest.fixture
+async def topic(tansu: Tansu) -> AsyncIterator[str]:
+    """A topic no other test uses; it and its retry and dead-letter topics go afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_topics(tansu.address, name)
+
+
+@pytest.fixture
+def group(topic: str) -> str:
+    """A group no other test uses: Tansu can take long to let a member into a group
+    where another test left a crashed one."""
+    return f"{topic}-billing"
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("millstream.brokers")
+    ]
+
+
+async def test_metadata_another_producer_got_wrong_is_read_with_defaults_and_a_warning(
+    tansu: Tansu, topic: str, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ms = Millstream(url(tansu, partitions=1), poll_timeout=0.2)
+    handled: list[Message] = []
+
+    @ms.consumer(topic, group=group)
+    async def handle(event: dict[str, Any], msg: Message) -> None:
+        handled.append(msg)
+
+    async with ms:
+        sent = await publish_malformed(tansu.address, topic)
+        await ms.publish_batch(topic, [{"n": i} for i in range(100)])
+        await until(lambda: len(handled) == len(sent) + 100, within=20)
+        consumer = ms.consumers["handle"]
+        assert consumer.state is ConsumerState.RUNNING
+        assert consumer.stats.reconnects == 0
+
+    by_payload = {m.payload: m for m in handled}
+    logged = warnings(caplog)
+    for field, value, payload in sent:
+        got = by_payload[payload]
+        assert got.attempt == 1 and abs(got.published_at - time.time()) < 60, field
+        said = [line for line in logged if f"offset {got.offset}:" in line]
+        assert len(said) == 1, (field, value, logged)
+        assert topic in said[0] and field in said[0] and value in said[0], said
+    # An id or key that is not UTF-8 reads the same on every delivery.
+    assert {m.id for m in handled if m.id.startswith("\\")} == {"\\xff\\xfe"}
+    assert {m.key for m in handled if m.key} == {"\\xff"}
+
+
+async def test_a_foreign_record_keeps_its_id_through_a_retry_and_its_dead_letter(
+    tansu: Tansu, topic: str, group: str
+) -> None:
+    broker = await opened(url(tansu, partitions=1))
+    try:
+        sub = await broker.subscribe(topic, group, prefetch=10)
+        await publish_raw(tansu.address, topic, b'{"n": 1}')
+        [first] = await sub.fetch(10, 5.0)
+        await sub.settle([], [(first, 0.0)], [])
+        [again] = await sub.fetch(10, 5.0)
+        assert (again.id, again.attempt) == (first.id, 2)
+        await sub.settle([], [], [(again, "FatalError: no")])
+        [letter] = await (await broker.dead_letters(topic, group)).list()
+        assert (letter.message_id, letter.attempts) == (first.id, 2)
+    finally:
+        await broker.close()
+
+
+async def test_dead_letters_another_producer_wrote_badly_are_listed_all_the_same(
+    tansu: Tansu, topic: str, group: str
+) -> None:
+    broker = await opened(url(tansu, partitions=1))
+    try:
+        dlq = await broker.dead_letters(topic, group)
+        async with raw_producer(tansu.address, f"{topic}.dlq") as producer:
+            headers: list[tuple[str, bytes | None]] = [
+                ("ms-group", group.encode()),
+                ("ms-id", b"\xff"),
+                ("ms-attempt", b"abc"),
+                ("ms-failed-at", b"soon"),
+                ("trace", None),
+            ]
+            await producer.send_and_wait(f"{topic}.dlq", b"{}", key=b"\xfe", headers=headers)
+        [letter] = await dlq.list()
+        assert (letter.message_id, letter.key, letter.attempts) == ("\\xff", "\\xfe", 0)
+        assert letter.headers == {"trace": ""} and letter.failed_at > 0
+        assert await dlq.purge([letter.id]) == 1
+    finally:
+        await broker.close()
+
+
+async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
+    tansu: Tansu, topic: str, group: str
+) -> None:
+    address = url(tansu)  # the default request timeout decides how soon
+    with TcpProxy("127.0.0.1", tansu.port) as proxy:
+        ms = Millstream(
+            broker=KafkaBroker(address, route=via(proxy)), reconnect_backoff=0.05, poll_timeout=0.2
+        )
+        publisher = await opened(url(tansu))  # not through the proxy: publishing goes on
+        handled: list[int] = []
+
+        @ms.consumer(topic, group=group, concurrency=4)
+        async def handle(event: dict[str, int]) -> None:
+            handled.append(event["n"])
+
+        try:
+            async with ms:
+                consumer = ms.consumers["handle"]
+                await publisher.publish(topic, events(200))
+                await until(at_least(handled, 50), within=10)
+                proxy.blackhole()
+                silent = time.monotonic()
+                await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
+                noticed = time.monotonic() - silent
+                await publisher.publish(topic, events(200, start=200))
+                await asyncio.sleep(2.0)  # the partition lasts: reconnecting goes nowhere
+                proxy.heal()
+                await until(lambda: set(handled) == set(range(400)), within=30)
+                assert consumer.state is ConsumerState.RUNNING
+        finally:
+            await publisher.close()
+    print(f"silent partition noticed after {noticed:.1f}s")
+
+
+async def test_a_member_back_under_its_name_takes_back_what_it_held_at_once(
+    tansu: Tansu, topic: str, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Kafka's default session timeout: without removing the crashed member,
+    # its partition would move only once that ran out, plus a rebalance.
+    address = tansu.url(f"partitions=1&{QUIRKS}&session_timeout=10")
+    with TcpProxy("127.0.0.1", tansu.port) as proxy:
+        crashing, restarted = await opened(address, proxy), await opened(address)
+        try:
+            before = await crashing.subscribe(topic, group, prefetch=10, member="web-1.charge")
+            await crashing.publish(topic, events(6))
+            held = await fetch_n(before, 6)
+            await before.settle(held[:2], [], [])
+            proxy.pause()  # the process is SIGKILLed: nothing is released
+            proxy.cut()
+            started = time.monotonic()
+            after = await restarted.subscribe(topic, group, prefetch=10, member="web-1.charge")
+            back = await fetch_n(after, 4, within=30)
+            took = time.monotonic() - started
+        finally:
+            await crashing.close()
+            await restarted.close()
+    assert sorted(m.id for m in back) == sorted(m.id for m in held[2:])
+    assert {m.attempt for m in back} == {2}
+    assert took < 10, f"took {took:.1f}s"
+    assert after.taken_over == 4
+    [said] = [line for line in warnings(caplog) if "took over" in line]
+    assert "member web-1.charge took over 4 message(s)" in said and f"{topic}[0]" in said
+    print(f"restart to every held message fetched again: {took:.1f}s")
+
+
+async def test_a_rebalance_counts_no_attempt_for_messages_no_one_handed_out(
+    tansu: Tansu, topic: str, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = url(tansu, partitions=1)
+    first_broker, second_broker = await opened(address), await opened(address)
+    try:
+        first = await first_broker.subscribe(topic, group, prefetch=10)
+        await first_broker.publish(topic, events(5))
+        done = await fetch_n(first, 3)
+        await first.settle(done, [], [])
+        # A second member joins: the first gives its partition up (nothing in
+        # flight) and gets it back, the older member keeping the partition.
+        await second_broker.subscribe(topic, group, prefetch=10)
+        rest = await fetch_n(first, 2, within=10)
+    finally:
+        await first_broker.close()
+        await second_broker.close()
+    assert [m.offset for m in rest] == [3, 4]
+    assert {m.attempt for m in rest} == {1}, "counted as handed out before"
+    assert first.taken_over == 0
+    assert not [line for line in warnings(caplog) if "took over" in line]

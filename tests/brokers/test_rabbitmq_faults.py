@@ -1,0 +1,198 @@
+"""RabbitMQ under faults: what other producers write, silent partitions, crashed members.
+
+Against the shared node at 127.0.0.1:5672, each test on a fresh topic whose
+exchanges and queues are deleted afterwards. Malformed and foreign messages
+are written frame by frame (tests/brokers/rabbitmq_raw.py), as a producer
+in another language can write them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pamqp.commands import Basic
+
+from millstream import Message, Millstream, Retry
+from millstream.brokers.rabbitmq import RabbitMqBroker
+from millstream.errors import RetryableError
+from millstream.runtime import ConsumerState
+from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
+from tests.brokers.rabbitmq_raw import publish_frames, publish_malformed
+from tests.brokers.scenarios import at_least, events, fetch_n
+from tests.conftest import require_service
+from tests.proxy import TcpProxy
+from tests.support import until
+
+
+@pytest.fixture
+async def topic() -> AsyncIterator[str]:
+    """A topic no other test uses; its exchanges and queues are deleted afterwards."""
+    require_service("RabbitMQ", HOST, PORT)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_names(name, ["billing"])
+
+
+async def opened(url: str = SHARED) -> RabbitMqBroker:
+    broker = RabbitMqBroker.from_url(url)
+    await broker.connect()
+    return broker
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("millstream.brokers")
+    ]
+
+
+async def test_metadata_another_producer_got_wrong_is_read_with_defaults_and_a_warning(
+    topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ms = Millstream(SHARED, poll_timeout=0.2)
+    handled: list[Message] = []
+
+    @ms.consumer(topic, group="billing", retry=Retry(attempts=3, backoff=0.05, jitter=0))
+    async def handle(event: dict[str, Any], msg: Message) -> None:
+        if "trace" in event.get("malformed", "") and msg.attempt == 1:
+            raise RetryableError("once more: the retry is a copy of what was read")
+        handled.append(msg)
+
+    async with ms:
+        sent = await publish_malformed(SHARED, topic)
+        await ms.publish_batch(topic, [{"n": i} for i in range(100)])
+        await until(lambda: len(handled) == len(sent) + 100, within=20)
+        consumer = ms.consumers["handle"]
+        assert consumer.state is ConsumerState.RUNNING
+        assert consumer.stats.reconnects == 0
+
+    by_payload = {m.payload: m for m in handled}
+    logged = warnings(caplog)
+    for field, value, payload in sent:
+        got = by_payload[payload]
+        retried = "trace" in field
+        assert got.attempt == (2 if retried else 1), field
+        assert abs(got.published_at - time.time()) < 60, field
+        said = [line for line in logged if f"message {got.id!r}" in line]
+        assert len(said) == 1 + retried, (field, value, logged)
+        assert topic in said[0] and field in said[0] and value in said[0], said
+
+
+async def test_a_foreign_message_keeps_its_id_through_a_retry_and_its_dead_letter(
+    topic: str,
+) -> None:
+    broker = await opened()
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10)
+        # No message id: what another tool may send. The same body twice, at
+        # different times: two messages, two ids.
+        moments = [datetime.datetime(2030, 1, 1, second=s, tzinfo=datetime.UTC) for s in (1, 2)]
+        await publish_frames(
+            SHARED, topic, [(b'{"n": 1}', Basic.Properties(timestamp=t), {}) for t in moments]
+        )
+        first, twin = await fetch_n(sub, 2)
+        assert first.id != twin.id
+        await sub.settle([twin], [(first, 0.0)], [])
+        [again] = await sub.fetch(10, 5.0)
+        assert (again.id, again.attempt) == (first.id, 2)
+        await sub.settle([], [], [(again, "FatalError: no")])
+        [letter] = await (await broker.dead_letters(topic, "billing")).list()
+        assert (letter.message_id, letter.attempts) == (first.id, 2)
+    finally:
+        await broker.close()
+
+
+async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(topic: str) -> None:
+    publisher = await opened()  # not through the proxy: publishing goes on
+    try:
+        await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
+        with TcpProxy(HOST, PORT) as proxy:
+            ms = Millstream(
+                f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+                reconnect_backoff=0.05,
+                poll_timeout=0.2,
+            )
+            handled: list[int] = []
+
+            @ms.consumer(topic, group="billing", concurrency=4)
+            async def handle(event: dict[str, int]) -> None:
+                handled.append(event["n"])
+
+            async with ms:
+                consumer = ms.consumers["handle"]
+                await publisher.publish(topic, events(200))
+                await until(at_least(handled, 50), within=10)
+                proxy.blackhole()
+                silent = time.monotonic()
+                await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
+                noticed = time.monotonic() - silent
+                await publisher.publish(topic, events(200, start=200))
+                await asyncio.sleep(2.0)  # the partition lasts: reconnecting goes nowhere
+                proxy.heal()
+                await until(lambda: set(handled) == set(range(400)), within=30)
+                assert consumer.state is ConsumerState.RUNNING
+    finally:
+        await publisher.close()
+    print(f"silent partition noticed after {noticed:.1f}s")
+
+
+async def test_what_a_crashed_member_held_is_taken_over_counted_and_logged(
+    topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TcpProxy(HOST, PORT) as proxy:
+        crashing = await opened(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+        restarted = await opened()
+        try:
+            before = await crashing.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
+            await restarted.publish(topic, events(30))
+            held = await fetch_n(before, 20)  # the other 10 wait in its window
+            await before.settle(held[:5], [], [])
+            proxy.pause()  # the process is SIGKILLed: nothing is released
+            proxy.cut()
+            started = time.monotonic()
+            after = await restarted.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
+            back = await fetch_n(after, 25, within=10)
+            took = time.monotonic() - started
+            await after.settle(back, [], [])
+        finally:
+            await crashing.close()
+            await restarted.close()
+    assert len(back) == 25 and {m.id for m in held[5:]} <= {m.id for m in back}
+    assert {m.attempt for m in back} == {2}
+    assert after.taken_over == 25
+    said = [line for line in warnings(caplog) if "took over" in line]
+    counts = [int(line.split("took over ")[1].split()[0]) for line in said]
+    assert sum(counts) == 25 and all("member web-1.charge" in line for line in said), said
+    print(f"restart to every held message fetched again: {took:.2f}s")
+
+
+async def test_a_lost_connection_counts_no_attempt_for_what_was_never_handed_out(
+    topic: str,
+) -> None:
+    with TcpProxy(HOST, PORT) as proxy:
+        broker = await opened(f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+        try:
+            sub = await broker.subscribe(topic, "billing", prefetch=10)
+            await broker.publish(topic, events(20))
+            [handed] = await sub.fetch(1, 5.0)  # the other 19 wait in its window
+            await until(lambda: len(sub._buffer) == 19)
+            proxy.cut()
+            await until(lambda: sub._lost)
+            await sub.close()
+            await broker.connect()  # as the supervisor does
+            again = await broker.subscribe(topic, "billing", prefetch=10)
+            back = await fetch_n(again, 20)
+        finally:
+            await broker.close()
+    attempts = {m.id: m.attempt for m in back}
+    assert attempts.pop(handed.id) == 2, "the one handed out was delivered twice"
+    assert set(attempts.values()) == {1}, "what no one had counted an attempt"
+    assert again.taken_over == 1
