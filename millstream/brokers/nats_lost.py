@@ -33,8 +33,10 @@ taken off while the budget lasts, one per loss and message (a request
 delivers a message once).
 
 What that can get wrong, both bounded: a delivery of ours that comes back
-to another process, later than that, or in a loss with its budget spent,
-still counts (as before: too many attempts). A redelivery of what another
+to another process, later than that, in a loss with its budget spent, or
+whose next delivery is itself lost before a fetch hands it out (it is
+judged when handed out), still counts (as before: too many attempts). A
+redelivery of what another
 member held when it crashed or stalled past its lease, arriving in the
 window while a budget is left over (the lost request delivered less than
 it could, and other members' deliveries made the bound loose), has one
