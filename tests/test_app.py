@@ -584,3 +584,51 @@ async def test_dead_letters_are_readable_before_the_app_starts_or_publishes() ->
 
     assert await dlq.count() == 0
     assert await dlq.list() == []
+
+
+class LosesTheFirstDeadLetter(MemoryBroker):
+    """The connection drops just as the first dead letter is being settled."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryHub())
+        self.dropped = False
+
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> MemorySubscription:
+        subscription = await super().subscribe(topic, group, prefetch=prefetch, member=member)
+        settle = subscription.settle
+
+        async def dropping(
+            acks: Sequence[Message],
+            retries: Sequence[tuple[Message, float]],
+            deads: Sequence[tuple[Message, str]],
+        ) -> None:
+            if deads and not self.dropped:
+                self.dropped = True
+                self.cut()  # what this member held goes back, counted
+                raise BrokerUnavailable("connection reset (test)")
+            await settle(acks, retries, deads)
+
+        subscription.settle = dropping  # type: ignore[method-assign]
+        return subscription
+
+
+async def test_a_dead_letter_whose_settling_was_lost_is_buried_again_with_its_reason() -> None:
+    broker = LosesTheFirstDeadLetter()
+    ms = Millstream(broker=broker, reconnect_backoff=0.01, poll_timeout=0.05)
+    calls: list[int] = []
+
+    @ms.consumer("t", retry=Retry(attempts=1))
+    async def handle(event: dict[str, int]) -> None:
+        calls.append(event["n"])
+        raise FatalError("order 7 does not exist")
+
+    async with ms:
+        await ms.publish("t", {"n": 7})
+        dlq = await ms.dead_letters("t", "handle")
+        await until_equal(dlq.count, 1)
+        [letter] = await dlq.list()
+
+    assert broker.dropped and calls == [7]  # handled once, not again on its redelivery
+    assert letter.error == "FatalError: order 7 does not exist"

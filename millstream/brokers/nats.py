@@ -33,6 +33,7 @@ from millstream.brokers.base import Capabilities
 from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_dead_letters import NatsDeadLetters
 from millstream.brokers.nats_envelope import letter_headers, topic_headers
+from millstream.brokers.nats_lost import LostDeliveries
 from millstream.brokers.nats_members import HELD_STREAM, HELD_SUBJECTS, KEEP, MAX_BYTES
 from millstream.brokers.nats_names import Names, NatsOptions, check_topic, parse_url
 from millstream.brokers.nats_subscription import NatsSubscription
@@ -93,6 +94,7 @@ class NatsBroker:
         self._calls = itertools.count(1)
         self._connecting = asyncio.Lock()
         self._held_refused = False
+        self._lost: dict[tuple[str, str], LostDeliveries] = {}
 
     @classmethod
     def from_url(cls, url: str) -> NatsBroker:
@@ -252,9 +254,10 @@ class NatsBroker:
         """Join ``group`` on ``topic``: its durable consumer, created at the start of the stream."""
         check_topic(topic)
         names = Names(topic, group)
-        await self.ensure_consumer(names)
+        delivered = await self.ensure_consumer(names)
         connection = self.connection()
-        subscription = NatsSubscription(self, connection, names, member)
+        self.lost_deliveries(names).resumed(delivered)
+        subscription = NatsSubscription(self, connection, names, member, delivered)
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
@@ -359,8 +362,11 @@ class NatsBroker:
         letters = ((m.payload, letter_headers(m, reason)) for m, reason in deads)
         await self.send(names.dead, letters, names.dead_stream)
 
-    async def ensure_consumer(self, names: Names) -> None:
-        """Create the group's durable consumer (or bring its lease and cap up to date)."""
+    async def ensure_consumer(self, names: Names) -> int:
+        """Create the group's durable consumer (or bring its lease and cap up to date).
+
+        Returns its delivery sequence: how many deliveries it has made so far.
+        """
         await self.ensure_stream(names)
         connection = self.connection()
         js = connection.client.jetstream(timeout=REQUEST_TIMEOUT)
@@ -376,13 +382,24 @@ class NatsBroker:
         mine = (names.stream, "_INBOX")
         try:
             try:
-                await connection.guard(js.add_consumer(names.stream, config), *mine)
+                info = await connection.guard(js.add_consumer(names.stream, config), *mine)
             except js_errors.NotFoundError:  # the stream went since we looked
                 self._streams.discard(names.stream)
                 await self.ensure_stream(names)
-                await connection.guard(js.add_consumer(names.stream, config), *mine)
+                info = await connection.guard(js.add_consumer(names.stream, config), *mine)
         except js_errors.APIError as exc:
             raise api_error(self.url, exc, f"creating the consumer {names.consumer!r}") from None
+        return (info.delivered.consumer_seq or 0) if info.delivered is not None else 0
+
+    def lost_deliveries(self, names: Names) -> LostDeliveries:
+        """What lost connections swallowed of this group's deliveries (see nats_lost)."""
+        key = (names.stream, names.consumer)
+        lost = self._lost.get(key)
+        if lost is None:
+            lost = self._lost[key] = LostDeliveries(
+                self.options.lease, self.options.max_ack_pending
+            )
+        return lost
 
     def forget(self, subscription: NatsSubscription) -> None:
         """Stop tracking a closed subscription."""

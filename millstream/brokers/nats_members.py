@@ -13,8 +13,9 @@ rewrites it without waiting for the stream (a publish, no reply) once per
 pull request that delivered something, and after a settle with retries
 (a retried message is no longer the member's; its stale subject would
 redeliver it early). A member that subscribes under that name reads the
-record, ``-NAK``s every subject in it, so the server redelivers at once
-what the crashed one held (counted: a nak is a delivery), and empties it.
+record, ``-NAK``s every subject in it (the last as a request, so all are
+applied before its first pull), so the server redelivers at once what the
+crashed one held (counted: a nak is a delivery), and empties it.
 A subject already settled is a no-op to the server.
 
 **Retry notes**, on ``_ms.retried.<stream>.<consumer>.<stream sequence>``:
@@ -37,13 +38,16 @@ from typing import TYPE_CHECKING
 
 from nats.js import errors as js_errors
 
+from millstream.brokers.nats_acks import acknowledge
 from millstream.brokers.nats_connection import Connection, api_error, translated
 from millstream.brokers.nats_envelope import delivery
 from millstream.brokers.nats_names import Names
+from millstream.errors import BrokerUnavailable
 from millstream.message import Message
 
 if TYPE_CHECKING:
     from millstream.brokers.nats import NatsBroker
+    from millstream.brokers.nats_lost import LostDeliveries
 
 __all__ = ["HELD_STREAM", "HELD_SUBJECTS", "Members"]
 
@@ -79,6 +83,7 @@ class Members:
         self.member = member
         self._record = f"_ms.held.{names.stream}.{names.consumer}.{member}" if member else ""
         self._notes = f"_ms.retried.{names.stream}.{names.consumer}."
+        self._mine = (names.stream, "_INBOX")
         self._taken_back: _TakenBack | None = None
         self._enabled = False
 
@@ -97,11 +102,11 @@ class Members:
         if not subjects:
             return None
         taken = _TakenBack(str(self.member), _float(written))
-        with translated(self._broker.url):
-            for subject in subjects:
-                with suppress(ValueError, IndexError):
-                    taken.sequences.add(delivery(subject)[1])
-                await self._client.publish(subject, _NAK)
+        for subject in subjects:
+            with suppress(ValueError, IndexError):
+                taken.sequences.add(delivery(subject)[1])
+        # All applied before the first pull, which takes them back in one batch.
+        await acknowledge(self._connection, [(s, _NAK) for s in subjects], *self._mine)
         # The record is spent: a later successor must not nak these again.
         await self.write(())
         return taken
@@ -123,18 +128,23 @@ class Members:
                 delivered, sequence, _ = delivery(reply)
                 await self._client.publish(f"{self._notes}{sequence}", b"%d" % delivered)
 
-    async def account(self, handed: Sequence[Message]) -> int:
+    async def account(self, handed: Sequence[tuple[Message, int]], lost: LostDeliveries) -> int:
         """Count what ``handed`` took over (a redelivery not explained by a retry) and log it once.
 
-        Only redeliveries are looked at, so a batch of first deliveries costs
-        nothing; notes are looked up all at once. Never raises: a note that
-        cannot be read leaves its delivery uncounted.
+        ``handed``: redeliveries, each with the last delivery of it a member
+        in this process received (0: none). Only redeliveries are looked at,
+        so a batch of first deliveries costs nothing; notes are looked up all
+        at once. What ``lost`` takes for deliveries lost connections of this
+        process swallowed is no takeover (and no attempt: ``lost`` takes them
+        off). A note that cannot be read leaves its delivery uncounted; the
+        connection lost meanwhile raises ``BrokerUnavailable``: how to count
+        the batch is not known, so it is not handed out.
         """
         if not self._enabled:
             return 0
         from_record, looked_up = 0, []
         taken = self._taken_back
-        for message in handed:
+        for message, seen in handed:
             delivered, sequence, _ = delivery(message.receipt)
             if delivered <= 1:
                 continue  # a group-private copy counting earlier deliveries
@@ -142,27 +152,38 @@ class Members:
                 taken.sequences.discard(sequence)
                 from_record += 1
             else:
-                looked_up.append((sequence, delivered))
-        expired = await self._expired(looked_up) if looked_up else 0
+                looked_up.append((message, sequence, delivered, seen))
+        expired = await self._expired(looked_up) if looked_up else []
+        if expired and lost:
+            now = time.monotonic()
+            expired = [(m, n) for m, n in expired if lost.charge(m, n, now) < n]
         if from_record or expired:
-            self._log(from_record, expired)
-        return from_record + expired
+            self._log(from_record, len(expired))
+        return from_record + len(expired)
 
-    async def _expired(self, redelivered: list[tuple[int, int]]) -> int:
-        """How many of (sequence, delivered) have no note of a retry at the delivery before."""
-        count = 0
+    async def _expired(
+        self, redelivered: list[tuple[Message, int, int, int]]
+    ) -> list[tuple[Message, int]]:
+        """Those of (message, sequence, delivered, seen here) whose delivery before was no
+        retry (a lease ran out), each with how many deliveries since its last retry (and
+        since ``seen``) reached no member here."""
+        expired: list[tuple[Message, int]] = []
         for start in range(0, len(redelivered), _LOOKUPS):
             chunk = redelivered[start : start + _LOOKUPS]
             notes = await asyncio.gather(
-                *(self._last(f"{self._notes}{sequence}") for sequence, _ in chunk),
+                *(self._last(f"{self._notes}{sequence}") for _, sequence, _, _ in chunk),
                 return_exceptions=True,
             )
-            for (_, delivered), note in zip(chunk, notes, strict=True):
+            for (message, _, delivered, seen), note in zip(chunk, notes, strict=True):
+                if isinstance(note, BrokerUnavailable):
+                    raise note
                 if isinstance(note, BaseException):
                     continue  # unknown: not counted
-                if note is None or not note.isdigit() or int(note) != delivered - 1:
-                    count += 1
-        return count
+                retried = int(note) if note is not None and note.isdigit() else 0
+                if retried != delivered - 1:
+                    retried = retried if retried < delivered else 0
+                    expired.append((message, delivered - 1 - max(retried, seen)))
+        return expired
 
     async def _last(self, subject: str) -> bytes | None:
         """The last message on ``subject`` in ``MSHELD``, ``None`` if there is none."""

@@ -9,29 +9,24 @@ last request to end). At most one request is open at a time, and what a
 request delivers after ``fetch`` returned waits in the member for the next
 ``fetch``: it is held like everything handed out.
 
-**Settling** is one publish per outcome on the delivery's acknowledgement
-subject (``+ACK``, ``-NAK {"delay": ns}``, ``+TERM``), with only the last
-one sent as a request. The server applies a consumer's acknowledgements in
-the order they arrive, so its reply means the whole batch is applied: one
-round trip per batch, and ``lag`` read right after sees it. A dead letter
-is copied into the dead-letter stream (acknowledged by the stream) before
-its ``+TERM``: a crash in between leaves it delivered again, never lost.
+**Settling** is one round trip per batch (:mod:`millstream.brokers.nats_acks`).
+A dead letter is copied into the dead-letter stream (acknowledged by the
+stream) before its ``+TERM``: a crash in between leaves it delivered again,
+never lost.
 
 **Attempts** are JetStream's delivery count, plus ``ms-attempt`` on
-group-private copies. ``close`` gives back what the member holds without
-counting an attempt, which a ``nak`` cannot do (it counts a delivery): it
-publishes a copy with ``ms-attempt`` = attempts so far to the group's
-private subject, then acks the original. Copies are in the topic's stream,
-whose consumers all read it whole (NATS 2.9 has one filter subject per
-consumer, and the topic is one subject already); a member that receives
-another group's private copy acks it and passes it by, so a released or
-replayed message reaches its own group only. Such copies are rare (a
-closing member, a replay).
+group-private copies, less what this process's lost connections swallowed
+(:mod:`millstream.brokers.nats_lost`). ``close`` gives back what the member
+holds uncounted, which a ``nak`` cannot (it counts a delivery): it publishes
+a copy with ``ms-attempt`` = attempts so far to the group's private subject,
+then acks the original. Copies are in the topic's stream, which consumers
+read whole (NATS 2.9 has one filter subject per consumer); a member acks
+another group's copy and passes it by. Copies are rare (a close, a replay).
 
 **Named members and takeovers** (:mod:`millstream.brokers.nats_members`):
-a member with a name keeps a record of what it holds, so its successor
-under that name takes it back at once; every member counts in
-``taken_over`` the redeliveries it got because another member's lease ran out.
+a named member keeps a record of what it holds, which its successor under
+that name takes back at once; ``taken_over`` counts redeliveries that came
+because another member's lease ran out.
 
 **Keeping alive.** A fetch sends ``+WPI`` (work in progress) for everything
 the member holds every quarter lease (5 s at most), also while it waits for
@@ -55,8 +50,10 @@ from nats.js import errors as js_errors
 
 from millstream.brokers import redact
 from millstream.brokers.base import Lag
+from millstream.brokers.nats_acks import ACK, PROGRESS, TERM, acknowledge, nak
 from millstream.brokers.nats_connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats_envelope import decode, decode_carefully, private_headers
+from millstream.brokers.nats_lost import consumer_sequence
 from millstream.brokers.nats_members import Members
 from millstream.brokers.nats_names import PRIVATE_PREFIX, Names
 from millstream.errors import BrokerError, BrokerUnavailable
@@ -73,9 +70,7 @@ __all__ = ["NatsSubscription"]
 _LINGER = 1.0  # seconds a waiting pull request stays on the server at most
 _ANSWER_WITHIN = 1.0  # seconds a pull request may go unanswered past its expiry
 _KEEP_ALIVE_MAX = 5.0  # seconds between +WPI rounds at most, whatever the lease
-_ACK = b"+ACK"
-_TERM = b"+TERM"
-_PROGRESS = b"+WPI"
+_FINAL = (ACK, TERM)  # the outcomes after which a delivery never comes back
 
 
 class NatsSubscription:
@@ -86,10 +81,19 @@ class NatsSubscription:
     """
 
     def __init__(
-        self, broker: NatsBroker, connection: Connection, names: Names, member: str | None = None
+        self,
+        broker: NatsBroker,
+        connection: Connection,
+        names: Names,
+        member: str | None = None,
+        delivered: int = 0,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
         self._members = Members(broker, connection, names, member)
+        self._lost = broker.lost_deliveries(names)
+        self._delivered = delivered  # the consumer's delivery sequence when this member joined
+        self._last_reply = ""  # the last delivery received: how far the consumer's count is known
+        self._unsure: list[str] = []  # settled, but whether the server got it is unknown
         self._unrecorded = False  # holds deliveries its record does not list yet
         self._redelivered = 0  # deliveries not handed out yet that the server made before
         self._broker = broker
@@ -182,9 +186,16 @@ class NatsSubscription:
         batch = [ready.popleft() for _ in range(min(most, len(ready)))]
         if self._redelivered:
             again = [m for m in batch if m.attempt > 1]
+            lost = self._lost
+            # What this process lost with a connection is no takeover, nor an attempt.
+            unseen = lost.correct(again) if lost else [(m, 0) for m in again]
+            try:
+                if unseen:
+                    self.taken_over += await self._members.account(unseen, lost)
+            except BrokerUnavailable:
+                ready.extendleft(reversed(batch))  # never handed out, as close will say
+                raise
             self._redelivered -= len(again)
-            if again:
-                self.taken_over += await self._members.account(again)
         return batch
 
     async def _record(self) -> None:
@@ -217,10 +228,11 @@ class NatsSubscription:
         A pull request to a consumer that is gone gets no answer at all, so
         look: recreate the consumer if it is not there, else just ask anew.
         """
-        self._open = 0
-        # Or a silent partition: then a ping goes unanswered too, and the connection is lost.
+        # Or a silent partition: then a ping goes unanswered too, and the connection is lost
+        # (with the request still open: what it sent there is no attempt, see nats_lost).
         await self._connection.probe()
         self._connection.check(*self._mine)
+        self._open = 0
         js = self._client.jsm(timeout=REQUEST_TIMEOUT)
         try:
             await self._connection.guard(js.consumer_info(*self._consumer), *self._mine)
@@ -249,11 +261,12 @@ class NatsSubscription:
             return
         self._open -= 1
         self._idle = False
+        self._last_reply = reply
         subject = msg.subject
         if subject.startswith(self._others) and subject != self._own:
             # Another group's released or replayed message: not for this group.
             with suppress(nats_errors.Error, OSError):  # lost: it comes back, to be acked again
-                await self._client.publish(reply, _ACK)
+                await self._client.publish(reply, ACK)
             return
         try:
             message = decode(self.topic, self._stream, msg)
@@ -287,56 +300,37 @@ class NatsSubscription:
         commands: list[tuple[str, bytes]] = []
         for m, _ in deads:
             if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, _TERM))
+                commands.append((m.receipt, TERM))
         retried: list[str] = []
         for m, delay in retries:
             if held.pop(m.receipt, None) is not None:
-                ns = max(0, round(delay * 1e9))
-                commands.append((m.receipt, b'-NAK {"delay": %d}' % ns if ns else b"-NAK"))
+                commands.append((m.receipt, nak(delay)))
                 retried.append(m.receipt)
         for m in acks:
             if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, _ACK))
-        if retried:  # before the naks, on the same connection: in place when they come back
-            await self._members.note_retries(retried)
-            await self._record()
-        await self._send(commands)
+                commands.append((m.receipt, ACK))
+        try:
+            if retried:  # before the naks, on the same connection: in place when they come back
+                await self._members.note_retries(retried)
+                await self._record()
+            await self._send(commands)
+        except BrokerError:
+            self._unsure += [subject for subject, _ in commands]
+            raise
+        self._lost.settled(subject for subject, payload in commands if payload in _FINAL)
 
     async def _send(self, commands: list[tuple[str, bytes]]) -> None:
-        """Publish acknowledgements, the last as a request: its reply means all are applied."""
-        if not commands:
-            return
-        client = self._client
-        connection = self._connection
-        with translated(self._broker.url):
-            for subject, payload in commands[:-1]:
-                await client.publish(subject, payload)
-        last_subject, last_payload = commands[-1]
-        if last_payload == _TERM:
-            # The server answers no request to +TERM; +WPI after it is answered, and
-            # since the consumer takes its acknowledgements in order, it fences the batch.
-            with translated(self._broker.url):
-                await client.publish(last_subject, _TERM)
-            last_payload = _PROGRESS
-        if not await connection.guard(self._fence(last_subject, last_payload), *self._mine):
+        if not await acknowledge(self._connection, commands, *self._mine):
             # No responders: the consumer is gone (deleted, or its stream). Its
             # successor starts over and delivers these again.
             self._missing = True
-
-    async def _fence(self, subject: str, payload: bytes) -> bool:
-        """Send the batch's last acknowledgement as a request; ``False`` if no consumer answers."""
-        try:
-            await self._client.request(subject, payload, timeout=REQUEST_TIMEOUT)
-        except nats_errors.NoRespondersError:
-            return False
-        return True
 
     async def _keep_alive(self, now: float) -> None:
         self._keep_alive_at = now + self._keep_alive_every
         if self._held:
             with translated(self._broker.url):
                 for subject in list(self._held):
-                    await self._client.publish(subject, _PROGRESS)
+                    await self._client.publish(subject, PROGRESS)
 
     async def _recreate(self) -> None:
         """The consumer (or its stream) was deleted: create it again, from the stream's start."""
@@ -344,6 +338,7 @@ class NatsSubscription:
         self._open = 0
         self._idle = False
         self._broker.forget_stream(self._stream)
+        self._lost.forget()
         await self._broker.ensure_consumer(self._names)
 
     async def lag(self) -> Lag | None:
@@ -388,19 +383,24 @@ class NatsSubscription:
             except BrokerError:
                 pass
         held = list(self._held.values())
+        if connection.alive:
+            try:
+                if held:
+                    copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
+                    await self._broker.send(self._own, copies, self._stream)
+                    await self._send([(m.receipt, ACK) for m in held])
+                await self._members.write(())  # released: nothing for a successor to take back
+                self._held.clear()
+            except BrokerError:
+                pass
+        if self._held or self._open > 0 or self._unsure:
+            # Not given back: ack_wait does (counted), or at once a successor under this
+            # name. What no handler started here was no attempt (see nats_lost).
+            after = consumer_sequence(self._last_reply) if self._last_reply else self._delivered
+            receipts = [*self._held, *self._unsure]
+            self._lost.record(receipts, self._ready, self._open, after)
         self._held.clear()
         self._ready.clear()
-        if not connection.alive:
-            # ack_wait gives them back (counted), or at once a successor under this name.
-            return
-        try:
-            if held:
-                copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
-                await self._broker.send(self._own, copies, self._stream)
-                await self._send([(m.receipt, _ACK) for m in held])
-            await self._members.write(())  # released: nothing for a successor to take back
-        except BrokerError:
-            pass  # not released: they come back after ack_wait, counted
 
     def _check(self) -> None:
         if self._closed:

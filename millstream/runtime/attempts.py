@@ -13,7 +13,8 @@ outcome".
 extra count off every later delivery of them, until they are settled. A
 process that crashes forgets, so a crash loop still counts every delivery.
 A message whose handler succeeded here but whose ack was lost is acked again
-when it comes back, without running its handler a second time.
+when it comes back, without running its handler a second time; one whose
+dead-letter outcome was lost goes to the dead letters again, with its reason.
 """
 
 from __future__ import annotations
@@ -23,60 +24,68 @@ from collections.abc import Iterable
 
 from millstream.message import Message
 
-__all__ = ["UncountedDeliveries"]
+__all__ = ["ACKED", "UncountedDeliveries"]
+
+
+ACKED = ""
+"""The outcome of a message whose handler succeeded; any other outcome is a dead letter's
+reason."""
 
 
 class UncountedDeliveries:
     """Per consumer: message id -> (the broker's attempt last seen, deliveries it counted
     that were no attempt, whether the next delivery follows one that ended without an
-    attempt, whether its handler already succeeded here)."""
+    attempt, the outcome it already had here if its settling was lost: ``ACKED`` or the
+    reason it was dead-lettered, else ``None``)."""
 
     __slots__ = ("_entries", "_most")
 
     def __init__(self, most: int) -> None:
-        self._entries: dict[str, tuple[int, int, bool, bool]] = {}
+        self._entries: dict[str, tuple[int, int, bool, str | None]] = {}
         self._most = most
 
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def remember(self, messages: Iterable[Message], *, handled: bool = False) -> None:
-        """These deliveries end unstarted, or ``handled`` (successfully) but unacked: the
-        next delivery of each may be counted by the broker, and is no attempt."""
+    def remember(self, messages: Iterable[Message], outcome: str | None = None) -> None:
+        """These deliveries end unstarted, or with an ``outcome`` that was never settled
+        (``ACKED``, or a dead letter's reason): the next delivery of each may be counted by
+        the broker, and is no attempt."""
         entries = self._entries
         for message in messages:
             entry = entries.get(message.id)
             extra = entry[1] if entry is not None else 0
-            entries[message.id] = (message.attempt + extra, extra, True, handled)
+            entries[message.id] = (message.attempt + extra, extra, True, outcome)
         excess = len(entries) - self._most
         if excess > 0:  # oldest first: a redelivery comes soon, or to another member
             for stale in list(itertools.islice(entries, excess)):
                 del entries[stale]
 
-    def correct(self, messages: Iterable[Message]) -> list[Message]:
+    def correct(self, messages: Iterable[Message]) -> list[tuple[Message, str]]:
         """Take the deliveries that were no attempt off each message's ``attempt``; returns
-        the messages already handled here, whose ack was lost: ack them, do not run them."""
+        the messages that already had an outcome here whose settling was lost, with it:
+        apply it again, do not run them."""
         entries = self._entries
-        handled: list[Message] = []
+        decided: list[tuple[Message, str]] = []
         for message in messages:
             entry = entries.get(message.id)
             if entry is None:
                 continue
-            seen, extra, after_lost, done = entry
+            seen, extra, after_lost, outcome = entry
             counted = message.attempt
             if counted < seen:  # replayed from the dead letters: a fresh start
                 del entries[message.id]
                 continue
-            if done:
-                handled.append(message)
+            if outcome is not None:
+                decided.append((message, outcome))
             if after_lost and counted > seen:
                 extra += 1
-            if extra or done:
-                entries[message.id] = (counted, extra, False, done)
+            if extra or outcome is not None:
+                entries[message.id] = (counted, extra, False, outcome)
                 message.attempt = max(1, counted - extra)
             else:
                 del entries[message.id]
-        return handled
+        return decided
 
     def settled(self, messages: Iterable[Message]) -> None:
         """These messages are acked or dead for good: no delivery of them comes again."""

@@ -19,6 +19,7 @@ from millstream.brokers.base import Subscription
 from millstream.errors import BrokerError
 from millstream.message import Message
 from millstream.retry import Dead, Requeue, describe
+from millstream.runtime.attempts import ACKED
 from millstream.runtime.dispatcher import Dispatcher
 from millstream.runtime.settler import Settled, Settler
 from millstream.runtime.tasks import cancel_and_wait
@@ -45,7 +46,7 @@ class Session:
         self.held = 0  # fetched and not yet settled: what max_inflight bounds
         self.settled = 0  # outcomes the broker accepted: proof the session works
         self.started_at = time.monotonic()
-        self._acked_again = 0  # redeliveries acked without running (their ack was lost)
+        self._settled_again = 0  # redeliveries whose lost outcome was applied again
         self._room = asyncio.Event()
         self.settler = Settler(
             subscription,
@@ -178,19 +179,8 @@ class Session:
 
     def _submit(self, messages: list[Message]) -> None:
         uncounted = self.consumer.uncounted
-        if uncounted and (handled := uncounted.correct(messages)):
-            # Handled here before a lost connection swallowed their acks: ack again.
-            if not self._acked_again:
-                log.info(
-                    "consumer %s: redelivered messages were handled before a lost "
-                    "connection swallowed their acks; acking them without handling them again",
-                    self.consumer.name,
-                )
-            self._acked_again += len(handled)
-            for message in handled:
-                self.succeeded(message)
-            again = {id(message) for message in handled}
-            messages = [message for message in messages if id(message) not in again]
+        if uncounted and (decided := uncounted.correct(messages)):
+            messages = self._settle_again(messages, decided)
         limit = self.consumer.retry.attempts
         overdue = [message for message in messages if message.attempt > limit]
         if overdue:
@@ -204,6 +194,25 @@ class Session:
                 )
             messages = [message for message in messages if message.attempt <= limit]
         self.dispatcher.submit(messages)
+
+    def _settle_again(
+        self, messages: list[Message], decided: list[tuple[Message, str]]
+    ) -> list[Message]:
+        """Apply again the outcomes a lost connection swallowed; returns the rest to run."""
+        if not self._settled_again:
+            log.info(
+                "consumer %s: redelivered messages already had an outcome before a lost "
+                "connection swallowed it; settling them again without handling them",
+                self.consumer.name,
+            )
+        self._settled_again += len(decided)
+        for message, outcome in decided:
+            if outcome == ACKED:
+                self.succeeded(message)
+            else:
+                self._bury(message, outcome)
+        again = {id(message) for message, _ in decided}
+        return [message for message in messages if id(message) not in again]
 
     # -- Outcomes, reported by the dispatcher ---------------------------------
 
@@ -256,7 +265,9 @@ class Session:
                 uncounted.settled(batch.acks)
                 uncounted.settled(message for message, _ in batch.deads)
         else:
-            # Handled, but the ack did not reach the broker: the redelivery that follows
-            # is no failed attempt either.
-            uncounted.remember(batch.acks, handled=True)
+            # Decided, but the outcome did not reach the broker: the redelivery that
+            # follows is no attempt; the outcome is applied to it again.
+            uncounted.remember(batch.acks, ACKED)
+            for message, reason in batch.deads:
+                uncounted.remember((message,), reason)
         self._room.set()

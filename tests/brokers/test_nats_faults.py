@@ -11,10 +11,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
 
 from millstream import Message, Millstream
 from millstream.brokers.nats import NatsBroker, NatsSubscription
@@ -296,3 +298,135 @@ async def test_what_an_expired_lease_gives_another_member_counts_and_a_retry_doe
     finally:
         await other.close()
         await crashed.close()
+
+
+# -- connections lost in this process ----------------------------------------------------
+
+
+def waiting_on(client: NatsClient) -> Callable[[Names], Awaitable[int]]:
+    """How many pull requests wait on a group's consumer (read on ``client``)."""
+
+    async def waiting(names: Names) -> int:
+        info = await client.jetstream().consumer_info(names.stream, names.consumer)
+        return info.num_waiting or 0
+
+    return waiting
+
+
+def lost(broker: NatsBroker) -> bool:
+    try:
+        broker.connection()
+    except BrokerUnavailable:
+        return True
+    return False
+
+
+async def test_what_a_cut_member_held_but_never_handed_out_comes_back_uncounted(
+    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
+) -> None:
+    broker = await opened(f"nats://127.0.0.1:{proxy.port}?lease=30")
+    publisher = await opened(shared)
+    client = await nats.connect(shared)
+    waiting = waiting_on(client)
+    names = Names(topic, "billing")
+
+    async def recorded() -> int:
+        record = f"_ms.held.{names.stream}.{names.consumer}.web-1.charge"
+        try:
+            found = await client.jetstream().get_last_msg("MSHELD", record)
+        except NotFoundError:
+            return 0
+        return len((found.data or b"").split(b"\n")) - 1
+
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=6, member="web-1.charge")
+        asking = asyncio.ensure_future(sub.fetch(6, 10))
+        await until_equal(lambda: waiting(names), 1)  # its request waits on the server
+        asking.cancel()  # what the request delivers now waits in the member
+        await publisher.publish(topic, events(6))
+        [handed] = await sub.fetch(1, 3)
+        await until_equal(recorded, 6)  # all six received, and in the member's record
+        proxy.cut()  # five of them never handed out
+        await until(lambda: lost(broker), within=5)
+        await sub.close()
+
+        await broker.connect()
+        again = await broker.subscribe(topic, "billing", prefetch=6, member="web-1.charge")
+        taken = await fetch_until(again, 6, within=3)  # taken back at once from the record
+        attempts = {m.id: m.attempt for m in taken}
+        # The one handed out is the runtime's to judge (it knows whether a handler started).
+        assert attempts.pop(handed.id) == 2
+        assert set(attempts.values()) == {1}, "held, never handed out: no attempt"
+        assert again.taken_over == 0 and took_over(warnings) == [], "no crash: no takeover"
+        await again.settle(taken, [], [])
+        assert await drain(again) == []
+    finally:
+        await client.close()
+        await publisher.close()
+        await broker.close()
+
+
+async def test_what_a_lost_connection_swallowed_comes_back_uncounted(
+    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
+) -> None:
+    broker = await opened(f"nats://127.0.0.1:{proxy.port}?lease=1")
+    publisher = await opened(shared)
+    client = await nats.connect(shared)
+    waiting = waiting_on(client)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        fetching = asyncio.ensure_future(sub.fetch(10, 10))
+        await until_equal(lambda: waiting(Names(topic, "billing")), 1)  # waits on the server
+        proxy.blackhole()
+        await publisher.publish(topic, events(10))  # sent into the partition: never received
+        with pytest.raises(BrokerUnavailable):
+            await fetching
+        await sub.close()
+        proxy.heal()
+
+        await broker.connect()
+        again = await broker.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
+        taken = await fetch_until(again, 10, within=5)  # back once their lease ran out
+        assert sorted(numbers(taken)) == list(range(10))
+        assert {m.attempt for m in taken} == {1}, "lost in the network: no attempt"
+        assert again.taken_over == 0 and took_over(warnings) == [], "no crash: no takeover"
+        await again.settle(taken, [], [])
+    finally:
+        await client.close()
+        await publisher.close()
+        await broker.close()
+
+
+async def test_a_retry_due_while_the_connection_was_lost_counts_once(
+    shared: str, topic: str, proxy: TcpProxy
+) -> None:
+    # NATS 2.9 counts a redelivery that falls due when the only waiting request's
+    # connection is gone, and puts it back unsent: it comes back after its lease,
+    # counted twice. (It also sends the last message it delivered once more, as new.)
+    broker = await opened(f"nats://127.0.0.1:{proxy.port}?lease=1")
+    publisher = await opened(shared)
+    client = await nats.connect(shared)
+    waiting = waiting_on(client)
+    try:
+        sub = await broker.subscribe(topic, "billing", prefetch=2, member="web-1.charge")
+        await publisher.publish(topic, events(2))
+        failed, done = await fetch_until(sub, 2, within=3)
+        await sub.settle([done], [(failed, 0.5)], [])  # one handler failed: again in 0.5 s
+        fetching = asyncio.ensure_future(sub.fetch(2, 10))
+        await until_equal(lambda: waiting(Names(topic, "billing")), 1)  # waits on the server
+        proxy.cut()
+        with pytest.raises(BrokerUnavailable):
+            await fetching
+        await sub.close()
+        await asyncio.sleep(1.0)  # the retry falls due while no live request waits
+
+        await broker.connect()
+        again = await broker.subscribe(topic, "billing", prefetch=2, member="web-1.charge")
+        taken = await fetch_until(again, 2, within=4)
+        [retried] = [m for m in taken if m.id == failed.id]
+        assert retried.attempt == 2, f"one failure: attempt 2, not {retried.attempt}"
+        await again.settle(taken, [], [])
+    finally:
+        await client.close()
+        await publisher.close()
+        await broker.close()

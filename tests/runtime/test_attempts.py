@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from millstream.message import Message
-from millstream.runtime.attempts import UncountedDeliveries
+from millstream.runtime.attempts import ACKED, UncountedDeliveries
 
 
 def delivery(attempt: int, id: str = "m-1") -> Message:
@@ -32,13 +32,18 @@ def test_a_release_that_counted_nothing_takes_nothing_back() -> None:
     assert same.attempt == 3 and not uncounted
 
 
-def test_a_handled_message_whose_ack_was_lost_is_returned_to_be_acked() -> None:
+def test_a_message_whose_outcome_was_lost_is_returned_with_it() -> None:
     uncounted = UncountedDeliveries(most=10)
-    uncounted.remember([delivery(1, "done")], handled=True)
+    uncounted.remember([delivery(1, "done")], ACKED)
+    uncounted.remember([delivery(3, "poison")], "FatalError: no such order")
     uncounted.remember([delivery(1, "waiting")])
-    back = [delivery(2, "done"), delivery(2, "waiting"), delivery(1, "new")]
-    assert [m.id for m in uncounted.correct(back)] == ["done"]
-    assert [m.attempt for m in back] == [1, 1, 1]
+    back = [delivery(2, "done"), delivery(4, "poison"), delivery(2, "waiting"), delivery(1, "new")]
+    decided = uncounted.correct(back)
+    assert [(m.id, outcome) for m, outcome in decided] == [
+        ("done", ACKED),
+        ("poison", "FatalError: no such order"),
+    ]
+    assert [m.attempt for m in back] == [1, 3, 1, 1]
 
 
 def test_a_replay_starts_over_and_settled_messages_are_forgotten() -> None:
