@@ -76,10 +76,6 @@ class BrokerFactory:
     """A URL that child processes consume from (straight to the broker, no proxy)."""
     durable_server: Callable[[Path], tuple[ServerProcess, str]] | None = None
     """A private server with durable storage (not started) and the URL an app uses on it."""
-    counts_lost_in_transit: bool = False
-    """The broker counts a delivery it sent into a connection that died before the client
-    read it (RabbitMQ): no client can take that count back, so under repeated cuts such a
-    message may be counted once per cut it was in transit at."""
     restart_recovery: float = 5.0
     """Seconds a member killed and restarted under its name may take to finish what it
     held (process start included): well under a lease, which is what it waits without."""
