@@ -19,13 +19,18 @@ __all__ = ["ends", "ready", "spawn", "starts", "stop"]
 
 
 def spawn(
-    url: str, topic: str, log: Path, sleep: float, env: dict[str, str] | None = None
+    url: str,
+    topic: str,
+    log: Path,
+    sleep: float,
+    env: dict[str, str] | None = None,
+    group: str = "billing",
 ) -> subprocess.Popen[bytes]:
-    """One member of group ``billing`` with concurrency 4, sleeping ``sleep`` per message.
+    """One member of ``group`` with concurrency 4, sleeping ``sleep`` per message.
 
     ``env`` adds to the environment it inherits.
     """
-    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, "billing"]
+    command = [sys.executable, "-m", "tests.procs.consumer", url, topic, group]
     environment = {**os.environ, **(env or {})}
     with log.with_suffix(".stderr").open("ab") as stderr:
         return subprocess.Popen(
