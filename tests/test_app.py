@@ -624,9 +624,11 @@ async def test_a_dead_letter_whose_settling_was_lost_is_buried_again_with_its_re
         calls.append(event["n"])
         raise FatalError("order 7 does not exist")
 
+    reader = MemoryBroker(broker.hub)  # another connection: the consumer's drops
+    await reader.connect()
     async with ms:
         await ms.publish("t", {"n": 7})
-        dlq = await ms.dead_letters("t", "handle")
+        dlq = await reader.dead_letters("t", "handle")
         await until_equal(dlq.count, 1)
         [letter] = await dlq.list()
 

@@ -7,7 +7,6 @@ producer, as another application would.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -17,11 +16,10 @@ from typing import Any
 import pytest
 
 from millstream import Message, Millstream
-from millstream.brokers.kafka import KafkaBroker
 from millstream.runtime import ConsumerState
 from tests.brokers.kafka_raw import drop_topics, publish_malformed, publish_raw, raw_producer
-from tests.brokers.scenarios import at_least, events
-from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
+from tests.brokers.scenarios import events
+from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu
 from tests.brokers.test_kafka import fetch_n, opened, url
 from tests.proxy import TcpProxy
 from tests.support import until
@@ -125,40 +123,6 @@ async def test_dead_letters_another_producer_wrote_badly_are_listed_all_the_same
         assert await dlq.purge([letter.id]) == 1
     finally:
         await broker.close()
-
-
-async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
-    tansu: Tansu, topic: str, group: str
-) -> None:
-    address = url(tansu)  # the default request timeout decides how soon
-    with TcpProxy("127.0.0.1", tansu.port) as proxy:
-        ms = Millstream(
-            broker=KafkaBroker(address, route=via(proxy)), reconnect_backoff=0.05, poll_timeout=0.2
-        )
-        publisher = await opened(url(tansu))  # not through the proxy: publishing goes on
-        handled: list[int] = []
-
-        @ms.consumer(topic, group=group, concurrency=4)
-        async def handle(event: dict[str, int]) -> None:
-            handled.append(event["n"])
-
-        try:
-            async with ms:
-                consumer = ms.consumers["handle"]
-                await publisher.publish(topic, events(200))
-                await until(at_least(handled, 50), within=10)
-                proxy.blackhole()
-                silent = time.monotonic()
-                await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
-                noticed = time.monotonic() - silent
-                await publisher.publish(topic, events(200, start=200))
-                await asyncio.sleep(2.0)  # the partition lasts: reconnecting goes nowhere
-                proxy.heal()
-                await until(lambda: set(handled) == set(range(400)), within=30)
-                assert consumer.state is ConsumerState.RUNNING
-        finally:
-            await publisher.close()
-    print(f"silent partition noticed after {noticed:.1f}s")
 
 
 async def test_a_member_back_under_its_name_takes_back_what_it_held_at_once(

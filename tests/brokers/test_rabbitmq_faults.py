@@ -25,7 +25,7 @@ from millstream.errors import RetryableError
 from millstream.runtime import ConsumerState
 from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
 from tests.brokers.rabbitmq_raw import publish_frames, publish_malformed
-from tests.brokers.scenarios import at_least, events, fetch_n, numbers
+from tests.brokers.scenarios import events, fetch_n, numbers
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 from tests.support import until
@@ -132,40 +132,6 @@ async def test_a_foreign_message_keeps_its_id_through_a_retry_and_its_dead_lette
         assert (letter.message_id, letter.attempts) == (first.id, 2)
     finally:
         await broker.close()
-
-
-async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(topic: str) -> None:
-    publisher = await opened()  # not through the proxy: publishing goes on
-    try:
-        await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
-        with TcpProxy(HOST, PORT) as proxy:
-            ms = Millstream(
-                f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-                reconnect_backoff=0.05,
-                poll_timeout=0.2,
-            )
-            handled: list[int] = []
-
-            @ms.consumer(topic, group="billing", concurrency=4)
-            async def handle(event: dict[str, int]) -> None:
-                handled.append(event["n"])
-
-            async with ms:
-                consumer = ms.consumers["handle"]
-                await publisher.publish(topic, events(200))
-                await until(at_least(handled, 50), within=10)
-                proxy.blackhole()
-                silent = time.monotonic()
-                await until(lambda: consumer.state is not ConsumerState.RUNNING, within=10)
-                noticed = time.monotonic() - silent
-                await publisher.publish(topic, events(200, start=200))
-                await asyncio.sleep(2.0)  # the partition lasts: reconnecting goes nowhere
-                proxy.heal()
-                await until(lambda: set(handled) == set(range(400)), within=30)
-                assert consumer.state is ConsumerState.RUNNING
-    finally:
-        await publisher.close()
-    print(f"silent partition noticed after {noticed:.1f}s")
 
 
 async def test_what_a_crashed_member_held_is_taken_over_counted_and_logged(

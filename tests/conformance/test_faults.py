@@ -161,9 +161,11 @@ async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
         await until(lambda: consumer.state is not ConsumerState.RUNNING, within=30)
         noticed = time.monotonic() - silent
         await publisher.publish(topic, [_out(p) for p in _payloads(50, 50)])
+        await asyncio.sleep(2.0)  # the partition lasts: reconnecting goes nowhere meanwhile
         brokers.heal(broker)
         await until(lambda: set(handled) == set(range(100)), within=60)
         recovered = time.monotonic() - silent
+        assert consumer.state is ConsumerState.RUNNING
 
     assert noticed < 10, f"the consumer stayed RUNNING for {noticed:.1f}s of silence"
     report(
