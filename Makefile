@@ -31,6 +31,7 @@ test: install-test lint
 lint: install-test
 	$(BIN)/ruff check millstream tests bench examples
 	$(BIN)/mypy millstream examples
+	$(BIN)/lint-imports
 
 ## make bench: throughput and memory, printed as a table
 bench: install

@@ -30,7 +30,7 @@ import orjson
 from bench.events import order_events
 from bench.scenarios import answers, timed_consume
 from millstream import Millstream
-from millstream.brokers.rabbitmq import RabbitMqBroker
+from millstream.brokers.rabbitmq.broker import RabbitMqBroker
 
 Row = dict[str, Any]
 

@@ -7,27 +7,26 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-
-from pydantic_core import to_json
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from millstream.brokers import connect
 from millstream.brokers.base import Broker, DeadLetterQueue
 from millstream.errors import BrokerUnavailable, ConfigError
-from millstream.message import OutgoingMessage
+from millstream.message import OutgoingMessage, encode
 from millstream.retry import RetryPolicy
 from millstream.runtime import heap
+from millstream.runtime.chains import Publish, PublishLink, publish_chain
 from millstream.runtime.consumer import ConsumerRuntime
-from millstream.runtime.handler import Handler, HandlerLink, wants_transaction
+from millstream.runtime.handler import Handler, HandlerLink, injected_types
 from millstream.runtime.member import MemberName, claim_member, member_name
 from millstream.runtime.spec import ConsumerSpec, KeySpec
 from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
-from millstream.store import Store, open_store
+from millstream.store import Store, Transaction, open_store
 from millstream.store.handlers import in_transaction
 from millstream.store.outbox import OutboxRelay
 
-__all__ = ["Millstream", "Publish", "PublishLink", "encode"]
+__all__ = ["Millstream", "Publish", "PublishLink", "encode"]  # the last three: older import paths
 
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
@@ -38,27 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("millstream")
 
 H = TypeVar("H", bound=Handler)
-
-Publish = Callable[[str, Sequence[OutgoingMessage]], Awaitable[None]]
-
-
-class PublishLink(Protocol):
-    """Wraps the publish call in one concern (trace context, metrics). Must re-raise."""
-
-    def __call__(self, inner: Publish) -> Publish: ...
-
-
-def encode(value: Any) -> bytes:
-    """The bytes published for ``value``: bytes as they are, str as UTF-8, anything else as JSON.
-
-    Pydantic models, dataclasses, dicts and lists serialise with pydantic's
-    JSON encoder, which is what consumers decode with.
-    """
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return to_json(value)
 
 
 class Millstream:
@@ -84,6 +62,7 @@ class Millstream:
         self._specs: dict[str, ConsumerSpec] = {}
         self._consumers: dict[str, ConsumerRuntime] = {}
         self._links: list[HandlerLink] = []
+        self._publish_links: list[PublishLink] = []
         self._publish: Publish = self.broker.publish
         self._started = False
         self._frozen = False  # this app's share of heap.freeze()
@@ -141,7 +120,7 @@ class Millstream:
                 )
             policy = (retry or RetryPolicy()).with_errors(retry_on, dead_on)
             links: tuple[HandlerLink, ...] = ()
-            if idempotent or wants_transaction(handler):
+            if idempotent or Transaction in injected_types(handler):
                 links = (in_transaction(self.store, idempotent=idempotent),)
             self._specs[consumer_name] = ConsumerSpec(
                 name=consumer_name,
@@ -161,12 +140,14 @@ class Millstream:
         return register
 
     def add_link(self, link: HandlerLink) -> None:
-        """Wrap every handler in ``link`` (outermost first); takes effect at start."""
+        """Wrap every handler in ``link``; the first added is the outermost. Takes effect
+        at start."""
         self._links.append(link)
 
     def add_publish_link(self, link: PublishLink) -> None:
-        """Wrap every publish in ``link``; the one added last runs first."""
-        self._publish = link(self._publish)
+        """Wrap every publish in ``link``; the first added is the outermost."""
+        self._publish_links.append(link)
+        self._publish = publish_chain(self.broker.publish, self._publish_links)
 
     # -- state: the store, the outbox and caches --------------------------------
 

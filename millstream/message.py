@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from pydantic_core import to_json
+
 __all__ = [
     "HEADER_ATTEMPT",
     "HEADER_ERROR",
@@ -19,6 +21,7 @@ __all__ = [
     "NO_HEADERS",
     "Message",
     "OutgoingMessage",
+    "encode",
     "new_message_id",
 ]
 
@@ -79,3 +82,16 @@ class OutgoingMessage:
     headers: dict[str, str] = field(default_factory=dict)
     id: str = field(default_factory=new_message_id)
     published_at: float = field(default_factory=time.time)
+
+
+def encode(value: Any) -> bytes:
+    """The bytes published for ``value``: bytes as they are, str as UTF-8, anything else as JSON.
+
+    Pydantic models, dataclasses, dicts and lists serialise with pydantic's
+    JSON encoder, which is what consumers decode with.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return to_json(value)

@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from millstream import AuthenticationError, ConfigError, FatalError, Message, Millstream, Retry
-from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub, MemorySubscription
 from millstream.errors import BrokerUnavailable
 from millstream.message import OutgoingMessage
 from millstream.runtime import ConsumerState

@@ -14,6 +14,7 @@ from millstream.brokers.base import (
     Subscription,
 )
 from millstream.errors import ConfigError
+from millstream.urls import redact
 
 __all__ = [
     "Broker",
@@ -29,14 +30,14 @@ __all__ = [
 # scheme -> (module, factory attribute, pip extra). Imported lazily so that a
 # user of one broker never needs another's client library installed.
 _ADAPTERS: dict[str, tuple[str, str, str]] = {
-    "memory": ("millstream.brokers.memory", "MemoryBroker", ""),
-    "sqlite": ("millstream.brokers.sqlite", "SqliteBroker", ""),
-    "redis": ("millstream.brokers.redis", "RedisBroker", "redis"),
-    "rediss": ("millstream.brokers.redis", "RedisBroker", "redis"),
-    "amqp": ("millstream.brokers.rabbitmq", "RabbitMqBroker", "rabbitmq"),
-    "amqps": ("millstream.brokers.rabbitmq", "RabbitMqBroker", "rabbitmq"),
-    "nats": ("millstream.brokers.nats", "NatsBroker", "nats"),
-    "kafka": ("millstream.brokers.kafka", "KafkaBroker", "kafka"),
+    "memory": ("millstream.brokers.memory.broker", "MemoryBroker", ""),
+    "sqlite": ("millstream.brokers.sqlite.broker", "SqliteBroker", ""),
+    "redis": ("millstream.brokers.redis.broker", "RedisBroker", "redis"),
+    "rediss": ("millstream.brokers.redis.broker", "RedisBroker", "redis"),
+    "amqp": ("millstream.brokers.rabbitmq.broker", "RabbitMqBroker", "rabbitmq"),
+    "amqps": ("millstream.brokers.rabbitmq.broker", "RabbitMqBroker", "rabbitmq"),
+    "nats": ("millstream.brokers.nats.broker", "NatsBroker", "nats"),
+    "kafka": ("millstream.brokers.kafka.broker", "KafkaBroker", "kafka"),
 }
 
 _EXPECTED = (
@@ -75,20 +76,3 @@ def connect(url: str) -> Broker:
     factory = getattr(module, attribute)
     broker: Broker = factory.from_url(url)
     return broker
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and health pages.
-
-    Works on URLs listing several hosts (``kafka://u:p@a:9092,b:9092``),
-    which ``urlsplit`` cannot read a port from.
-    """
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    if "?" in netloc:
-        netloc, _, query = netloc.partition("?")
-        tail, slash = f"?{query}{slash}{tail}", ""
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = f"{userinfo.partition(':')[0]}:***"
-    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{tail}"

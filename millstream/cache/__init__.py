@@ -19,7 +19,6 @@ server must not drop each other's entries.
 
 from __future__ import annotations
 
-from millstream.brokers import redact
 from millstream.cache.bus import (
     InvalidationBus,
     LocalBus,
@@ -30,6 +29,7 @@ from millstream.cache.bus import (
 from millstream.cache.metrics import CacheCollector, cache_families, register_cache_metrics
 from millstream.cache.read_cache import Cache
 from millstream.errors import ConfigError
+from millstream.urls import redact
 
 __all__ = [
     "Cache",

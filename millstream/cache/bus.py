@@ -15,8 +15,8 @@ import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from millstream.brokers import redact
 from millstream.errors import ConfigError
+from millstream.urls import redact
 
 if TYPE_CHECKING:
     from millstream.cache.read_cache import Cache

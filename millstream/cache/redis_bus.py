@@ -35,8 +35,8 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from millstream.brokers import redact
 from millstream.cache.bus import check_cache_url, database_number
+from millstream.urls import redact
 
 if TYPE_CHECKING:
     from millstream.cache.read_cache import Cache

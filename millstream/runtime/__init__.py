@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState, ConsumerStats
-from millstream.runtime.offsets import OffsetTracker
 from millstream.runtime.spec import ConsumerSpec
 
-__all__ = ["ConsumerRuntime", "ConsumerSpec", "ConsumerState", "ConsumerStats", "OffsetTracker"]
+__all__ = ["ConsumerRuntime", "ConsumerSpec", "ConsumerState", "ConsumerStats"]

@@ -22,6 +22,7 @@ from millstream.errors import AuthenticationError, BrokerError, ConfigError
 from millstream.message import Message
 from millstream.retry import RetryPolicy
 from millstream.runtime.attempts import UncountedDeliveries
+from millstream.runtime.chains import handler_chain
 from millstream.runtime.handler import Invoke, bind_handler, with_timeout
 from millstream.runtime.session import Session
 from millstream.runtime.spec import ConsumerSpec, key_function
@@ -91,10 +92,11 @@ class ConsumerRuntime:
         self._taken_over = 0  # by subscriptions that have ended
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        invoke = bind_handler(spec.handler, self._thread_pool, self._replace_thread_pool)
-        for link in reversed((*spec.links, with_timeout(spec.timeout or settings.handler_timeout))):
-            invoke = link(spec, invoke)
-        self.invoke: Invoke = invoke
+        self.invoke: Invoke = handler_chain(
+            spec,
+            bind_handler(spec.handler, self._thread_pool, self._replace_thread_pool),
+            (*spec.links, with_timeout(spec.timeout or settings.handler_timeout)),
+        )
 
     @property
     def max_inflight(self) -> int:

@@ -16,13 +16,12 @@ import typing
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 from pydantic import TypeAdapter, ValidationError
 
 from millstream.errors import DecodeError, HandlerSignatureError
 from millstream.message import Message
-from millstream.store.base import Transaction, current_transaction
 
 if TYPE_CHECKING:
     from millstream.runtime.spec import ConsumerSpec
@@ -30,9 +29,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Handler",
     "HandlerLink",
+    "Injected",
     "Invoke",
     "bind_handler",
-    "wants_transaction",
+    "injected_types",
     "with_timeout",
 ]
 
@@ -54,23 +54,42 @@ class HandlerLink(Protocol):
     def __call__(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke: ...
 
 
-# What fills a handler parameter, found by its type hint.
-_PAYLOAD, _ENVELOPE, _TRANSACTION = "payload", "envelope", "transaction"
+class Injected:
+    """A handler parameter type the runtime fills from context, not from the message.
+
+    The seam through which layers above the runtime hand a handler what it
+    needs: the store's ``Transaction`` subclasses it, and a handler taking a
+    ``tx: Transaction`` gets ``Transaction.current()`` on each call, in the
+    context its consumer's links set up. Only an ``async def`` handler may
+    take one (what it gives is used with ``await``).
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def current(cls) -> Self:
+        """The instance for the handler running now; raises if there is none."""
+        raise NotImplementedError
+
+
+# What fills a handler parameter, found by its type hint: the payload, the
+# envelope, or an ``Injected`` type's current instance.
+_PAYLOAD, _ENVELOPE = "payload", "envelope"
+Role = str | type[Injected]
 
 
 @dataclass(frozen=True, slots=True)
 class _Signature:
     decoder: Decoder
-    positional: tuple[str, ...]
+    positional: tuple[Role, ...]
     """What each leading positional parameter takes, in order."""
-    keywords: tuple[tuple[str, str], ...] = ()
+    keywords: tuple[tuple[str, Role], ...] = ()
     """(parameter name, what it takes) for the rest."""
 
     @property
-    def transaction(self) -> bool:
-        return _TRANSACTION in self.positional or any(
-            role == _TRANSACTION for _, role in self.keywords
-        )
+    def injected(self) -> frozenset[type[Injected]]:
+        roles = (*self.positional, *(role for _, role in self.keywords))
+        return frozenset(role for role in roles if isinstance(role, type))
 
 
 def _decode_bytes(message: Message) -> bytes:
@@ -118,7 +137,7 @@ def _decoder_for(hint: Any) -> Decoder:
 
 def _inspect(handler: Handler) -> _Signature:
     """Bind each parameter by its type hint, in any order: one takes the payload (decoded
-    by its hint), a ``Message`` one the envelope, a ``Transaction`` one the transaction."""
+    by its hint), a ``Message`` one the envelope, an ``Injected`` one its current instance."""
     name = getattr(handler, "__qualname__", repr(handler))
     try:
         parameters = list(inspect.signature(handler).parameters.values())
@@ -137,10 +156,11 @@ def _inspect(handler: Handler) -> _Signature:
             f"annotated with {_ACCEPTED}, e.g. `async def {name}(payment: Payment) -> None`"
         )
     roles = _roles(name, fillable, hints)
-    if _TRANSACTION in roles.values() and not _is_async(handler):
+    injected = [role for role in roles.values() if isinstance(role, type)]
+    if injected and not _is_async(handler):
         raise HandlerSignatureError(
-            f"handler {name} takes a store Transaction but is a plain def; "
-            f"make it `async def {name}(...)`: the transaction is used with await"
+            f"handler {name} takes a {injected[0].__name__} but is a plain def; "
+            f"make it `async def {name}(...)`: the {injected[0].__name__} is used with await"
         )
     payload = next(p for p in fillable if roles.get(p.name) == _PAYLOAD)
     try:
@@ -149,8 +169,8 @@ def _inspect(handler: Handler) -> _Signature:
         raise HandlerSignatureError(
             f"handler {name}: cannot decode into {hints[payload.name]!r} ({exc}); use {_ACCEPTED}"
         ) from exc
-    positional: list[str] = []
-    keywords: list[tuple[str, str]] = []
+    positional: list[Role] = []
+    keywords: list[tuple[str, Role]] = []
     for parameter in fillable:
         role = roles.get(parameter.name)
         if role is None:
@@ -167,10 +187,18 @@ def _inspect(handler: Handler) -> _Signature:
     return _Signature(decoder, tuple(positional), tuple(keywords))
 
 
-def _roles(name: str, parameters: list[inspect.Parameter], hints: dict[str, Any]) -> dict[str, str]:
+def _roles(
+    name: str, parameters: list[inspect.Parameter], hints: dict[str, Any]
+) -> dict[str, Role]:
     """What each parameter takes; raises ``HandlerSignatureError`` for one nothing fills."""
-    roles: dict[str, str] = {}
-    for role, hint in ((_TRANSACTION, Transaction), (_ENVELOPE, Message)):
+    roles: dict[str, Role] = {}
+    injected = {
+        hint
+        for p in parameters
+        if isinstance(hint := hints.get(p.name), type) and issubclass(hint, Injected)
+    }
+    filled: list[tuple[Role, type]] = [(hint, hint) for hint in injected]
+    for role, hint in (*filled, (_ENVELOPE, Message)):
         typed = [p.name for p in parameters if hints.get(p.name) is hint]
         if len(typed) > 1:
             raise HandlerSignatureError(
@@ -217,9 +245,9 @@ def check_handler(handler: Handler) -> None:
     _inspect(handler)
 
 
-def wants_transaction(handler: Handler) -> bool:
-    """Whether ``handler`` takes a store ``Transaction`` (it runs inside one)."""
-    return _inspect(handler).transaction
+def injected_types(handler: Handler) -> frozenset[type[Injected]]:
+    """The ``Injected`` types ``handler`` takes (a ``Transaction``: it runs inside one)."""
+    return _inspect(handler).injected
 
 
 def bind_handler(
@@ -280,12 +308,13 @@ def _caller(handler: Handler, signature: _Signature) -> Callable[[Message], Any]
     """A call of ``handler`` with each parameter filled as ``signature`` binds it."""
     decode = signature.decoder
 
-    def fill(role: str, message: Message) -> Any:
+    def fill(role: Role, message: Message) -> Any:
         if role == _PAYLOAD:
             return decode(message)
         if role == _ENVELOPE:
             return message
-        return current_transaction()
+        assert isinstance(role, type)
+        return role.current()
 
     positional, keywords = signature.positional, signature.keywords
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from millstream.errors import ConfigError, StoreError
-from millstream.message import new_message_id
+from millstream.message import encode, new_message_id
+from millstream.runtime.handler import Injected
 
 if TYPE_CHECKING:
     from millstream.cache import Cache
@@ -98,7 +99,7 @@ class _Reads(ABC):
         return None if row is None else next(iter(row.values()))
 
 
-class Transaction(_Reads):
+class Transaction(_Reads, Injected):
     """One database transaction; commits when its ``async with`` block ends without error.
 
     Besides SQL, a transaction carries what must happen only if it commits:
@@ -113,6 +114,11 @@ class Transaction(_Reads):
         self.store = store
         self.closed = False
         self._pending = _Pending()
+
+    @classmethod
+    def current(cls) -> Transaction:
+        """The transaction the running handler was given (how ``tx: Transaction`` is filled)."""
+        return current_transaction()
 
     # -- SQL ---------------------------------------------------------------
 
@@ -177,8 +183,6 @@ class Transaction(_Reads):
         consumers' idempotency ledger keys on, so a relay that publishes a
         row twice still has one effect.
         """
-        from millstream.app import encode
-
         self._check_open()
         message_id = new_message_id()
         self._pending.outbox.append(

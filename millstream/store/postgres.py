@@ -230,6 +230,6 @@ async def _applied(conn: asyncpg.Connection, digest: str) -> bool:
 
 
 def _redact(url: str) -> str:
-    from millstream.brokers import redact
+    from millstream.urls import redact
 
     return redact(url)

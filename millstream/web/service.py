@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from millstream.app import Millstream
-from millstream.brokers import redact
 from millstream.observability import tracing
 from millstream.observability.health import Health, check_store, collect
 from millstream.observability.metrics import Metrics
+from millstream.urls import redact
 from millstream.web.auth import BearerAuth
 
 __all__ = ["Service"]

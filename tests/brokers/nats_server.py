@@ -144,8 +144,8 @@ async def publish_raw(
 
 async def ensure_topic_stream(url: str, topic: str) -> None:
     """Create the topic's stream as millstream would, so a raw publish to the topic is stored."""
-    from millstream.brokers.nats import NatsBroker
-    from millstream.brokers.nats_names import Names
+    from millstream.brokers.nats.broker import NatsBroker
+    from millstream.brokers.nats.names import Names
 
     broker = NatsBroker.from_url(url)
     await broker.connect()
@@ -178,8 +178,8 @@ async def delete_streams(url: str, topic: str) -> None:
     import nats
     from nats.js.errors import NotFoundError
 
-    from millstream.brokers.nats_members import HELD_STREAM
-    from millstream.brokers.nats_names import Names
+    from millstream.brokers.nats.members import HELD_STREAM
+    from millstream.brokers.nats.names import Names
 
     names = Names(topic, "")
     dead_prefix = names.dead_stream.rsplit("_", 2)[0] + "_"

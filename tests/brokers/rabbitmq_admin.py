@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 import aiormq
 
-from millstream.brokers.rabbitmq import RabbitMqBroker
-from millstream.brokers.rabbitmq_envelope import RETRY_STEPS_MS, Names
+from millstream.brokers.rabbitmq.broker import RabbitMqBroker
+from millstream.brokers.rabbitmq.wire import RETRY_STEPS_MS, Names
 
 __all__ = ["HOST", "PORT", "SHARED", "delete_declared", "delete_names"]
 

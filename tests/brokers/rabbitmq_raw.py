@@ -23,8 +23,8 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from millstream.brokers.rabbitmq_envelope import Names
-from millstream.brokers.rabbitmq_topology import declare_topic
+from millstream.brokers.rabbitmq.topology import declare_topic
+from millstream.brokers.rabbitmq.wire import Names
 
 __all__ = ["MALFORMED", "Raw", "publish_frames", "publish_malformed", "publish_raw"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from millstream import Millstream
-from millstream.brokers.addresses import url_hosts
 from millstream.errors import ConfigError
+from millstream.urls import url_hosts
 
 
 def test_the_hosts_of_a_url_are_read_with_ports_users_and_lists() -> None:

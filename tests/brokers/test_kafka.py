@@ -21,8 +21,8 @@ from aiokafka.structs import TopicPartition
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
 from millstream.brokers.base import Subscription
-from millstream.brokers.kafka import KafkaBroker
-from millstream.brokers.kafka_offsets import GroupOffsets
+from millstream.brokers.kafka.broker import KafkaBroker
+from millstream.brokers.kafka.offsets import GroupOffsets
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests.brokers import scenarios

@@ -12,8 +12,8 @@ from typing import cast
 import pytest
 from aiokafka.structs import TopicPartition
 
-from millstream.brokers.kafka_marks import DeliveryMarks
-from millstream.brokers.kafka_offsets import GroupOffsets
+from millstream.brokers.kafka.marks import DeliveryMarks
+from millstream.brokers.kafka.offsets import GroupOffsets
 from millstream.errors import BrokerUnavailable
 
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from millstream.brokers.memory import MemoryBroker, MemoryHub
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub
 from millstream.message import OutgoingMessage
 
 

@@ -22,8 +22,8 @@ import pytest
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
 from millstream.brokers.base import Subscription
-from millstream.brokers.nats import NatsBroker, NatsSubscription
-from millstream.brokers.nats_names import Names
+from millstream.brokers.nats.broker import NatsBroker, NatsSubscription
+from millstream.brokers.nats.names import Names
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
 from tests.brokers import scenarios

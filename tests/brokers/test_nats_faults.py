@@ -19,8 +19,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
 from millstream import Message, Millstream
-from millstream.brokers.nats import NatsBroker, NatsSubscription
-from millstream.brokers.nats_names import Names
+from millstream.brokers.nats.broker import NatsBroker, NatsSubscription
+from millstream.brokers.nats.names import Names
 from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
 from tests.brokers.nats_server import delete_streams, publish_malformed, publish_raw

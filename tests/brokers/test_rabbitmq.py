@@ -20,8 +20,8 @@ import pytest
 
 from millstream import Millstream
 from millstream.brokers import connect
-from millstream.brokers.rabbitmq import RabbitMqBroker
-from millstream.brokers.rabbitmq_envelope import retry_step
+from millstream.brokers.rabbitmq.broker import RabbitMqBroker
+from millstream.brokers.rabbitmq.wire import retry_step
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
 from tests.brokers import scenarios

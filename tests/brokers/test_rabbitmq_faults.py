@@ -20,7 +20,7 @@ import pytest
 from pamqp.commands import Basic
 
 from millstream import Message, Millstream, Retry
-from millstream.brokers.rabbitmq import RabbitMqBroker
+from millstream.brokers.rabbitmq.broker import RabbitMqBroker
 from millstream.errors import RetryableError
 from millstream.runtime import ConsumerState
 from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names

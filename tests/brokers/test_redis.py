@@ -23,8 +23,8 @@ from redis.asyncio.connection import SSLConnection
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
 from millstream.brokers.base import Subscription
-from millstream.brokers.redis import RedisBroker
-from millstream.brokers.redis_connection import open_pool
+from millstream.brokers.redis.broker import RedisBroker
+from millstream.brokers.redis.connection import open_pool
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
 from tests.brokers import scenarios

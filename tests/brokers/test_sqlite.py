@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from millstream.brokers import connect
-from millstream.brokers.sqlite import SqliteBroker, SqliteSubscription
-from millstream.brokers.sqlite_schema import SCHEMA_VERSION
+from millstream.brokers.sqlite.broker import SqliteBroker, SqliteSubscription
+from millstream.brokers.sqlite.schema import SCHEMA_VERSION
 from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.message import Message, OutgoingMessage
 from tests.brokers import sqlite_raw
@@ -115,7 +115,7 @@ async def test_messages_published_by_another_process_are_consumed(tmp_path: Path
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from millstream.brokers.sqlite import SqliteBroker
+        from millstream.brokers.sqlite.broker import SqliteBroker
         from millstream.message import OutgoingMessage
 
         async def main() -> None:

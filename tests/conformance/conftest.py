@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from millstream.brokers.base import Broker
-from millstream.brokers.memory import MemoryBroker, MemoryHub
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -105,7 +105,7 @@ def _memory(tmp_path: Path) -> BrokerFactory:
 def _sqlite(tmp_path: Path) -> BrokerFactory:
     import asyncio
 
-    from millstream.brokers.sqlite import SqliteBroker
+    from millstream.brokers.sqlite.broker import SqliteBroker
     from tests.brokers import sqlite_raw
 
     path = tmp_path / "broker.db"
@@ -196,7 +196,7 @@ def _redis(tmp_path: Path) -> BrokerFactory:
     require_service("Redis", "127.0.0.1", 6379)
     import redis.asyncio
 
-    from millstream.brokers.redis import RedisBroker
+    from millstream.brokers.redis.broker import RedisBroker
     from tests.brokers.redis_server import RedisServer
 
     def make(proxy: TcpProxy) -> Broker:

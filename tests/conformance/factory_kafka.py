@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from millstream.brokers.kafka import KafkaBroker
+from millstream.brokers.kafka.broker import KafkaBroker
 from tests.brokers import kafka_raw
 from tests.brokers.tansu import QUIRKS, shared_tansu, via
 from tests.conformance.conftest import BrokerFactory, Malformed, proxied

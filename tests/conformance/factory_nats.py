@@ -26,7 +26,7 @@ URL = f"nats://{HOST}:{PORT}"
 
 def factory(tmp_path: Path) -> BrokerFactory:
     require_service("NATS", HOST, PORT)
-    from millstream.brokers.nats import NatsBroker
+    from millstream.brokers.nats.broker import NatsBroker
     from tests.brokers import nats_server
 
     def make(proxy: TcpProxy) -> Broker:

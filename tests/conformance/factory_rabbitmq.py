@@ -20,7 +20,7 @@ from tests.proxy import TcpProxy
 
 def factory(tmp_path: Path) -> BrokerFactory:
     require_service("RabbitMQ", "127.0.0.1", 5672)
-    from millstream.brokers.rabbitmq import RabbitMqBroker
+    from millstream.brokers.rabbitmq.broker import RabbitMqBroker
     from tests.brokers import rabbitmq_raw
     from tests.brokers.rabbitmq_admin import SHARED, delete_declared, delete_names
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from millstream import BrokerUnavailable, Message, Millstream, Retry
-from millstream.brokers.memory import MemoryBroker
+from millstream.brokers.memory.broker import MemoryBroker
 from millstream.observability import tracing
 from tests.support import until
 

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from millstream import Millstream, RetryPolicy, Transaction
-from millstream.brokers.memory import MemoryBroker, MemoryHub
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub
 from millstream.message import OutgoingMessage
 from millstream.store import open_store
 from millstream.store.outbox import OutboxRelay

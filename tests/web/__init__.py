@@ -13,7 +13,7 @@ import jwt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from millstream import Millstream
-from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub, MemorySubscription
 from millstream.errors import BrokerUnavailable
 
 SECRET = "a-test-secret-long-enough-for-hs256-keys"

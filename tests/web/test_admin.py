@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from millstream import FatalError, Millstream
-from millstream.brokers.memory import MemoryHub
+from millstream.brokers.memory.broker import MemoryHub
 from millstream.runtime import ConsumerState
 from tests.conftest import require_service
 from tests.support import until

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from millstream import Millstream
-from millstream.brokers.memory import MemoryHub
+from millstream.brokers.memory.broker import MemoryHub
 from millstream.errors import AuthenticationError
 from millstream.runtime import ConsumerState
 from tests.support import until

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from millstream import FatalError, Message, Millstream, RetryPolicy
 from millstream.brokers.base import Lag
-from millstream.brokers.memory import MemoryBroker, MemoryHub, MemorySubscription
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub, MemorySubscription
 from millstream.message import OutgoingMessage
 from tests.support import until
 from tests.web import memory_app, serving

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from millstream.brokers.memory import MemoryHub
+from millstream.brokers.memory.broker import MemoryHub
 from millstream.runtime import ConsumerState
 from tests.support import until
 from tests.web import Lifespan, bearer, client, memory_app, serving

@@ -1,0 +1,210 @@
+"""The Redis Streams broker: ``redis://`` and ``rediss://`` (redis-py asyncio with hiredis).
+
+A topic is a stream; a group is a consumer group on it, created from the
+start of the stream so a backlog published before the first consumer is
+delivered. Each member reads the topic and its group's retry stream in one
+``XREADGROUP``, and settles a batch in one round trip (``XACK``, or one Lua
+script when the batch holds retries or dead letters). Retries and dead
+letters are per group, so a retry never reaches another group. The key
+layout is in :mod:`millstream.brokers.redis.wire`, the scripts in
+:mod:`millstream.brokers.redis.scripts`.
+
+Each member keeps what it holds alive, moves due retries, takes over what
+dead members held (``XAUTOCLAIM`` after the lease) and trims the topic as
+part of its fetches (:mod:`millstream.brokers.redis.subscription`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
+
+from redis.asyncio import ConnectionPool, Redis
+
+from millstream.brokers.base import Capabilities
+from millstream.brokers.redis import scripts
+from millstream.brokers.redis.connection import (
+    RedisOptions,
+    Silent,
+    execute,
+    open_pool,
+    parse_url,
+    queue,
+    server_version,
+    translated,
+)
+from millstream.brokers.redis.dead_letters import RedisDeadLetters
+from millstream.brokers.redis.subscription import HOUSEKEEPING_MAX, RedisSubscription
+from millstream.brokers.redis.wire import Keys, encode
+from millstream.errors import BrokerError, BrokerUnavailable
+from millstream.message import OutgoingMessage
+from millstream.urls import redact, refuse_unknown_hosts
+
+__all__ = ["RedisBroker", "RedisDeadLetters", "RedisSubscription"]
+
+T = TypeVar("T")
+Unseen = tuple[Sequence[bytes], Sequence[bytes]]
+
+_PUBLISH_CHUNK = 10_000  # XADDs per pipeline: bounds the client's buffers, not the batch
+_OLDEST = (6, 2)  # XAUTOCLAIM and XPENDING IDLE; the lag needs 7.0 (None before)
+
+
+class RedisBroker:
+    """One connection pool to a Redis server, shared by the publisher and every subscription.
+
+    ``redis://[[user]:password@]host:6379[/db]`` or ``rediss://`` for TLS,
+    with ``lease=SECONDS`` (default 30: how long a member that stopped
+    calling keeps its messages before another member takes them over) and
+    ``trim=SECONDS`` (default 10: how often a member trims the topic below
+    what every group still needs; 0 turns trimming off). Other query
+    parameters go to redis-py as they are.
+    """
+
+    capabilities = Capabilities(native_delay=True, durable=True)
+
+    def __init__(self, url: str, options: RedisOptions | None = None) -> None:
+        self.url = url
+        self.options = options if options is not None else parse_url(url)
+        self._pool: ConnectionPool | None = None
+        self._client: Redis | None = None
+        self._subscriptions: list[RedisSubscription] = []
+        self._version_checked = False
+        # Per (keys, member name): what a subscription that could not release
+        # had buffered and never handed out, for the next one under that name.
+        self._unseen: dict[tuple[Keys, str], Unseen] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBroker:
+        """The broker for ``url``; raises ``ConfigError`` naming what is wrong with it."""
+        return cls(url, parse_url(url))
+
+    async def connect(self) -> None:
+        """Make sure the server answers (and accepts the credentials); safe to repeat."""
+        if self._client is None:
+            self._pool = open_pool(self.options)
+            self._client = Redis(connection_pool=self._pool)
+            self._version_checked = False
+        if self._version_checked:
+            await self.call(lambda client: execute(client, "PING"))
+            return
+        try:
+            found = await self.call(server_version)
+        except BrokerUnavailable as exc:
+            await refuse_unknown_hosts(self.url, exc)
+            raise
+        if found is not None and _release(found) < _OLDEST:
+            raise BrokerError(
+                f"broker {redact(self.url)} runs Redis {found}; millstream needs "
+                f"{'.'.join(map(str, _OLDEST))} or newer (XAUTOCLAIM, XPENDING IDLE)"
+            )
+        self._version_checked = True
+
+    async def close(self) -> None:
+        """Close every subscription (releasing what it holds), then the connections."""
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        pool, self._pool, self._client = self._pool, None, None
+        if pool is not None:
+            with suppress(Exception):
+                await pool.aclose()
+
+    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``operation`` on the shared client, with redis-py's errors translated.
+
+        Idle pooled connections can all be dead after a server restart or a
+        failover, and redis-py finds out only by using one; so an operation
+        that failed on a dead connection runs once more on a fresh one (not
+        one the server left unanswered: that one would wait as long again). Only operations that
+        may run twice come here: idempotent ones, and publishing, which is
+        at-least-once with the same message ids.
+        """
+        client = self.client()
+        try:
+            with translated(self.url):
+                return await operation(client)
+        except Silent:
+            raise  # a server that stopped answering would keep a fresh connection waiting too
+        except BrokerUnavailable:
+            pool = self._pool
+            if pool is None:
+                raise
+            await pool.disconnect(inuse_connections=False)
+            with translated(self.url):
+                return await operation(client)
+
+    async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Append ``messages`` to the topic's stream, pipelined; returns once Redis has them all."""
+        stream = topic.encode()
+        for start in range(0, len(messages), _PUBLISH_CHUNK):
+            await self._append(stream, messages[start : start + _PUBLISH_CHUNK])
+
+    async def _append(self, stream: bytes, chunk: Sequence[OutgoingMessage]) -> None:
+        async def pipelined(client: Redis) -> None:
+            pipe = client.pipeline(transaction=False)
+            for out in chunk:
+                queue(pipe, "XADD", stream, "*", *encode(out))
+            await pipe.execute()
+
+        await self.call(pipelined)
+
+    async def subscribe(
+        self, topic: str, group: str, *, prefetch: int, member: str | None = None
+    ) -> RedisSubscription:
+        """Join ``group`` on ``topic``, creating it at the start of the stream if it is new.
+
+        ``member`` is the name Redis knows the member by (``XINFO CONSUMERS``);
+        its first fetches take back at once what that name still holds (a
+        predecessor that crashed), counted as an attempt. ``None`` makes a
+        fresh name, whose predecessor's messages come back after the lease.
+        """
+        keys = Keys(topic, group)
+        await self.ensure_group(keys)
+        # Its own connection: a blocking XREADGROUP must not hold one the
+        # publisher or the settler need, and a dropped one must be noticed.
+        reader = Redis(connection_pool=self._pool, single_connection_client=True)
+        # Entries are decoded straight into messages (redis_entries.messages).
+        reader.set_response_callback("XREADGROUP", _raw_reply)
+        # A blocking read must end well within the socket timeout, or an idle
+        # topic would look like a dead connection (?socket_timeout= in the URL).
+        socket_timeout = self._pool.connection_kwargs.get("socket_timeout") if self._pool else None
+        longest_wait = socket_timeout / 2 if socket_timeout else HOUSEKEEPING_MAX
+        subscription = RedisSubscription(self, keys, reader, longest_wait, member)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def dead_letters(self, topic: str, group: str) -> RedisDeadLetters:
+        """The dead-letter queue of ``topic`` and ``group`` (looking creates nothing)."""
+        self.client()
+        return RedisDeadLetters(self, Keys(topic, group))
+
+    async def ensure_group(self, keys: Keys) -> None:
+        """Create the group on the topic and its retry stream, from id 0, unless it exists."""
+        await self.call(lambda c: scripts.ENSURE(c, [keys.stream, keys.retry], [keys.group]))
+
+    def remember_unseen(self, keys: Keys, member: str, unseen: Unseen) -> None:
+        """Keep what a member buffered and never handed out, by stream, for its successor."""
+        self._unseen[keys, member] = unseen
+
+    def unseen(self, keys: Keys, member: str) -> Unseen:
+        """What a predecessor under ``member`` buffered and never handed out (once)."""
+        return self._unseen.pop((keys, member), ((), ()))
+
+    def forget(self, subscription: RedisSubscription) -> None:
+        """Stop tracking a closed subscription."""
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    def client(self) -> Redis:
+        """The shared client, else ``BrokerUnavailable`` (not connected, or closed)."""
+        if self._client is None:
+            raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
+        return self._client
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
