@@ -34,7 +34,7 @@ lint: install-test
 	$(BIN)/lint-imports
 
 ## make bench: throughput and memory, printed as a table
-bench: install
+bench: install-test
 	$(BIN)/python -m bench
 
 clean:
