@@ -211,7 +211,7 @@ class ConsumerRuntime:
                 subscription = await self.broker.subscribe(
                     spec.topic, spec.group, prefetch=self.prefetch, member=self.member
                 )
-                self._session = self._session_over(subscription)
+                self._session = self._session_for(subscription)
                 self._set_state(ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING)
                 await self._session.run(self._stopping)
             except (AuthenticationError, ConfigError) as exc:
@@ -250,7 +250,7 @@ class ConsumerRuntime:
                     self._taken_over += self._session.taken_over
                 self._session = None
 
-    def _session_over(self, subscription: Subscription) -> Session:
+    def _session_for(self, subscription: Subscription) -> Session:
         settings = self.settings
         limits = Limits(
             concurrency=self.concurrency,

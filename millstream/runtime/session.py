@@ -289,7 +289,7 @@ class Session:
         if isinstance(outcome, Requeue):
             self._stats.retried += 1
             log.warning(
-                "consumer %s: message %s failed on attempt %d, retrying in %.2fs: %s",
+                "consumer %s: message %s failed on attempt %d, requeued for %.2fs: %s",
                 self.name,
                 message.id,
                 message.attempt,
