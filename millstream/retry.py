@@ -8,12 +8,7 @@ from dataclasses import dataclass, field
 
 from millstream.errors import ConfigError, FatalError, RetryableError
 
-__all__ = ["Ack", "Dead", "Outcome", "Requeue", "Retry", "RetryPolicy", "describe"]
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """The handler finished: acknowledge the message."""
+__all__ = ["Dead", "Requeue", "Retry", "RetryPolicy", "describe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +23,6 @@ class Dead:
     """Park the message in the dead-letter queue with ``reason``."""
 
     reason: str
-
-
-Outcome = Ack | Requeue | Dead
-ACK = Ack()
 
 
 def describe(exc: BaseException) -> str:
@@ -112,4 +103,5 @@ class RetryPolicy:
 
 
 Retry = RetryPolicy
-"""The name users write in ``@ms.consumer(..., retry=Retry(...))``."""
+"""The same class as :class:`RetryPolicy`, under the shorter name users write in
+``@ms.consumer(..., retry=Retry(...))``."""

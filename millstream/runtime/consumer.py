@@ -13,19 +13,18 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from millstream.brokers.base import Broker, Lag
+from millstream.brokers.base import Broker, Lag, Subscription
 from millstream.errors import AuthenticationError, BrokerError, ConfigError
-from millstream.message import Message
 from millstream.retry import RetryPolicy
 from millstream.runtime.attempts import UncountedDeliveries
 from millstream.runtime.chains import handler_chain
+from millstream.runtime.dispatcher import KeyOf
 from millstream.runtime.handler import Invoke, bind_handler, with_timeout
-from millstream.runtime.session import Session
+from millstream.runtime.session import Limits, Session
 from millstream.runtime.spec import ConsumerSpec, key_function
+from millstream.runtime.stats import ConsumerStats
 from millstream.settings import Settings
 
 __all__ = ["ConsumerRuntime", "ConsumerState", "ConsumerStats"]
@@ -41,20 +40,6 @@ class ConsumerState(enum.StrEnum):
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
-
-
-@dataclass
-class ConsumerStats:
-    """Plain counters, cheap to bump on the hot path and read by metrics and health."""
-
-    consumed: int = 0
-    acked: int = 0
-    retried: int = 0
-    dead: int = 0
-    reconnects: int = 0
-    abandoned_threads: int = 0
-    last_poll: float | None = None
-    last_error: str | None = None
 
 
 class ConsumerRuntime:
@@ -75,7 +60,7 @@ class ConsumerRuntime:
         self.broker = broker
         self.settings = settings
         self.retry: RetryPolicy = spec.retry
-        self.key_of: Callable[[Message], str | None] = key_function(spec.key)
+        self.key_of: KeyOf = key_function(spec.key)
         self.prefetch = spec.prefetch or settings.prefetch
         self.concurrency = spec.concurrency
         self._explicit_inflight = spec.max_inflight or settings.max_inflight
@@ -109,12 +94,13 @@ class ConsumerRuntime:
     def taken_over(self) -> int:
         """Messages this consumer took over from members that crashed, since it was made."""
         session = self._session
-        return self._taken_over + (session.subscription.taken_over if session is not None else 0)
+        return self._taken_over + (session.taken_over if session is not None else 0)
 
     @property
     def inflight(self) -> int:
+        """Messages fetched and not yet settled: what ``max_inflight`` bounds."""
         session = self._session
-        return session.held if session is not None else 0
+        return session.inflight if session is not None else 0
 
     async def start(self) -> None:
         """Start supervising; returns once the first connection attempt has an outcome."""
@@ -155,13 +141,11 @@ class ConsumerRuntime:
             self._set_state(ConsumerState.PAUSED)
 
     def resume(self) -> None:
+        """Fetch again."""
         self.paused = False
         self._resumed.set()
         if self.state is ConsumerState.PAUSED:
             self._set_state(ConsumerState.RUNNING)
-
-    async def wait_resumed(self) -> None:
-        await self._resumed.wait()
 
     def set_concurrency(self, concurrency: int) -> None:
         """Change the number of workers now; messages in flight are unaffected."""
@@ -172,7 +156,7 @@ class ConsumerRuntime:
             old, self._executor = self._executor, None
             old.shutdown(wait=False)
         if self._session is not None:
-            self._session.dispatcher.set_concurrency(concurrency)
+            self._session.set_concurrency(concurrency, self.max_inflight)
 
     async def lag(self) -> Lag | None:
         """The group's backlog, or ``None`` when not connected or not known."""
@@ -180,7 +164,7 @@ class ConsumerRuntime:
         if session is None:
             return None
         try:
-            return await session.subscription.lag()
+            return await session.lag()
         except BrokerError:
             return None
 
@@ -227,7 +211,7 @@ class ConsumerRuntime:
                 subscription = await self.broker.subscribe(
                     spec.topic, spec.group, prefetch=self.prefetch, member=self.member
                 )
-                self._session = Session(self, subscription)
+                self._session = self._session_for(subscription)
                 self._set_state(ConsumerState.PAUSED if self.paused else ConsumerState.RUNNING)
                 await self._session.run(self._stopping)
             except (AuthenticationError, ConfigError) as exc:
@@ -239,7 +223,9 @@ class ConsumerRuntime:
             except Exception as exc:
                 # Backoff starts over only after a session that got outcomes
                 # through; one that fails before that keeps backing off.
-                progressed = self._session is not None and self._session.proved_itself()
+                progressed = self._session is not None and self._session.proved_itself(
+                    self.settings.reconnect_max_backoff
+                )
                 failures = 1 if progressed else failures + 1
                 self.stats.reconnects += 1
                 self.stats.last_error = str(exc)
@@ -261,5 +247,28 @@ class ConsumerRuntime:
                         await self._stopping.wait()
             finally:
                 if self._session is not None:
-                    self._taken_over += self._session.subscription.taken_over
+                    self._taken_over += self._session.taken_over
                 self._session = None
+
+    def _session_for(self, subscription: Subscription) -> Session:
+        settings = self.settings
+        limits = Limits(
+            concurrency=self.concurrency,
+            max_inflight=self.max_inflight,
+            prefetch=self.prefetch,
+            poll_timeout=settings.poll_timeout,
+            settle_batch=settings.settle_batch,
+            settle_interval=settings.settle_interval,
+            drain_timeout=settings.drain_timeout,
+        )
+        return Session(
+            subscription,
+            name=self.name,
+            invoke=self.invoke,
+            key_of=self.key_of,
+            retry=self.retry,
+            limits=limits,
+            stats=self.stats,
+            uncounted=self.uncounted,
+            resumed=self._resumed,
+        )

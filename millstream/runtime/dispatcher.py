@@ -14,18 +14,19 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from millstream.message import Message
+from millstream.runtime.handler import Invoke
 from millstream.runtime.tasks import cancel_and_wait
 
-__all__ = ["Dispatcher", "Outcomes"]
+__all__ = ["Dispatcher", "KeyOf", "Outcomes"]
 
 log = logging.getLogger("millstream.runtime")
 
-Invoke = Callable[[Message], Awaitable[None]]
 KeyOf = Callable[[Message], str | None]
+"""Reads a message's ordering key; ``None``: no order to keep."""
 
 # Handlers that do not suspend run at most this long, all workers together,
 # before the loop gets to poll its sockets again: a burst of instant handlers
@@ -59,8 +60,7 @@ class Dispatcher:
 
     Each outcome goes to ``outcomes`` the moment ``invoke`` returns or raises;
     if reporting it raises, the error is logged and the message left
-    unsettled. ``inflight`` counts messages submitted and not yet processed,
-    ``running`` those whose handler has started.
+    unsettled. ``running`` counts the handlers started and not finished.
     """
 
     def __init__(
@@ -82,11 +82,9 @@ class Dispatcher:
         self._settled: asyncio.Event = asyncio.Event()
         self._settled.set()
         self._draining = False
-        self.running = 0  # handlers started and not finished
-        self.inflight = 0
+        self.running = 0
         self._turn = 0  # renewals of the shared hold; a worker that yields renews it
         self._turn_started = 0.0
-        self.concurrency = 0
         self.set_concurrency(concurrency)
 
     def submit(self, messages: Iterable[Message]) -> None:
@@ -94,14 +92,12 @@ class Dispatcher:
         key_of = self._key_of
         waiting = self._waiting
         ready = self._ready
-        added = 0
         for message in messages:
             try:
                 key = key_of(message)
             except Exception as exc:
                 self._outcomes.unkeyable(message, exc)
                 continue
-            added += 1
             if key is None:
                 ready.append((message, None))
             elif key in waiting:
@@ -109,9 +105,7 @@ class Dispatcher:
             else:
                 waiting[key] = deque()
                 ready.append((message, key))
-        if added:
-            self.inflight += added
-            self._wake(len(ready))
+        self._wake(len(ready))
 
     def set_concurrency(self, concurrency: int) -> None:
         """Grow or shrink the worker pool; a retired worker finishes its message first."""
@@ -126,7 +120,6 @@ class Dispatcher:
                 self._work(worker), name=f"millstream:{self._name}:worker"
             )
             self._workers.append(worker)
-        self.concurrency = concurrency
         self._workers = [w for w in self._workers if not w.retired or not _finished(w)]
         self._wake(len(self._idle))
 
@@ -225,7 +218,6 @@ class Dispatcher:
                 self._wake(1)
             else:
                 del self._waiting[key]
-        self.inflight -= 1
         if self._draining and not self.running:
             self._settled.set()
 

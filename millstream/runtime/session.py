@@ -13,21 +13,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from millstream.brokers.base import Subscription
+from millstream.brokers.base import Lag, Subscription
 from millstream.errors import BrokerError
 from millstream.message import Message
-from millstream.retry import Dead, Requeue, describe
-from millstream.runtime.attempts import ACKED
-from millstream.runtime.dispatcher import Dispatcher
+from millstream.retry import Dead, Requeue, RetryPolicy, describe
+from millstream.runtime.attempts import ACKED, UncountedDeliveries
+from millstream.runtime.dispatcher import Dispatcher, KeyOf
+from millstream.runtime.handler import Invoke
 from millstream.runtime.settler import Settled, Settler
+from millstream.runtime.stats import ConsumerStats
 from millstream.runtime.tasks import cancel_and_wait
 
-if TYPE_CHECKING:
-    from millstream.runtime.consumer import ConsumerRuntime
-
-__all__ = ["Session"]
+__all__ = ["Limits", "Session"]
 
 log = logging.getLogger("millstream.runtime")
 
@@ -36,32 +36,89 @@ log = logging.getLogger("millstream.runtime")
 _KEEPALIVE = 0.25
 
 
-class Session:
-    """Fetch loop, dispatcher and settler over one subscription."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much a session holds at once and how it paces fetching and settling."""
 
-    def __init__(self, consumer: ConsumerRuntime, subscription: Subscription) -> None:
-        settings = consumer.settings
-        self.consumer = consumer
-        self.subscription = subscription
-        self.held = 0  # fetched and not yet settled: what max_inflight bounds
-        self.settled = 0  # outcomes the broker accepted: proof the session works
-        self.started_at = time.monotonic()
+    concurrency: int
+    """Handlers running at once."""
+    max_inflight: int
+    """Messages fetched and not yet settled, at most."""
+    prefetch: int
+    """Messages asked for in one fetch, at most."""
+    poll_timeout: float
+    """Seconds one fetch waits for the first message."""
+    settle_batch: int
+    """Outcomes that make the settler flush at once."""
+    settle_interval: float
+    """Seconds an outcome waits for others to share its round trip, at most."""
+    drain_timeout: float
+    """Seconds a graceful stop waits for running handlers before cancelling them."""
+
+
+class Session:
+    """Fetch loop, dispatcher and settler over one subscription.
+
+    Messages go to ``invoke`` on ``limits.concurrency`` workers, in order per
+    ``key_of``; what becomes of each follows ``retry``. ``stats`` and
+    ``uncounted`` belong to the consumer and outlive the session. Fetching
+    waits while ``resumed`` is clear.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        name: str,
+        invoke: Invoke,
+        key_of: KeyOf,
+        retry: RetryPolicy,
+        limits: Limits,
+        stats: ConsumerStats,
+        uncounted: UncountedDeliveries,
+        resumed: asyncio.Event,
+    ) -> None:
+        self.name = name
+        self.inflight = 0
+        """Messages fetched and not yet settled: what ``max_inflight`` bounds."""
+        self._subscription = subscription
+        self._retry = retry
+        self._limits = limits
+        self._max_inflight = limits.max_inflight
+        self._stats = stats
+        self._uncounted = uncounted
+        self._resumed = resumed
+        self._settled_count = 0  # outcomes the broker accepted: proof the session works
         self._settled_again = 0  # redeliveries whose lost outcome was applied again
+        self._started_at = time.monotonic()
         self._room = asyncio.Event()
-        self.settler = Settler(
+        self._settler = Settler(
             subscription,
-            batch=settings.settle_batch,
-            interval=settings.settle_interval,
+            batch=limits.settle_batch,
+            interval=limits.settle_interval,
             on_settled=self._settled,
         )
-        self.dispatcher = Dispatcher(
-            consumer.invoke, self, consumer.key_of, consumer.concurrency, consumer.name
-        )
+        self._dispatcher = Dispatcher(invoke, self, key_of, limits.concurrency, name)
 
-    def proved_itself(self) -> bool:
-        """The broker accepted outcomes, or the session outlived a full reconnect backoff."""
-        lived = time.monotonic() - self.started_at
-        return self.settled > 0 or lived > self.consumer.settings.reconnect_max_backoff
+    @property
+    def taken_over(self) -> int:
+        """Messages the subscription took over from members that crashed."""
+        return self._subscription.taken_over
+
+    async def lag(self) -> Lag | None:
+        """The group's backlog, as the subscription tells it."""
+        return await self._subscription.lag()
+
+    def set_concurrency(self, concurrency: int, max_inflight: int) -> None:
+        """Run ``concurrency`` handlers at once and hold up to ``max_inflight`` messages."""
+        self._dispatcher.set_concurrency(concurrency)
+        self._max_inflight = max_inflight
+        self._room.set()  # a fetch loop waiting for room may have some now
+
+    def proved_itself(self, patience: float) -> bool:
+        """The broker accepted outcomes, or the session lived longer than ``patience``."""
+        lived = time.monotonic() - self._started_at
+        return self._settled_count > 0 or lived > patience
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set (drain and return) or the broker fails (raise).
@@ -70,9 +127,9 @@ class Session:
         running handlers are cancelled rather than drained, outcomes are
         flushed and the subscription is closed, then the cancellation goes on.
         """
-        name = self.consumer.name
+        name = self.name
         fetch = asyncio.create_task(self._fetch_loop(), name=f"millstream:{name}:fetch")
-        settle = asyncio.create_task(self.settler.run(), name=f"millstream:{name}:settle")
+        settle = asyncio.create_task(self._settler.run(), name=f"millstream:{name}:settle")
         stop = asyncio.create_task(stopping.wait())
         cancelled = False
         try:
@@ -94,7 +151,7 @@ class Session:
             await asyncio.shield(finish)
         except asyncio.CancelledError:
             cancelled = True
-            self.dispatcher.abandon_drain()
+            self._dispatcher.abandon_drain()
             await asyncio.shield(finish)
         if cancelled:
             raise asyncio.CancelledError
@@ -102,63 +159,65 @@ class Session:
             raise failure
 
     async def _finish(self, settle: asyncio.Task[None], *, drain: bool) -> None:
-        consumer = self.consumer
-        timeout = consumer.settings.drain_timeout if drain else 0.0
+        dispatcher = self._dispatcher
+        timeout = self._limits.drain_timeout if drain else 0.0
         # Leases must outlive the drain, or a slow handler's message goes to
         # another member while it still runs.
         keepalive = asyncio.create_task(self._keepalive())
         try:
-            if not await self.dispatcher.drain(timeout) and drain:
+            if not await dispatcher.drain(timeout) and drain:
                 log.warning(
                     "consumer %s: %d handler(s) still running after drain_timeout=%ss; "
                     "cancelling them, their messages will be redelivered",
-                    consumer.name,
-                    self.dispatcher.running,
+                    self.name,
+                    dispatcher.running,
                     timeout,
                 )
-            consumer.uncounted.remember(await self.dispatcher.stop())
-            self.settler.close()
+            self._uncounted.remember(await dispatcher.stop())
+            self._settler.close()
             try:
                 await settle  # done or not: this also retrieves an exception it ended with
             except Exception as exc:
-                log.warning("consumer %s: final settle failed: %s", consumer.name, exc)
+                log.warning("consumer %s: final settle failed: %s", self.name, exc)
             # Outcomes that came after the settler failed were never sent: the broker
             # redelivers those messages, and the handled ones were no failed attempt.
-            self._settled(self.settler.take_pending(), False)
+            self._settled(self._settler.take_pending(), False)
         finally:
             await cancel_and_wait(keepalive)
             with contextlib.suppress(BrokerError):
-                await self.subscription.close()
+                await self._subscription.close()
 
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(_KEEPALIVE)
             with contextlib.suppress(BrokerError):
-                await self.subscription.fetch(0, 0)
+                await self._subscription.fetch(0, 0)
 
     async def _fetch_loop(self) -> None:
-        consumer = self.consumer
-        settings = consumer.settings
-        fetch = self.subscription.fetch
+        fetch = self._subscription.fetch
+        resumed = self._resumed
+        prefetch = self._limits.prefetch
+        poll_timeout = self._limits.poll_timeout
+        stats = self._stats
         while True:
-            if consumer.paused:
-                await self._idle(consumer.wait_resumed())
+            if not resumed.is_set():
+                await self._idle(resumed.wait())
                 continue
-            limit = consumer.max_inflight
-            room = limit - self.held
-            if room < max(1, min(consumer.prefetch, limit) // 2):
+            limit = self._max_inflight
+            room = limit - self.inflight
+            if room < max(1, min(prefetch, limit) // 2):
                 # Not for a sliver: a small fetch costs a round trip like a
                 # whole one. Held messages settle and make room meanwhile.
                 if room <= 0:
-                    self.settler.flush_now()
+                    self._settler.flush_now()
                 self._room.clear()
                 await self._idle(self._room.wait())
                 continue
-            messages = await fetch(min(room, consumer.prefetch), settings.poll_timeout)
-            consumer.stats.last_poll = time.time()
+            messages = await fetch(min(room, prefetch), poll_timeout)
+            stats.last_poll = time.time()
             if messages:
-                self.held += len(messages)
-                consumer.stats.consumed += len(messages)
+                self.inflight += len(messages)
+                stats.consumed += len(messages)
                 self._submit(messages)
 
     async def _idle(self, until: Coroutine[Any, Any, Any]) -> None:
@@ -173,15 +232,15 @@ class Session:
             while not waiter.done():
                 done, _ = await asyncio.wait({waiter}, timeout=_KEEPALIVE)
                 if not done:
-                    await self.subscription.fetch(0, 0)
+                    await self._subscription.fetch(0, 0)
         finally:
             waiter.cancel()
 
     def _submit(self, messages: list[Message]) -> None:
-        uncounted = self.consumer.uncounted
+        uncounted = self._uncounted
         if uncounted and (decided := uncounted.correct(messages)):
             messages = self._settle_again(messages, decided)
-        limit = self.consumer.retry.attempts
+        limit = self._retry.attempts
         overdue = [message for message in messages if message.attempt > limit]
         if overdue:
             # Delivered more often than they may be tried without ever getting an
@@ -193,7 +252,7 @@ class Session:
                     "handling it may have crashed or been killed each time",
                 )
             messages = [message for message in messages if message.attempt <= limit]
-        self.dispatcher.submit(messages)
+        self._dispatcher.submit(messages)
 
     def _settle_again(
         self, messages: list[Message], decided: list[tuple[Message, str]]
@@ -203,7 +262,7 @@ class Session:
             log.info(
                 "consumer %s: redelivered messages already had an outcome before a lost "
                 "connection swallowed it; settling them again without handling them",
-                self.consumer.name,
+                self.name,
             )
         self._settled_again += len(decided)
         for message, outcome in decided:
@@ -217,50 +276,50 @@ class Session:
     # -- Outcomes, reported by the dispatcher ---------------------------------
 
     def succeeded(self, message: Message) -> None:
-        self.consumer.stats.acked += 1
-        self.settler.ack(message)
+        """The handler finished: ack ``message``."""
+        self._stats.acked += 1
+        self._settler.ack(message)
 
     def failed(self, message: Message, exc: BaseException) -> None:
-        consumer = self.consumer
+        """The handler raised ``exc``: requeue or dead-letter ``message``, as the policy says."""
         try:
-            outcome = consumer.retry.classify(exc, message.attempt)
+            outcome = self._retry.classify(exc, message.attempt)
         except Exception as error:  # a broken retry_on/dead_on must not strand the message
             outcome = Dead(f"retry policy failed ({error!r}) on {describe(exc)}")
         if isinstance(outcome, Requeue):
-            consumer.stats.retried += 1
+            self._stats.retried += 1
             log.warning(
-                "consumer %s: message %s failed on attempt %d, retrying in %.2fs: %s",
-                consumer.name,
+                "consumer %s: message %s failed on attempt %d, requeued for %.2fs: %s",
+                self.name,
                 message.id,
                 message.attempt,
                 outcome.delay,
                 exc,
             )
-            self.settler.retry(message, outcome.delay)
+            self._settler.requeue(message, outcome.delay)
         else:
             self._bury(message, outcome.reason)
 
     def _bury(self, message: Message, reason: str) -> None:
-        consumer = self.consumer
-        consumer.stats.dead += 1
+        self._stats.dead += 1
         log.error(
             "consumer %s: message %s dead-lettered on attempt %d: %s",
-            consumer.name,
+            self.name,
             message.id,
             message.attempt,
             reason,
         )
-        self.settler.dead(message, reason)
+        self._settler.dead(message, reason)
 
     def unkeyable(self, message: Message, exc: Exception) -> None:
         """The consumer's ``key=`` failed on this message: it can never be ordered."""
         self._bury(message, f"key function failed: {describe(exc)}")
 
     def _settled(self, batch: Settled, ok: bool) -> None:
-        self.held -= batch.size
-        uncounted = self.consumer.uncounted
+        self.inflight -= batch.size
+        uncounted = self._uncounted
         if ok:
-            self.settled += batch.size
+            self._settled_count += batch.size
             if uncounted:
                 uncounted.settled(batch.acks)
                 uncounted.settled(message for message, _ in batch.deads)

@@ -22,12 +22,14 @@ class Settled(NamedTuple):
 
 
 class Settler:
-    """Collects acks, retries and dead letters; flushes every ``interval`` or ``batch``.
+    """Collects acks, requeues and dead letters; flushes every ``interval`` or ``batch``.
 
-    Only ``run`` talks to the subscription, so batches never overlap. If
-    ``settle`` raises, the error is kept in ``failure`` and the batch is
-    dropped: the broker still holds those messages and redelivers them, which
-    is at-least-once.
+    Only ``run`` talks to the subscription, so batches never overlap. Every
+    batch is reported to ``on_settled`` with whether the broker took it. If
+    ``settle`` raises, ``run`` ends with that error and the batch is dropped:
+    the broker still holds those messages and redelivers them, which is
+    at-least-once. Outcomes that arrive after that stay collected until
+    ``take_pending``.
     """
 
     def __init__(
@@ -43,48 +45,50 @@ class Settler:
         self._interval = interval
         self._on_settled = on_settled
         self._acks: list[Message] = []
-        self._retries: list[tuple[Message, float]] = []
+        self._requeues: list[tuple[Message, float]] = []
         self._deads: list[tuple[Message, str]] = []
-        self.pending = 0
+        self._collected = 0  # outcomes of all three kinds since the last flush
         self._has_items = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
-        self.failure: BaseException | None = None
 
     def ack(self, message: Message) -> None:
+        """The handler finished: acknowledge ``message``."""
         self._acks.append(message)
         self._added()
 
-    def retry(self, message: Message, delay: float) -> None:
-        self._retries.append((message, delay))
+    def requeue(self, message: Message, delay: float) -> None:
+        """Deliver ``message`` again after ``delay`` seconds, as its next attempt."""
+        self._requeues.append((message, delay))
         self._added()
 
     def dead(self, message: Message, reason: str) -> None:
+        """Park ``message`` in the dead-letter queue with ``reason``."""
         self._deads.append((message, reason))
         self._added()
 
     def flush_now(self) -> None:
         """Ask ``run`` to flush without waiting for the interval (the fetch loop is starved)."""
-        if self.pending:
+        if self._collected:
             self._full.set()
 
     def _added(self) -> None:
-        self.pending += 1
-        if self.pending == 1:
+        self._collected += 1
+        if self._collected == 1:
             self._has_items.set()
-        if self.pending >= self._batch:
+        if self._collected >= self._batch:
             self._full.set()
 
     async def run(self) -> None:
-        """Flush until ``close``; raises what ``settle`` raised, after recording it."""
+        """Flush until ``close``; raises what ``settle`` raised."""
         while True:
             await self._has_items.wait()
-            if not self._closing and self.pending < self._batch:
+            if not self._closing and self._collected < self._batch:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._interval):
                         await self._full.wait()
             await self._flush()
-            if self._closing and not self.pending:
+            if self._closing and not self._collected:
                 return
 
     def close(self) -> None:
@@ -95,22 +99,21 @@ class Settler:
 
     def take_pending(self) -> Settled:
         """Take what is pending, unsent: ``run`` has ended and will not send it."""
-        batch = Settled(self.pending, self._acks, self._deads)
-        self._acks, self._retries, self._deads = [], [], []
-        self.pending = 0
+        batch = Settled(self._collected, self._acks, self._deads)
+        self._acks, self._requeues, self._deads = [], [], []
+        self._collected = 0
         self._has_items.clear()
         self._full.clear()
         return batch
 
     async def _flush(self) -> None:
-        retries = self._retries
+        requeues = self._requeues
         batch = self.take_pending()
         if not batch.size:
             return
         try:
-            await self._subscription.settle(batch.acks, retries, batch.deads)
-        except BaseException as exc:
-            self.failure = exc
+            await self._subscription.settle(batch.acks, requeues, batch.deads)
+        except BaseException:
             self._on_settled(batch, False)
             raise
         self._on_settled(batch, True)
