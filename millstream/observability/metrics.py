@@ -12,29 +12,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from millstream.message import Message, OutgoingMessage
-from millstream.runtime.consumer import ConsumerState
-from millstream.runtime.handler import Invoke
+from millstream.runtime.chains import Publish, PublishLink
+from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
+from millstream.runtime.handler import HandlerLink, Invoke
 from millstream.runtime.spec import ConsumerSpec
 
 if TYPE_CHECKING:
-    from millstream.app import Millstream, Publish
+    from millstream.cache import Cache
     from millstream.observability.health import ConsumerReport, StoreReport
+    from millstream.store.outbox import OutboxRelay
 
-__all__ = ["Metrics"]
+__all__ = ["Instrumentable", "Metrics", "Observed"]
 
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class Observed(Protocol):
+    """What a scrape reads: the app's consumers, its outbox relay and its caches."""
+
+    @property
+    def consumers(self) -> Mapping[str, ConsumerRuntime]: ...
+
+    @property
+    def relay(self) -> OutboxRelay | None: ...
+
+    @property
+    def caches(self) -> Mapping[str, Cache[Any]]: ...
+
+
+class Instrumentable(Observed, Protocol):
+    """An app whose handlers and publishes can be wrapped in links."""
+
+    def add_link(self, link: HandlerLink) -> None: ...
+
+    def add_publish_link(self, link: PublishLink) -> None: ...
+
+
 class Metrics:
-    """The service's metrics; ``instrument`` wires them into a ``Millstream``."""
+    """The service's metrics. Every app owns one (``ms.metrics``), observing itself.
+
+    ``handler_link`` and ``publish_link`` time handlers and publishes;
+    ``observe`` names what a scrape reads the consumers' counters from.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -65,14 +92,23 @@ class Metrics:
         self.last_loop_lag = 0.0
         self._lags: dict[str, ConsumerReport] = {}
         self._store: StoreReport | None = None
-        self._ms: Millstream | None = None
+        self._observed: Observed | None = None
         self.registry.register(_ConsumerCollector(self))
 
-    def instrument(self, ms: Millstream) -> None:
-        """Observe ``ms``: its handlers, its publishes and its consumers' counters."""
-        self._ms = ms
-        ms.add_link(self._handler_link)
-        ms.add_publish_link(self._publish_link)
+    def observe(self, app: Observed) -> None:
+        """Read ``app``'s consumers, relay and caches at every scrape."""
+        self._observed = app
+
+    def instrument(self, app: Instrumentable) -> None:
+        """Observe ``app`` and time its handlers and publishes, in a registry of these metrics.
+
+        An app already has metrics of its own (``ms.metrics``); this serves a
+        second registry. Call before ``app.start()``: handler links are bound
+        at start.
+        """
+        self.observe(app)
+        app.add_link(self.handler_link)
+        app.add_publish_link(self.publish_link)
 
     def remember(self, reports: Sequence[ConsumerReport], store: StoreReport | None = None) -> None:
         """Keep the latest lag and outbox readings for the next scrape."""
@@ -91,7 +127,8 @@ class Metrics:
             self.last_loop_lag = max(0.0, loop.time() - started - interval)
             self.loop_lag.set(self.last_loop_lag)
 
-    def _handler_link(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke:
+    def handler_link(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke:
+        """Times ``consumer``'s handler, by outcome."""
         ok = self.handler_seconds.labels(consumer.name, consumer.topic, "ok")
         error = self.handler_seconds.labels(consumer.name, consumer.topic, "error")
         clock = time.perf_counter
@@ -107,7 +144,9 @@ class Metrics:
 
         return timed
 
-    def _publish_link(self, inner: Publish) -> Publish:
+    def publish_link(self, inner: Publish) -> Publish:
+        """Times each publish call and counts the messages the broker confirmed."""
+
         async def timed(topic: str, messages: Sequence[OutgoingMessage]) -> None:
             started = time.perf_counter()
             await inner(topic, messages)
@@ -117,7 +156,7 @@ class Metrics:
         return timed
 
     def consumer_families(self) -> Iterator[Metric]:
-        ms = self._ms
+        ms = self._observed
         if ms is None:
             return
         labels = ["consumer", "topic", "group"]
@@ -188,7 +227,7 @@ class Metrics:
 
     def state_families(self) -> Iterator[Metric]:
         """The outbox relay's counters and backlog, and the read caches' hits and misses."""
-        ms = self._ms
+        ms = self._observed
         if ms is None:
             return
         relay = ms.relay
