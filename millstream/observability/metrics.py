@@ -156,74 +156,14 @@ class Metrics:
         return timed
 
     def consumer_families(self) -> Iterator[Metric]:
+        """Each consumer's counters, gauges and last lag reading."""
         ms = self._observed
         if ms is None:
             return
-        labels = ["consumer", "topic", "group"]
-        families = {
-            "consumed": CounterMetricFamily(
-                "millstream_messages_consumed", "Deliveries received.", labels=labels
-            ),
-            "acked": CounterMetricFamily(
-                "millstream_messages_acked", "Messages handled and acknowledged.", labels=labels
-            ),
-            "retried": CounterMetricFamily(
-                "millstream_messages_retried", "Failures scheduled for retry.", labels=labels
-            ),
-            "dead": CounterMetricFamily(
-                "millstream_messages_dead_lettered",
-                "Messages sent to the dead-letter queue.",
-                labels=labels,
-            ),
-            "reconnects": CounterMetricFamily(
-                "millstream_consumer_reconnects",
-                "Times the consumer lost its connection.",
-                labels=labels,
-            ),
-            "taken_over": CounterMetricFamily(
-                "millstream_messages_taken_over",
-                "Messages taken over from group members that stopped without releasing them.",
-                labels=labels,
-            ),
-        }
-        inflight = GaugeMetricFamily(
-            "millstream_messages_inflight", "Messages fetched and not yet settled.", labels=labels
-        )
-        concurrency = GaugeMetricFamily(
-            "millstream_consumer_concurrency", "Workers of the consumer.", labels=labels
-        )
-        state = GaugeMetricFamily(
-            "millstream_consumer_state",
-            "1 for the consumer's current state.",
-            labels=[*labels, "state"],
-        )
-        lag = GaugeMetricFamily(
-            "millstream_consumer_lag",
-            "Messages of the group not yet acknowledged, per partition (-1: whole topic).",
-            labels=[*labels, "partition"],
-        )
+        families = _ConsumerFamilies()
         for consumer in ms.consumers.values():
-            values = [consumer.name, consumer.spec.topic, consumer.spec.group]
-            stats = consumer.stats
-            families["consumed"].add_metric(values, stats.consumed)
-            families["acked"].add_metric(values, stats.acked)
-            families["retried"].add_metric(values, stats.retried)
-            families["dead"].add_metric(values, stats.dead)
-            families["reconnects"].add_metric(values, stats.reconnects)
-            families["taken_over"].add_metric(values, consumer.taken_over)
-            inflight.add_metric(values, consumer.inflight)
-            concurrency.add_metric(values, consumer.concurrency)
-            for each in ConsumerState:
-                state.add_metric([*values, each.value], 1.0 if consumer.state is each else 0.0)
-            report = self._lags.get(consumer.name)
-            if report is not None and report.lag is not None:
-                if report.lag.partitions:
-                    for partition, count in report.lag.partitions.items():
-                        lag.add_metric([*values, str(partition)], count)
-                else:
-                    lag.add_metric([*values, "-1"], report.lag.total)
-        yield from families.values()
-        yield from (inflight, concurrency, state, lag)
+            families.add(consumer, self._lags.get(consumer.name))
+        yield from families.all()
 
     def state_families(self) -> Iterator[Metric]:
         """The outbox relay's counters and backlog, and the read caches' hits and misses."""
@@ -252,6 +192,82 @@ class Metrics:
             from millstream.cache import cache_families
 
             yield from cache_families(list(ms.caches.values()))
+
+
+_LABELS = ["consumer", "topic", "group"]
+
+
+class _ConsumerFamilies:
+    """The families a scrape reads from the consumers, filled one consumer at a time."""
+
+    def __init__(self) -> None:
+        def counter(name: str, documentation: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, documentation, labels=_LABELS)
+
+        self.consumed = counter("millstream_messages_consumed", "Deliveries received.")
+        self.acked = counter("millstream_messages_acked", "Messages handled and acknowledged.")
+        self.retried = counter("millstream_messages_retried", "Failures scheduled for retry.")
+        self.dead = counter(
+            "millstream_messages_dead_lettered", "Messages sent to the dead-letter queue."
+        )
+        self.reconnects = counter(
+            "millstream_consumer_reconnects", "Times the consumer lost its connection."
+        )
+        self.taken_over = counter(
+            "millstream_messages_taken_over",
+            "Messages taken over from group members that stopped without releasing them.",
+        )
+        self.inflight = GaugeMetricFamily(
+            "millstream_messages_inflight", "Messages fetched and not yet settled.", labels=_LABELS
+        )
+        self.concurrency = GaugeMetricFamily(
+            "millstream_consumer_concurrency", "Workers of the consumer.", labels=_LABELS
+        )
+        self.state = GaugeMetricFamily(
+            "millstream_consumer_state",
+            "1 for the consumer's current state.",
+            labels=[*_LABELS, "state"],
+        )
+        self.lag = GaugeMetricFamily(
+            "millstream_consumer_lag",
+            "Messages of the group not yet acknowledged, per partition (-1: whole topic).",
+            labels=[*_LABELS, "partition"],
+        )
+
+    def add(self, consumer: ConsumerRuntime, report: ConsumerReport | None) -> None:
+        values = [consumer.name, consumer.spec.topic, consumer.spec.group]
+        stats = consumer.stats
+        self.consumed.add_metric(values, stats.consumed)
+        self.acked.add_metric(values, stats.acked)
+        self.retried.add_metric(values, stats.retried)
+        self.dead.add_metric(values, stats.dead)
+        self.reconnects.add_metric(values, stats.reconnects)
+        self.taken_over.add_metric(values, consumer.taken_over)
+        self.inflight.add_metric(values, consumer.inflight)
+        self.concurrency.add_metric(values, consumer.concurrency)
+        for each in ConsumerState:
+            self.state.add_metric([*values, each.value], 1.0 if consumer.state is each else 0.0)
+        if report is not None and report.lag is not None:
+            if report.lag.partitions:
+                for partition, count in report.lag.partitions.items():
+                    self.lag.add_metric([*values, str(partition)], count)
+            else:
+                self.lag.add_metric([*values, "-1"], report.lag.total)
+
+    def all(self) -> tuple[Metric, ...]:
+        """Every family: the counters, then the gauges."""
+        return (
+            self.consumed,
+            self.acked,
+            self.retried,
+            self.dead,
+            self.reconnects,
+            self.taken_over,
+            self.inflight,
+            self.concurrency,
+            self.state,
+            self.lag,
+        )
 
 
 class _ConsumerCollector(Collector):
