@@ -78,6 +78,7 @@ class App:
         self.metrics = Metrics()
         """This app's Prometheus metrics (its own registry), whatever face serves them."""
         self.metrics.observe(self)
+        # Tracing outermost in both chains, so its spans hold the time metrics measure.
         traced = tracing_links(self.broker.url, tracer_provider)
         self._registry = Registry([traced.handler, self.metrics.handler_link])
         self._publisher = Publisher(
