@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from millstream.app import Millstream
 from millstream.brokers import connect
 from millstream.brokers.base import Broker, Capabilities, DeadLetter, Lag, Subscription
 from millstream.errors import (
@@ -19,8 +18,10 @@ from millstream.errors import (
 from millstream.message import Message, OutgoingMessage
 from millstream.retry import Retry, RetryPolicy
 from millstream.runtime import ConsumerRuntime, ConsumerState
+from millstream.service import Millstream
 from millstream.settings import Settings
 from millstream.store import Store, Transaction
+from millstream.version import __version__ as __version__
 
 __all__ = [
     "AuthenticationError",
@@ -49,4 +50,3 @@ __all__ = [
     "Transaction",
     "connect",
 ]
-__version__ = "0.1.0"

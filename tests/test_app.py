@@ -10,15 +10,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from millstream import AuthenticationError, ConfigError, FatalError, Message, Millstream, Retry
 from millstream.brokers.memory.broker import MemoryBroker, MemoryHub, MemorySubscription
-from millstream.errors import BrokerUnavailable
+from millstream.cache import LocalBus
+from millstream.errors import BrokerUnavailable, StoreError
 from millstream.message import OutgoingMessage
 from millstream.runtime import ConsumerState
+from millstream.store.outbox import OutboxRelay
+from millstream.store.sqlite import SqliteStore
 from tests.support import until, until_equal
 
 
@@ -634,3 +638,49 @@ async def test_a_dead_letter_whose_settling_was_lost_is_buried_again_with_its_re
 
     assert broker.dropped and calls == [7]  # handled once, not again on its redelivery
     assert letter.error == "FatalError: order 7 does not exist"
+
+
+async def test_the_state_opens_bus_store_relay_and_closes_relay_store_bus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+
+    def spy(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        def recorded(self: object, *args: object, **kwargs: object) -> object:
+            events.append(f"{cls.__name__}.{name}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, recorded)
+
+    for cls, names in (
+        (LocalBus, ("start", "close")),
+        (SqliteStore, ("open", "close")),
+        (OutboxRelay, ("start", "stop")),
+    ):
+        for name in names:
+            spy(cls, name)
+    ms = app(store_url=f"sqlite:///{tmp_path}/state.db")
+    ms.cache("orders")
+    ms.store.schema("CREATE TABLE IF NOT EXISTS seen (id TEXT)")
+
+    async with ms:
+        assert events == ["LocalBus.start", "SqliteStore.open", "OutboxRelay.start"]
+        assert ms.relay is not None and ms.opened_store is ms.store
+        events.clear()
+    # The relay's flush queries the store, and every query calls the idempotent open().
+    closing = [event for event in events if event != "SqliteStore.open"]
+    assert closing == ["OutboxRelay.stop", "SqliteStore.close", "LocalBus.close"]
+    assert ms.relay is None
+
+
+async def test_a_store_that_fails_to_open_closes_the_state_and_fails_the_start(
+    tmp_path: Path,
+) -> None:
+    ms = app(store_url=f"sqlite:///{tmp_path}/state.db")
+    ms.store.schema("CREATE TABLE broken (")
+
+    with pytest.raises(StoreError):
+        await ms.start()
+    assert not ms.started and ms.relay is None and not ms.store.is_open

@@ -44,3 +44,13 @@ def test_the_exception_tree_is_the_one_errors_py_draws() -> None:
     assert issubclass(millstream.DecodeError, millstream.FatalError)
     assert millstream.BrokerUnavailable.retriable and not millstream.AuthenticationError.retriable
     assert millstream.Retry is millstream.RetryPolicy
+
+
+def test_millstream_is_the_app_with_its_http_face_and_a_version() -> None:
+    from millstream.app import App
+    from millstream.version import __version__
+
+    ms = millstream.Millstream("memory://")
+    assert isinstance(ms, App)
+    assert ms.web.ms is ms and ms.lifespan == ms.web.lifespan and ms.router is ms.web.router
+    assert millstream.__version__ == __version__

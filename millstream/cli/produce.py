@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from millstream.app import Millstream
+from millstream.app import App
 from millstream.cli.common import BrokerOption, TopicArgument, app, fail, run, stderr, stdout
 
 
@@ -114,7 +114,7 @@ async def _produce(
         TimeElapsedColumn(),
         console=stderr(),
     )
-    async with Millstream(broker_url) as ms:
+    async with App(broker_url) as ms:
         source = contextlib.nullcontext(sys.stdin.buffer) if path is None else path.open("rb")
         with source as lines, progress:
             task = progress.add_task(escape(topic), total=total, messages=0)

@@ -12,29 +12,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from millstream.message import Message, OutgoingMessage
-from millstream.runtime.consumer import ConsumerState
-from millstream.runtime.handler import Invoke
+from millstream.runtime.chains import Publish, PublishLink
+from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
+from millstream.runtime.handler import HandlerLink, Invoke
 from millstream.runtime.spec import ConsumerSpec
 
 if TYPE_CHECKING:
-    from millstream.app import Millstream, Publish
+    from millstream.cache import Cache
     from millstream.observability.health import ConsumerReport, StoreReport
+    from millstream.store.outbox import OutboxRelay
 
-__all__ = ["Metrics"]
+__all__ = ["Instrumentable", "Metrics", "Observed"]
 
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class Observed(Protocol):
+    """What a scrape reads: the app's consumers, its outbox relay and its caches."""
+
+    @property
+    def consumers(self) -> Mapping[str, ConsumerRuntime]: ...
+
+    @property
+    def relay(self) -> OutboxRelay | None: ...
+
+    @property
+    def caches(self) -> Mapping[str, Cache[Any]]: ...
+
+
+class Instrumentable(Observed, Protocol):
+    """An app whose handlers and publishes can be wrapped in links."""
+
+    def add_link(self, link: HandlerLink) -> None: ...
+
+    def add_publish_link(self, link: PublishLink) -> None: ...
+
+
 class Metrics:
-    """The service's metrics; ``instrument`` wires them into a ``Millstream``."""
+    """The service's metrics. Every app owns one (``ms.metrics``), observing itself.
+
+    ``handler_link`` and ``publish_link`` time handlers and publishes;
+    ``observe`` names what a scrape reads the consumers' counters from.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -65,14 +92,23 @@ class Metrics:
         self.last_loop_lag = 0.0
         self._lags: dict[str, ConsumerReport] = {}
         self._store: StoreReport | None = None
-        self._ms: Millstream | None = None
+        self._observed: Observed | None = None
         self.registry.register(_ConsumerCollector(self))
 
-    def instrument(self, ms: Millstream) -> None:
-        """Observe ``ms``: its handlers, its publishes and its consumers' counters."""
-        self._ms = ms
-        ms.add_link(self._handler_link)
-        ms.add_publish_link(self._publish_link)
+    def observe(self, app: Observed) -> None:
+        """Read ``app``'s consumers, relay and caches at every scrape."""
+        self._observed = app
+
+    def instrument(self, app: Instrumentable) -> None:
+        """Observe ``app`` and time its handlers and publishes, in a registry of these metrics.
+
+        An app already has metrics of its own (``ms.metrics``); this serves a
+        second registry. Call before ``app.start()``: handler links are bound
+        at start.
+        """
+        self.observe(app)
+        app.add_link(self.handler_link)
+        app.add_publish_link(self.publish_link)
 
     def remember(self, reports: Sequence[ConsumerReport], store: StoreReport | None = None) -> None:
         """Keep the latest lag and outbox readings for the next scrape."""
@@ -91,7 +127,8 @@ class Metrics:
             self.last_loop_lag = max(0.0, loop.time() - started - interval)
             self.loop_lag.set(self.last_loop_lag)
 
-    def _handler_link(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke:
+    def handler_link(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke:
+        """Times ``consumer``'s handler, by outcome."""
         ok = self.handler_seconds.labels(consumer.name, consumer.topic, "ok")
         error = self.handler_seconds.labels(consumer.name, consumer.topic, "error")
         clock = time.perf_counter
@@ -107,7 +144,9 @@ class Metrics:
 
         return timed
 
-    def _publish_link(self, inner: Publish) -> Publish:
+    def publish_link(self, inner: Publish) -> Publish:
+        """Times each publish call and counts the messages the broker confirmed."""
+
         async def timed(topic: str, messages: Sequence[OutgoingMessage]) -> None:
             started = time.perf_counter()
             await inner(topic, messages)
@@ -117,78 +156,18 @@ class Metrics:
         return timed
 
     def consumer_families(self) -> Iterator[Metric]:
-        ms = self._ms
+        """Each consumer's counters, gauges and last lag reading."""
+        ms = self._observed
         if ms is None:
             return
-        labels = ["consumer", "topic", "group"]
-        families = {
-            "consumed": CounterMetricFamily(
-                "millstream_messages_consumed", "Deliveries received.", labels=labels
-            ),
-            "acked": CounterMetricFamily(
-                "millstream_messages_acked", "Messages handled and acknowledged.", labels=labels
-            ),
-            "retried": CounterMetricFamily(
-                "millstream_messages_retried", "Failures scheduled for retry.", labels=labels
-            ),
-            "dead": CounterMetricFamily(
-                "millstream_messages_dead_lettered",
-                "Messages sent to the dead-letter queue.",
-                labels=labels,
-            ),
-            "reconnects": CounterMetricFamily(
-                "millstream_consumer_reconnects",
-                "Times the consumer lost its connection.",
-                labels=labels,
-            ),
-            "taken_over": CounterMetricFamily(
-                "millstream_messages_taken_over",
-                "Messages taken over from group members that stopped without releasing them.",
-                labels=labels,
-            ),
-        }
-        inflight = GaugeMetricFamily(
-            "millstream_messages_inflight", "Messages fetched and not yet settled.", labels=labels
-        )
-        concurrency = GaugeMetricFamily(
-            "millstream_consumer_concurrency", "Workers of the consumer.", labels=labels
-        )
-        state = GaugeMetricFamily(
-            "millstream_consumer_state",
-            "1 for the consumer's current state.",
-            labels=[*labels, "state"],
-        )
-        lag = GaugeMetricFamily(
-            "millstream_consumer_lag",
-            "Messages of the group not yet acknowledged, per partition (-1: whole topic).",
-            labels=[*labels, "partition"],
-        )
+        families = _ConsumerFamilies()
         for consumer in ms.consumers.values():
-            values = [consumer.name, consumer.spec.topic, consumer.spec.group]
-            stats = consumer.stats
-            families["consumed"].add_metric(values, stats.consumed)
-            families["acked"].add_metric(values, stats.acked)
-            families["retried"].add_metric(values, stats.retried)
-            families["dead"].add_metric(values, stats.dead)
-            families["reconnects"].add_metric(values, stats.reconnects)
-            families["taken_over"].add_metric(values, consumer.taken_over)
-            inflight.add_metric(values, consumer.inflight)
-            concurrency.add_metric(values, consumer.concurrency)
-            for each in ConsumerState:
-                state.add_metric([*values, each.value], 1.0 if consumer.state is each else 0.0)
-            report = self._lags.get(consumer.name)
-            if report is not None and report.lag is not None:
-                if report.lag.partitions:
-                    for partition, count in report.lag.partitions.items():
-                        lag.add_metric([*values, str(partition)], count)
-                else:
-                    lag.add_metric([*values, "-1"], report.lag.total)
-        yield from families.values()
-        yield from (inflight, concurrency, state, lag)
+            families.add(consumer, self._lags.get(consumer.name))
+        yield from families.all()
 
     def state_families(self) -> Iterator[Metric]:
         """The outbox relay's counters and backlog, and the read caches' hits and misses."""
-        ms = self._ms
+        ms = self._observed
         if ms is None:
             return
         relay = ms.relay
@@ -213,6 +192,82 @@ class Metrics:
             from millstream.cache import cache_families
 
             yield from cache_families(list(ms.caches.values()))
+
+
+_LABELS = ["consumer", "topic", "group"]
+
+
+class _ConsumerFamilies:
+    """The families a scrape reads from the consumers, filled one consumer at a time."""
+
+    def __init__(self) -> None:
+        def counter(name: str, documentation: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, documentation, labels=_LABELS)
+
+        self.consumed = counter("millstream_messages_consumed", "Deliveries received.")
+        self.acked = counter("millstream_messages_acked", "Messages handled and acknowledged.")
+        self.retried = counter("millstream_messages_retried", "Failures scheduled for retry.")
+        self.dead = counter(
+            "millstream_messages_dead_lettered", "Messages sent to the dead-letter queue."
+        )
+        self.reconnects = counter(
+            "millstream_consumer_reconnects", "Times the consumer lost its connection."
+        )
+        self.taken_over = counter(
+            "millstream_messages_taken_over",
+            "Messages taken over from group members that stopped without releasing them.",
+        )
+        self.inflight = GaugeMetricFamily(
+            "millstream_messages_inflight", "Messages fetched and not yet settled.", labels=_LABELS
+        )
+        self.concurrency = GaugeMetricFamily(
+            "millstream_consumer_concurrency", "Workers of the consumer.", labels=_LABELS
+        )
+        self.state = GaugeMetricFamily(
+            "millstream_consumer_state",
+            "1 for the consumer's current state.",
+            labels=[*_LABELS, "state"],
+        )
+        self.lag = GaugeMetricFamily(
+            "millstream_consumer_lag",
+            "Messages of the group not yet acknowledged, per partition (-1: whole topic).",
+            labels=[*_LABELS, "partition"],
+        )
+
+    def add(self, consumer: ConsumerRuntime, report: ConsumerReport | None) -> None:
+        values = [consumer.name, consumer.spec.topic, consumer.spec.group]
+        stats = consumer.stats
+        self.consumed.add_metric(values, stats.consumed)
+        self.acked.add_metric(values, stats.acked)
+        self.retried.add_metric(values, stats.retried)
+        self.dead.add_metric(values, stats.dead)
+        self.reconnects.add_metric(values, stats.reconnects)
+        self.taken_over.add_metric(values, consumer.taken_over)
+        self.inflight.add_metric(values, consumer.inflight)
+        self.concurrency.add_metric(values, consumer.concurrency)
+        for each in ConsumerState:
+            self.state.add_metric([*values, each.value], 1.0 if consumer.state is each else 0.0)
+        if report is not None and report.lag is not None:
+            if report.lag.partitions:
+                for partition, count in report.lag.partitions.items():
+                    self.lag.add_metric([*values, str(partition)], count)
+            else:
+                self.lag.add_metric([*values, "-1"], report.lag.total)
+
+    def all(self) -> tuple[Metric, ...]:
+        """Every family: the counters, then the gauges."""
+        return (
+            self.consumed,
+            self.acked,
+            self.retried,
+            self.dead,
+            self.reconnects,
+            self.taken_over,
+            self.inflight,
+            self.concurrency,
+            self.state,
+            self.lag,
+        )
 
 
 class _ConsumerCollector(Collector):

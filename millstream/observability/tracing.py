@@ -16,7 +16,7 @@ context through to what the handler publishes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
 from opentelemetry import context, propagate, trace
@@ -24,15 +24,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-import millstream
 from millstream.message import Message, OutgoingMessage
+from millstream.runtime.chains import Publish, PublishLink
 from millstream.runtime.handler import HandlerLink, Invoke
 from millstream.runtime.spec import ConsumerSpec
+from millstream.version import __version__
 
-if TYPE_CHECKING:
-    from millstream.app import Millstream, Publish, PublishLink
-
-__all__ = ["instrument", "messaging_system"]
+__all__ = ["TracingLinks", "messaging_system", "tracing_links"]
 
 Attributes = dict[str, AttributeValue]
 
@@ -63,18 +61,23 @@ def messaging_system(broker_url: str) -> str:
     return _SYSTEMS.get(scheme, scheme) or "unknown"
 
 
-def instrument(ms: Millstream, tracer_provider: TracerProvider | None = None) -> None:
-    """Trace every publish and every handled message of ``ms``.
+class TracingLinks(NamedTuple):
+    """The two links that trace an app: one around each handler, one around each publish."""
+
+    handler: HandlerLink
+    publish: PublishLink
+
+
+def tracing_links(broker_url: str, tracer_provider: TracerProvider | None = None) -> TracingLinks:
+    """Links tracing every handled message and every publish over the broker at ``broker_url``.
 
     Spans come from ``tracer_provider``, or the global provider when it is
-    ``None`` (looked up lazily, so one set after this call is still used).
-    Call once, before ``ms.start()``: handler links are bound at start, and
-    a second call would trace everything twice.
+    ``None`` (looked up lazily, so one set after the app is made is still
+    used). The app installs these once, outermost in both chains.
     """
-    tracer = trace.get_tracer("millstream", millstream.__version__, tracer_provider)
-    broker = _broker_attributes(ms.broker.url)
-    ms.add_publish_link(_publish_link(tracer, broker))
-    ms.add_link(_handler_link(tracer, broker))
+    tracer = trace.get_tracer("millstream", __version__, tracer_provider)
+    broker = _broker_attributes(broker_url)
+    return TracingLinks(_handler_link(tracer, broker), _publish_link(tracer, broker))
 
 
 def _broker_attributes(url: str) -> Attributes:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from millstream.errors import ConfigError
-from millstream.store.base import Row, Store, Transaction, current_transaction
+from millstream.store.base import Store
+from millstream.store.transaction import Row, Transaction, current_transaction
 
 __all__ = ["Row", "Store", "Transaction", "current_transaction", "open_store"]
 

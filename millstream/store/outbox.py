@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from millstream.errors import BrokerUnavailable
 from millstream.message import OutgoingMessage
-from millstream.store.base import OutboxRow, Store
+from millstream.store.base import Store
+from millstream.store.outbox_table import OutboxRow
 
 __all__ = ["OutboxRelay", "RelayStats"]
 

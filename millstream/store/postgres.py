@@ -20,7 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from millstream.errors import ConfigError, StoreError
-from millstream.store.base import Row, Store, Transaction
+from millstream.store.base import Store
+from millstream.store.transaction import Row, Transaction
 
 __all__ = ["PostgresStore"]
 

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from millstream.errors import ConfigError, StoreError
-from millstream.store.base import Row, Store, Transaction
+from millstream.store.base import Store
+from millstream.store.transaction import Row, Transaction
 
 __all__ = ["SqliteStore", "sqlite_sql"]
 

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.types import Lifespan, Receive, Scope, Send
 
-from millstream.app import Millstream
 from millstream.web.admin import admin_router
 from millstream.web.errors import install_error_handlers, middleware_responses
 from millstream.web.health import health_router
@@ -23,9 +22,21 @@ from millstream.web.middleware import (
     RateLimitMiddleware,
     RequestLogMiddleware,
 )
-from millstream.web.service import Service
+from millstream.web.service import Served, Service
 
-__all__ = ["Service", "ServiceRouter", "api_group", "create_app", "install", "service_router"]
+__all__ = [
+    "Served",
+    "Service",
+    "ServiceRouter",
+    "api_group",
+    "create_app",
+    "install",
+    "service_router",
+]
+
+
+LIMITED_PREFIXES = ("/api", "/admin")
+"""The paths the rate limit covers: the service's API groups and the admin API."""
 
 
 class ServiceRouter(APIRouter):
@@ -68,7 +79,7 @@ def install(app: FastAPI, service: Service) -> None:
             RateLimitMiddleware,
             rate=settings.rate_limit,
             burst=settings.rate_limit_burst,
-            prefixes=_limited_prefixes(app),
+            prefixes=LIMITED_PREFIXES,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware)
@@ -78,7 +89,7 @@ def install(app: FastAPI, service: Service) -> None:
     _instrument_http(app, service)
 
 
-def create_app(ms: Millstream, app: FastAPI | None = None, **fastapi: Any) -> FastAPI:
+def create_app(ms: Served, app: FastAPI | None = None, **fastapi: Any) -> FastAPI:
     """A FastAPI app running ``ms``: lifespan, routes and middleware.
 
     Given an existing ``app``, adds the routes and middleware to it and
@@ -96,7 +107,7 @@ def create_app(ms: Millstream, app: FastAPI | None = None, **fastapi: Any) -> Fa
     return app
 
 
-def api_group(ms: Millstream, version: int = 1, *, auth: bool = False, **router: Any) -> APIRouter:
+def api_group(ms: Served, version: int = 1, *, auth: bool = False, **router: Any) -> APIRouter:
     """A versioned route group ``/api/v{version}``, optionally behind bearer auth.
 
     Its routes document what the middleware and the auth may answer
@@ -135,10 +146,6 @@ def _runs(lifespan: Lifespan[Any], service: Service) -> bool:
     if isinstance(lifespan, _AroundLifespan):
         return lifespan.service is service
     return bool(lifespan == service.lifespan)
-
-
-def _limited_prefixes(app: FastAPI) -> tuple[str, ...]:
-    return ("/api", "/admin")
 
 
 def _instrument_http(app: FastAPI, service: Service) -> None:

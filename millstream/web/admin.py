@@ -96,7 +96,15 @@ def _letter(letter: DeadLetter) -> LetterView:
     )
 
 
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown consumer"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND,
+    409: {"description": "The consumer cannot make that change in its state"},
+}
+
+
 def admin_router(service: Service) -> APIRouter:
+    """``/admin``, behind bearer auth: the consumers, then their dead letters."""
     router = APIRouter(
         prefix="/admin",
         tags=["admin"],
@@ -116,12 +124,14 @@ def admin_router(service: Service) -> APIRouter:
             )
         return found
 
-    by_name = Depends(consumer)
-    not_found: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown consumer"}}
-    conflict: dict[int | str, dict[str, Any]] = {
-        **not_found,
-        409: {"description": "The consumer cannot make that change in its state"},
-    }
+    by_name: Any = Depends(consumer)
+    _consumer_routes(router, service, by_name)
+    _dead_letter_routes(router, service, by_name)
+    return router
+
+
+def _consumer_routes(router: APIRouter, service: Service, by_name: Any) -> None:
+    conflict = _CONFLICT
 
     @router.get("/consumers", summary="Every consumer with its state and counters")
     async def consumers() -> list[ConsumerView]:
@@ -150,6 +160,10 @@ def admin_router(service: Service) -> APIRouter:
         _require_active(found)
         found.set_concurrency(change.concurrency)
         return _view(found)
+
+
+def _dead_letter_routes(router: APIRouter, service: Service, by_name: Any) -> None:
+    not_found = _NOT_FOUND
 
     @router.get(
         "/consumers/{name}/dead-letters", responses=not_found, summary="Newest first, paged"
@@ -181,8 +195,6 @@ def admin_router(service: Service) -> APIRouter:
     async def purge(selection: LetterSelection, found: ConsumerRuntime = by_name) -> dict[str, int]:
         queue = await service.ms.dead_letters(found.spec.topic, found.spec.group)
         return {"purged": await queue.purge(selection.ids)}
-
-    return router
 
 
 def _require_active(consumer: ConsumerRuntime) -> None:

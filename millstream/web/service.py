@@ -1,8 +1,8 @@
 """``Service``: what the web layer adds to a ``Millstream``, shared by its routes.
 
-One per ``Millstream`` (``ms.web``). It instruments the app before it
-starts, runs it inside an ASGI lifespan, and knows whether the service is
-draining so readiness can turn DOWN the moment shutdown begins.
+One per ``Millstream`` (``ms.web``). It runs the app inside an ASGI
+lifespan, serves the metrics the app keeps, and knows whether the service
+is draining so readiness can turn DOWN the moment shutdown begins.
 """
 
 from __future__ import annotations
@@ -11,49 +11,51 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
-from millstream.app import Millstream
-from millstream.observability import tracing
+from millstream.app import App
 from millstream.observability.health import Health, check_store, collect
 from millstream.observability.metrics import Metrics
+from millstream.settings import Settings
 from millstream.urls import redact
 from millstream.web.auth import BearerAuth
 
-__all__ = ["Service"]
+__all__ = ["Served", "Service"]
 
 log = logging.getLogger("millstream.web")
 
 
 class Service:
-    """Health, metrics, auth and lifecycle of one ``Millstream`` behind HTTP."""
+    """Health, metrics, auth and lifecycle of one app behind HTTP."""
 
-    def __init__(self, ms: Millstream) -> None:
+    def __init__(self, ms: App) -> None:
         self.ms = ms
         self.settings = ms.settings
-        self.metrics = Metrics()
-        self.metrics.instrument(ms)
-        tracing.instrument(ms)
         self.auth = BearerAuth(ms.settings)
         self.draining = False
-        self._watcher: asyncio.Task[None] | None = None
         from millstream.web import service_router
 
         self.router = service_router(self)
+
+    @property
+    def metrics(self) -> Metrics:
+        """The app's metrics, which ``/metrics`` renders."""
+        return self.ms.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """Start the consumers with the server; drain them when it shuts down."""
         self.draining = False
         await self.ms.start()
-        self._watcher = asyncio.create_task(self.metrics.watch_loop(), name="millstream:loop-lag")
+        # Loop lag is the liveness probe's reading, so it is measured while served.
+        watcher = asyncio.create_task(self.metrics.watch_loop(), name="millstream:loop-lag")
         try:
             yield
         finally:
             self.begin_shutdown()
-            self._watcher.cancel()
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await watcher
             await self.ms.stop()
 
     def begin_shutdown(self) -> None:
@@ -81,6 +83,16 @@ class Service:
 
     def loop_lag_ms(self) -> float:
         return round(self.metrics.last_loop_lag * 1000, 3)
+
+
+class Served(Protocol):
+    """An app with its web face (a ``Millstream``): what ``create_app`` and ``api_group`` take."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def web(self) -> Service: ...
 
 
 async def _none() -> None:

@@ -15,7 +15,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from millstream import ConfigError, Millstream
-from millstream.observability import tracing
 from millstream.observability.logs import configure_logging
 from tests.support import until
 
@@ -57,13 +56,12 @@ async def test_a_line_logged_by_a_handler_carries_its_consumer_spans_ids(out: io
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     configure_logging(fmt="json", stream=out)
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
 
     @ms.consumer("orders")
     async def handle(order: dict[str, str]) -> None:
         log.info("order %s paid", order["id"], extra={"order_id": order["id"]})
 
-    tracing.instrument(ms, provider)
     async with ms:
         await ms.publish("orders", {"id": "o-1"})
         await until(lambda: any(s.name == "process orders" for s in exporter.get_finished_spans()))

@@ -1,8 +1,8 @@
 """Traces cross the broker: publish → PRODUCER span → headers → CONSUMER span, on the memory broker.
 
-Spans go to an in-memory exporter on a private provider handed to
-``instrument``; the global tracer provider is never set, and the global
-propagator is the default W3C one.
+Spans go to an in-memory exporter on a private provider handed to the app
+(``tracer_provider=``); the global tracer provider is never set, and the
+global propagator is the default W3C one.
 """
 
 from __future__ import annotations
@@ -64,14 +64,13 @@ def parent_id(span: ReadableSpan) -> int | None:
 async def test_the_consumer_span_is_a_child_of_the_producer_span_in_the_publishers_trace(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
     received: list[Message] = []
 
     @ms.consumer("orders", group="billing")
     async def handle(order: dict[str, int], msg: Message) -> None:
         received.append(msg)
 
-    tracing.instrument(ms, provider)
     async with ms:
         with provider.get_tracer("test").start_as_current_span("checkout") as checkout:
             message_id = await ms.publish("orders", {"n": 1}, key="order-1")
@@ -115,13 +114,12 @@ async def test_the_consumer_span_is_a_child_of_the_producer_span_in_the_publishe
 async def test_a_batch_is_one_producer_span_whose_context_every_message_carries(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
 
     @ms.consumer("orders")
     async def handle(order: dict[str, int]) -> None:
         pass
 
-    tracing.instrument(ms, provider)
     async with ms:
         await ms.publish_batch("orders", [{"n": i} for i in range(3)])
         processed = await spans_named(exporter, "process orders", count=3)
@@ -136,7 +134,7 @@ async def test_a_batch_is_one_producer_span_whose_context_every_message_carries(
 async def test_an_http_request_that_publishes_and_the_consumer_share_one_trace(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
     handled: list[str] = []
 
     @ms.consumer("orders")
@@ -150,7 +148,6 @@ async def test_an_http_request_that_publishes_and_the_consumer_share_one_trace(
         await ms.publish("orders", {"id": order_id}, key=order_id)
         return {"id": order_id}
 
-    tracing.instrument(ms, provider)
     app = OpenTelemetryMiddleware(api, tracer_provider=provider)
     transport = httpx.ASGITransport(app=app)
     async with ms, httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
@@ -170,7 +167,7 @@ async def test_an_http_request_that_publishes_and_the_consumer_share_one_trace(
 async def test_a_trace_started_upstream_reaches_the_consumer_through_http_and_the_broker(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
 
     @ms.consumer("orders")
     async def handle(order: dict[str, str]) -> None:
@@ -182,7 +179,6 @@ async def test_a_trace_started_upstream_reaches_the_consumer_through_http_and_th
     async def create() -> None:
         await ms.publish("orders", {"id": "o-8"})
 
-    tracing.instrument(ms, provider)
     transport = httpx.ASGITransport(app=OpenTelemetryMiddleware(api, tracer_provider=provider))
     upstream = {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_PARENT}-01"}
     async with ms, httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
@@ -195,14 +191,13 @@ async def test_a_trace_started_upstream_reaches_the_consumer_through_http_and_th
 async def test_a_failing_handler_has_an_error_span_and_is_still_retried(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
 
     @ms.consumer("orders", retry=Retry(attempts=3, backoff=0.01, jitter=0))
     async def flaky(order: dict[str, int], msg: Message) -> None:
         if msg.attempt == 1:
             raise RuntimeError("card processor timed out")
 
-    tracing.instrument(ms, provider)
     async with ms:
         await ms.publish("orders", {"n": 1})
         first, second = await spans_named(exporter, "process orders", count=2)
@@ -231,7 +226,7 @@ async def test_a_failing_handler_has_an_error_span_and_is_still_retried(
 async def test_a_message_published_by_a_handler_continues_the_handlers_trace(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
 
     @ms.consumer("orders")
     async def bill(order: dict[str, int]) -> None:
@@ -241,7 +236,6 @@ async def test_a_message_published_by_a_handler_continues_the_handlers_trace(
     async def mail(invoice: dict[str, int]) -> None:
         pass
 
-    tracing.instrument(ms, provider)
     async with ms:
         await ms.publish("orders", {"n": 1})
         (mailed,) = await spans_named(exporter, "process invoices")
@@ -257,8 +251,7 @@ async def test_a_failed_publish_has_an_error_span_and_raises(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     broker = MemoryBroker()
-    ms = Millstream(broker=broker)
-    tracing.instrument(ms, provider)
+    ms = Millstream(broker=broker, tracer_provider=provider)
 
     async with ms:
         broker.cut()  # the connection drops under the publisher
@@ -271,7 +264,7 @@ async def test_a_failed_publish_has_an_error_span_and_raises(
 
 
 async def test_without_an_sdk_the_context_still_flows_through_a_handler() -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://")  # the global provider: the API's no-op unless an SDK is set
     downstream: list[Message] = []
 
     @ms.consumer("orders")
@@ -282,7 +275,6 @@ async def test_without_an_sdk_the_context_still_flows_through_a_handler() -> Non
     async def mail(invoice: dict[str, int], msg: Message) -> None:
         downstream.append(msg)
 
-    tracing.instrument(ms)  # the global provider: the API's no-op unless an SDK is set
     upstream = {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_PARENT}-01"}
     async with ms:
         await ms.publish("orders", {"n": 1}, headers=upstream)
@@ -310,14 +302,13 @@ def test_messaging_system_is_named_by_the_broker_url(url: str, system: str) -> N
 async def test_a_sync_handler_runs_inside_the_consumer_span(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    ms = Millstream("memory://")
+    ms = Millstream("memory://", tracer_provider=provider)
     current: list[int] = []
 
     @ms.consumer("orders")
     def handle(order: dict[str, int]) -> None:
         current.append(trace.get_current_span().get_span_context().span_id)
 
-    tracing.instrument(ms, provider)
     async with ms:
         await ms.publish("orders", {"n": 1})
         (process,) = await spans_named(exporter, "process orders")

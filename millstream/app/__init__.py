@@ -1,0 +1,17 @@
+"""The app layer: consumers registered, chains built once, state opened and closed, publishing.
+
+:class:`App` (``lifecycle.py``) ties the parts: the :class:`Registry` of
+consumers and handler links (``registry.py``), the :class:`Publisher` and
+its chain (``publisher.py``) and the :class:`State`: store, outbox relay and
+caches (``state.py``). It knows no face: ``millstream.Millstream``
+(``millstream/service.py``) is this app with its HTTP face.
+"""
+
+from __future__ import annotations
+
+from millstream.app.lifecycle import App
+from millstream.app.publisher import Publisher
+from millstream.app.registry import Registry
+from millstream.app.state import State
+
+__all__ = ["App", "Publisher", "Registry", "State"]
