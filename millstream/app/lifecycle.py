@@ -79,8 +79,9 @@ class App:
         """This app's Prometheus metrics (its own registry), whatever face serves them."""
         self.metrics.observe(self)
         # Tracing outermost in both chains, so its spans hold the time metrics measure.
+        # (Handler durations need no link: the dispatcher times them into the stats.)
         traced = tracing_links(self.broker.url, tracer_provider)
-        self._registry = Registry([traced.handler, self.metrics.handler_link])
+        self._registry = Registry([traced.handler])
         self._publisher = Publisher(
             self.broker, [traced.publish, self.metrics.publish_link], lambda: self._started
         )

@@ -1,8 +1,9 @@
 """Prometheus metrics for consumers, publishing and the event loop.
 
-Counters the runtime already keeps (``ConsumerStats``) are read at scrape
-time by a collector, so the hot path bumps plain ints. Handler duration and
-publish latency are histograms observed by a handler link and a publish link.
+Counters the runtime already keeps (``ConsumerStats``, handler durations
+included) are read at scrape time by a collector, so the hot path bumps
+plain numbers and no link is added to the handler chain. Publish latency is
+a histogram observed by a publish link.
 Each ``Metrics`` owns its registry: no global state, two apps in one process
 do not collide.
 """
@@ -16,14 +17,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from millstream.message import Message, OutgoingMessage
+from millstream.message import OutgoingMessage
 from millstream.runtime.chains import Publish, PublishLink
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
-from millstream.runtime.handler import HandlerLink, Invoke
-from millstream.runtime.spec import ConsumerSpec
+from millstream.runtime.stats import DURATION_BOUNDS, Durations
 
 if TYPE_CHECKING:
     from millstream.cache import Cache
@@ -31,8 +36,6 @@ if TYPE_CHECKING:
     from millstream.store.outbox import OutboxRelay
 
 __all__ = ["Instrumentable", "Metrics", "Observed"]
-
-_HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Observed(Protocol):
@@ -49,9 +52,7 @@ class Observed(Protocol):
 
 
 class Instrumentable(Observed, Protocol):
-    """An app whose handlers and publishes can be wrapped in links."""
-
-    def add_link(self, link: HandlerLink) -> None: ...
+    """An app whose publishes can be wrapped in links."""
 
     def add_publish_link(self, link: PublishLink) -> None: ...
 
@@ -59,19 +60,12 @@ class Instrumentable(Observed, Protocol):
 class Metrics:
     """The service's metrics. Every app owns one (``ms.metrics``), observing itself.
 
-    ``handler_link`` and ``publish_link`` time handlers and publishes;
-    ``observe`` names what a scrape reads the consumers' counters from.
+    ``publish_link`` times publishes; ``observe`` names what a scrape reads
+    the consumers' counters and handler durations from.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.handler_seconds = Histogram(
-            "millstream_handler_duration_seconds",
-            "Time a handler took, by consumer, topic and outcome (ok or error).",
-            ["consumer", "topic", "outcome"],
-            buckets=_HANDLER_BUCKETS,
-            registry=self.registry,
-        )
         self.published = Counter(
             "millstream_published_messages",
             "Messages published (confirmed by the broker), by topic.",
@@ -103,11 +97,9 @@ class Metrics:
         """Observe ``app`` and time its handlers and publishes, in a registry of these metrics.
 
         An app already has metrics of its own (``ms.metrics``); this serves a
-        second registry. Call before ``app.start()``: handler links are bound
-        at start.
+        second registry.
         """
         self.observe(app)
-        app.add_link(self.handler_link)
         app.add_publish_link(self.publish_link)
 
     def remember(self, reports: Sequence[ConsumerReport], store: StoreReport | None = None) -> None:
@@ -126,23 +118,6 @@ class Metrics:
             await asyncio.sleep(interval)
             self.last_loop_lag = max(0.0, loop.time() - started - interval)
             self.loop_lag.set(self.last_loop_lag)
-
-    def handler_link(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke:
-        """Times ``consumer``'s handler, by outcome."""
-        ok = self.handler_seconds.labels(consumer.name, consumer.topic, "ok")
-        error = self.handler_seconds.labels(consumer.name, consumer.topic, "error")
-        clock = time.perf_counter
-
-        async def timed(message: Message) -> None:
-            started = clock()
-            try:
-                await inner(message)
-            except BaseException:
-                error.observe(clock() - started)
-                raise
-            ok.observe(clock() - started)
-
-        return timed
 
     def publish_link(self, inner: Publish) -> Publish:
         """Times each publish call and counts the messages the broker confirmed."""
@@ -228,6 +203,11 @@ class _ConsumerFamilies:
             "1 for the consumer's current state.",
             labels=[*_LABELS, "state"],
         )
+        self.handler_seconds = HistogramMetricFamily(
+            "millstream_handler_duration_seconds",
+            "Time a handler took, by consumer, topic and outcome (ok or error).",
+            labels=["consumer", "topic", "outcome"],
+        )
         self.lag = GaugeMetricFamily(
             "millstream_consumer_lag",
             "Messages of the group not yet acknowledged, per partition (-1: whole topic).",
@@ -245,6 +225,13 @@ class _ConsumerFamilies:
         self.taken_over.add_metric(values, consumer.taken_over)
         self.inflight.add_metric(values, consumer.inflight)
         self.concurrency.add_metric(values, consumer.concurrency)
+        times = stats.handler_times
+        for outcome, durations in (("ok", times.ok), ("error", times.error)):
+            self.handler_seconds.add_metric(
+                [consumer.name, consumer.spec.topic, outcome],
+                _cumulative(durations),
+                durations.total,
+            )
         for each in ConsumerState:
             self.state.add_metric([*values, each.value], 1.0 if consumer.state is each else 0.0)
         if report is not None and report.lag is not None:
@@ -255,7 +242,7 @@ class _ConsumerFamilies:
                 self.lag.add_metric([*values, "-1"], report.lag.total)
 
     def all(self) -> tuple[Metric, ...]:
-        """Every family: the counters, then the gauges."""
+        """Every family: the counters, the gauges, then the handler durations."""
         return (
             self.consumed,
             self.acked,
@@ -267,7 +254,22 @@ class _ConsumerFamilies:
             self.concurrency,
             self.state,
             self.lag,
+            self.handler_seconds,
         )
+
+
+# The `le` labels prometheus-client gives these bounds (Go float formatting).
+_BUCKET_LABELS = (*(repr(float(bound)) for bound in DURATION_BOUNDS), "+Inf")
+
+
+def _cumulative(durations: Durations) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le`` label, how many took at most that long) of ``durations``."""
+    total = 0
+    buckets = []
+    for label, count in zip(_BUCKET_LABELS, durations.counts, strict=True):
+        total += count
+        buckets.append((label, float(total)))
+    return buckets
 
 
 class _ConsumerCollector(Collector):

@@ -15,7 +15,7 @@ context through to what the handler publishes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
@@ -72,12 +72,15 @@ def tracing_links(broker_url: str, tracer_provider: TracerProvider | None = None
     """Links tracing every handled message and every publish over the broker at ``broker_url``.
 
     Spans come from ``tracer_provider``, or the global provider when it is
-    ``None`` (looked up lazily, so one set after the app is made is still
-    used). The app installs these once, outermost in both chains.
+    ``None``, looked up when each consumer starts (so an SDK set up after
+    the app is made, before it starts, is used). The app installs these
+    once, outermost in both chains.
     """
     tracer = trace.get_tracer("millstream", __version__, tracer_provider)
     broker = _broker_attributes(broker_url)
-    return TracingLinks(_handler_link(tracer, broker), _publish_link(tracer, broker))
+    return TracingLinks(
+        _handler_link(tracer, broker, tracer_provider), _publish_link(tracer, broker)
+    )
 
 
 def _broker_attributes(url: str) -> Attributes:
@@ -142,8 +145,12 @@ def _send_attributes(
     return attributes
 
 
-def _handler_link(tracer: Tracer, broker: Attributes) -> HandlerLink:
+def _handler_link(
+    tracer: Tracer, broker: Attributes, provider: TracerProvider | None
+) -> HandlerLink:
     def link(consumer: ConsumerSpec, inner: Invoke) -> Invoke:
+        if not _recording(provider):
+            return _forwarding(inner)
         name = f"process {consumer.topic}"
         base: Attributes = {
             **broker,
@@ -174,6 +181,40 @@ def _handler_link(tracer: Tracer, broker: Attributes) -> HandlerLink:
         return invoke
 
     return link
+
+
+def _recording(provider: TracerProvider | None) -> bool:
+    """Whether spans would be recorded: a provider was given, or an SDK set the global one."""
+    if provider is not None:
+        return not isinstance(provider, trace.NoOpTracerProvider)
+    found = trace.get_tracer_provider()
+    return not isinstance(found, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _forwarding(inner: Invoke) -> Invoke:
+    """The handler link when no span can be recorded: it only carries the trace on.
+
+    A message that carries a trace context has it made current around its
+    handler, so what the handler publishes continues the trace, as a no-op
+    tracer's span would. A message with none is handed straight on: no
+    coroutine, no context switch, nothing per message but a set lookup.
+    """
+    fields = frozenset(propagate.get_global_textmap().fields)
+    creation_context = _CreationContext()
+
+    async def carried(message: Message) -> None:
+        token = context.attach(creation_context.of(message.headers))
+        try:
+            await inner(message)
+        finally:
+            context.detach(token)
+
+    def invoke(message: Message) -> Awaitable[None]:
+        if fields.isdisjoint(message.headers):
+            return inner(message)
+        return carried(message)
+
+    return invoke
 
 
 class _CreationContext:

@@ -98,7 +98,9 @@ class Session:
             interval=limits.settle_interval,
             on_settled=self._settled,
         )
-        self._dispatcher = Dispatcher(invoke, self, key_of, limits.concurrency, name)
+        self._dispatcher = Dispatcher(
+            invoke, self, key_of, limits.concurrency, name, stats.handler_times
+        )
 
     @property
     def taken_over(self) -> int:

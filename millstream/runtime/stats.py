@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 
-__all__ = ["ConsumerStats"]
+__all__ = ["DURATION_BOUNDS", "ConsumerStats", "Durations", "HandlerTimes"]
+
+DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Upper bounds (seconds) of the handler-duration buckets; one more bucket holds the rest."""
+
+
+class Durations:
+    """A histogram of durations kept as plain numbers, so recording one costs a bisect.
+
+    ``counts[i]`` is how many took at most ``DURATION_BOUNDS[i]`` seconds and
+    more than the bound before; the last counts those above every bound.
+    Readers (the metrics scrape) make them cumulative when they export.
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BOUNDS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(DURATION_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class HandlerTimes:
+    """How long a consumer's handler chain took, for messages it finished and those it failed."""
+
+    __slots__ = ("error", "ok")
+
+    def __init__(self) -> None:
+        self.ok = Durations()
+        self.error = Durations()
 
 
 @dataclass
@@ -27,3 +64,5 @@ class ConsumerStats:
     """When the last fetch returned (``time.time()``)."""
     last_error: str | None = None
     """What ended the last session that failed."""
+    handler_times: HandlerTimes = field(default_factory=HandlerTimes)
+    """Handler durations by outcome, timed by the dispatcher's workers."""

@@ -141,7 +141,7 @@ async def test_a_host_that_does_not_exist_fails_the_start_and_the_consumer_with_
 
     # A consumer whose broker cannot be found fails instead of retrying for ever.
     broker = KafkaBroker.from_url(url_)
-    runtime = ConsumerRuntime(ms._specs["handle"], broker, ms.settings)
+    runtime = ConsumerRuntime(ms.specs["handle"], broker, ms.settings)
     await runtime.start()
     try:
         await until(lambda: runtime.state is ConsumerState.FAILED, within=10)

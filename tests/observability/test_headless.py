@@ -59,14 +59,14 @@ async def test_a_headless_service_exports_spans_and_metrics() -> None:
     assert sample(scrape, "millstream_published_messages_total", topic="orders") == 1.0
 
 
-async def test_tracing_is_outermost_then_metrics_then_the_users_links() -> None:
+async def test_tracing_is_outermost_and_the_duration_counts_the_whole_chain() -> None:
     provider, exporter = traced()
     ms = Millstream("memory://", tracer_provider=provider)
     seen: list[tuple[bool, float | None]] = []
 
     def spy(consumer: ConsumerSpec, inner: Invoke) -> Invoke:
         async def invoke(message: Message) -> None:
-            # Inside the metrics link: its histogram has not observed this call yet.
+            # Inside the span; the duration is recorded once the whole chain returned.
             scrape = ms.metrics.render().decode()
             before = sample(scrape, "millstream_handler_duration_seconds_count")
             seen.append((trace.get_current_span().is_recording(), before))
