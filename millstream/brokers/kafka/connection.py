@@ -168,6 +168,7 @@ class KafkaConnection:
     Subscriptions and dead-letter queues get this, not the broker: they send
     records through it (:mod:`millstream.brokers.kafka.topics`) and wrap
     clients of their own with :meth:`adopt`.
+
     ``route`` maps an address the cluster advertises to the one to dial;
     tests use it to put a proxy in front of every connection.
     """
@@ -177,7 +178,7 @@ class KafkaConnection:
         self.options = options
         self.route = route
         self.topics: dict[str, int] = {}  # partitions of each topic known to exist
-        self.turns: dict[str, int] = {}  # per topic: whose turn it is to take keyless records
+        self.turns: dict[str, int] = {}  # per topic: picks the next call's keyless partition
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()

@@ -24,6 +24,9 @@ count adds retries and expired leases alike; a redelivery whose previous
 delivery was not retried (no note for it) was taken over from a member
 whose ``ack_wait`` ran out. Notes cost one publish per retried message;
 deliveries the server made for the first time (all but a few) cost nothing.
+
+**Giving back.** A member that closes gives back what it holds uncounted
+(:meth:`Members.give_back`) and empties its record.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class _TakenBack:
 
 
 class Members:
-    """One subscription's record (when it has a name) and its takeover accounting."""
+    """One subscription's record (when it has a name), its takeover accounting, its give-back."""
 
     def __init__(
         self, jetstream: JetStream, connection: Connection, names: Names, member: str | None
@@ -125,11 +128,14 @@ class Members:
                 await self._client.publish(f"{self._notes}{sequence}", b"%d" % delivered)
 
     async def taken_over(self, redelivered: list[Message], lost: LostDeliveries) -> int:
-        """How many of ``redelivered`` (about to be handed out) were taken over; see
-        :meth:`account`. What this process lost with a connection is no takeover, nor an
-        attempt: ``lost`` takes it off first."""
+        """How many of ``redelivered`` (about to be handed out) were taken over, logged once.
+
+        What this process lost with a connection is no takeover, nor an
+        attempt: ``lost`` takes it off first. Raises ``BrokerUnavailable`` when
+        the connection is lost meanwhile: the batch must not be handed out.
+        """
         unseen = lost.correct(redelivered) if lost else [(m, 0) for m in redelivered]
-        return await self.account(unseen, lost) if unseen else 0
+        return await self._account(unseen, lost) if unseen else 0
 
     async def give_back(self, held: Sequence[Message]) -> None:
         """Give ``held`` back to the group uncounted, which a ``nak`` cannot (it counts a
@@ -143,7 +149,7 @@ class Members:
             await acknowledge(self._connection, [(m.receipt, ACK) for m in held], *self._mine)
         await self.write(())
 
-    async def account(self, handed: Sequence[tuple[Message, int]], lost: LostDeliveries) -> int:
+    async def _account(self, handed: Sequence[tuple[Message, int]], lost: LostDeliveries) -> int:
         """Count what ``handed`` took over (a redelivery not explained by a retry) and log it once.
 
         ``handed``: redeliveries, each with the last delivery of it a member
