@@ -113,7 +113,7 @@ async def _fill(topic: str, n: int) -> str:
 
 
 def _stream_of(topic: str) -> str:
-    from millstream.brokers.nats.connection import Names
+    from millstream.brokers.nats.names import Names
 
     return Names(topic, "").stream
 

@@ -178,8 +178,7 @@ async def delete_streams(url: str, topic: str) -> None:
     import nats
     from nats.js.errors import NotFoundError
 
-    from millstream.brokers.nats.members import HELD_STREAM
-    from millstream.brokers.nats.names import Names
+    from millstream.brokers.nats.names import HELD_STREAM, Names
 
     names = Names(topic, "")
     dead_prefix = names.dead_stream.rsplit("_", 2)[0] + "_"

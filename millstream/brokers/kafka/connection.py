@@ -1,46 +1,59 @@
-"""The Kafka side of the Kafka broker: its URL, its client settings and its errors.
+"""The Kafka side of the Kafka broker: its URL, its clients, and its errors.
 
-This is the one place where aiokafka's exceptions become millstream's
-(:func:`translated`): ``BrokerUnavailable`` (reconnect), ``AuthenticationError``
-(stop: refused credentials, missing ACLs, or an address that answers but is
-not Kafka), ``BrokerError`` (anything else).
+:class:`KafkaConnection` holds the producer and admin client a broker
+shares with its subscriptions and dead-letter queues: it creates topics on
+first use and sends records in batches per partition. This is the one place
+where aiokafka's exceptions become millstream's (:func:`translated`):
+``BrokerUnavailable`` (reconnect), ``AuthenticationError`` (stop: refused
+credentials, missing ACLs, or an address that answers but is not Kafka),
+``BrokerError`` (anything else).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.structs import BrokerMetadata
 
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
-from millstream.urls import redact
+from millstream.urls import query_count, query_seconds, redact, refuse_unknown_hosts
 
-__all__ = ["KafkaOptions", "parse_url", "redact", "translated"]
+__all__ = ["KafkaConnection", "KafkaOptions", "Route", "parse_url", "translated"]
+
+Route = Callable[[str, int], tuple[str, int]]
 
 EXPECTED = (
     "kafka://host:9092[,host:9092] (kafka://user:password@host:9092 for SASL/SCRAM), "
     "optionally with ?partitions=8&session_timeout=10&rebalance_timeout=30"
 )
 
-# URL parameter -> (default, smallest allowed). Durations are in seconds.
-_NUMBERS: dict[str, tuple[float, float]] = {
-    "partitions": (8, 1),  # of a topic millstream creates
-    "replication": (1, 1),  # replication factor of a topic millstream creates
+# URL parameters in seconds -> (default, smallest allowed); 0 allowed means "off".
+_SECONDS: dict[str, tuple[float, float]] = {
     "session_timeout": (10.0, 0.1),  # a member silent this long is out of the group
     "heartbeat": (1.0, 0.05),
     "rebalance_timeout": (30.0, 0.05),  # how long a rebalance waits for members to rejoin
     "max_poll_interval": (300.0, 0.5),  # a member that does not poll this long leaves
     "drain": (10.0, 0.0),  # how long a revoked partition waits for its handlers
     "linger": (0.005, 0.0),  # producer batching window
-    "batch_size": (1_048_576, 1),  # producer batch bytes
     # A request unanswered this long counts the connection as dead (a silent
     # partition shows only so); a join may take the rebalance timeout on top.
     "request_timeout": (5.0, 0.5),
+}
+# URL parameters that are whole numbers (1 or more) -> default.
+_COUNTS: dict[str, int] = {
+    "partitions": 8,  # of a topic millstream creates
+    "replication": 1,  # replication factor of a topic millstream creates
+    "batch_size": 1_048_576,  # producer batch bytes
 }
 _FLAGS = {"idempotence": True}
 _TEXT = {"security_protocol": "", "sasl_mechanism": "SCRAM-SHA-512"}
@@ -113,19 +126,18 @@ def parse_url(url: str) -> KafkaOptions:
             )
     values: dict[str, Any] = {}
     for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        values[name] = _value(shown, name, raw)
+        values[name] = _value(url, name, raw)
     username = password = None
     if "@" in parts.netloc:
         userinfo = parts.netloc.rpartition("@")[0]
         user, _, secret = userinfo.partition(":")
         username, password = unquote(user), unquote(secret)
-    for name in ("partitions", "replication", "batch_size"):
-        if name in values:
-            values[name] = int(values[name])
     return KafkaOptions(bootstrap, username=username, password=password, **values)
 
 
-def _value(shown: str, name: str, raw: str) -> Any:
+def _value(url: str, name: str, raw: str) -> Any:
+    shown = redact(url)
+    example = f"kafka://127.0.0.1:9092?{name}="
     if name in _FLAGS:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -134,20 +146,139 @@ def _value(shown: str, name: str, raw: str) -> Any:
         raise ConfigError(f"broker URL {shown!r}: {name}={raw!r} must be true or false")
     if name in _TEXT:
         return raw.upper()
-    if name not in _NUMBERS:
-        known = ", ".join(sorted([*_NUMBERS, *_FLAGS, *_TEXT]))
+    if name in _COUNTS:
+        return query_count(url, name, raw, example=f"{example}{_COUNTS[name]}")
+    if name not in _SECONDS:
+        known = ", ".join(sorted([*_SECONDS, *_COUNTS, *_FLAGS, *_TEXT]))
         raise ConfigError(f"broker URL {shown!r}: unknown parameter {name!r}; known: {known}")
-    floor = _NUMBERS[name][1]
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < floor:
+    default, floor = _SECONDS[name]
+    example = f"{example}{default:g}"
+    value = query_seconds(url, name, raw, example=example, allow_zero=floor == 0)
+    if value < floor:
         raise ConfigError(
-            f"broker URL {shown!r}: {name}={raw!r} must be a number, at least {floor:g}; "
-            f"expected e.g. kafka://127.0.0.1:9092?{name}={_NUMBERS[name][0]:g}"
+            f"broker URL {shown!r}: {name}={raw!r} must be at least {floor:g} seconds; "
+            f"expected e.g. {example}"
         )
     return value
+
+
+class KafkaConnection:
+    """The producer and admin client of one broker object, shared by all its parts.
+
+    Subscriptions and dead-letter queues get this, not the broker: they send
+    records through it (:mod:`millstream.brokers.kafka.topics`) and wrap
+    clients of their own with :meth:`adopt`.
+
+    ``route`` maps an address the cluster advertises to the one to dial;
+    tests use it to put a proxy in front of every connection.
+    """
+
+    def __init__(self, url: str, options: KafkaOptions, route: Route | None = None) -> None:
+        self.url = url
+        self.options = options
+        self.route = route
+        self.topics: dict[str, int] = {}  # partitions of each topic known to exist
+        self.turns: dict[str, int] = {}  # per topic: picks the next call's keyless partition
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Future[Any]] = set()
+
+    async def open(self) -> None:
+        """Start the producer and admin client (checking the cluster answers); safe to repeat."""
+        async with self._lock:
+            if self._producer is not None:
+                return
+            options = self.options
+            producer = AIOKafkaProducer(
+                **options.client(),
+                client_id=f"millstream-{os.getpid()}",
+                acks="all",
+                enable_idempotence=options.idempotence,
+                linger_ms=round(options.linger * 1000),
+                max_batch_size=options.batch_size,
+            )
+            admin = AIOKafkaAdminClient(**options.client(), client_id=f"millstream-{os.getpid()}")
+            self.adopt(producer.client)
+            self.adopt(admin._client)
+            try:
+                await self._start(producer, admin)
+            except BaseException as exc:
+                with suppress(Exception):
+                    await producer.stop()
+                with suppress(Exception):
+                    await admin.close()
+                if isinstance(exc, BrokerUnavailable):
+                    await refuse_unknown_hosts(self.url, exc)
+                raise
+            self._producer, self._admin = producer, admin
+
+    async def _start(self, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient) -> None:
+        with translated(self.url):
+            await admin.start()
+            try:
+                await producer.start()
+            except kafka_errors.UnknownError as exc:
+                if self.options.idempotence:
+                    raise BrokerError(
+                        f"broker {redact(self.url)} refused an idempotent producer "
+                        f"({exc!r}); if it cannot do idempotence (e.g. Tansu), add "
+                        "?idempotence=false to the URL"
+                    ) from exc
+                raise
+
+    async def close(self) -> None:
+        """Wait (bounded) for work left in the background, then stop the clients."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=self.options.request_timeout)
+        producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        self.topics.clear()
+        if producer is not None:
+            with suppress(Exception):
+                await asyncio.wait_for(producer.stop(), self.options.request_timeout)
+        if admin is not None:
+            with suppress(Exception):
+                await admin.close()
+
+    def adopt(self, client: Any) -> None:
+        """Apply ``route`` to an aiokafka client before it connects."""
+        route = self.route
+        if route is None:
+            return
+        cluster: ClusterMetadata = client.cluster
+        original = cluster.broker_metadata
+
+        def routed(node_id: Any) -> BrokerMetadata | None:
+            found = original(node_id)
+            if found is None:
+                return None
+            host, port = route(found.host, found.port)
+            return BrokerMetadata(found.nodeId, host, port, found.rack)
+
+        cluster.broker_metadata = routed
+        bootstrap = getattr(client, "_bootstrap_servers", None)
+        if isinstance(bootstrap, list):
+            pairs = [tuple(b.rsplit(":", 1)) for b in bootstrap]
+            client._bootstrap_servers = [":".join(map(str, route(h, int(p)))) for h, p in pairs]
+
+    def producer(self) -> AIOKafkaProducer:
+        """The shared producer, else ``BrokerUnavailable`` (not connected, or closed)."""
+        if self._producer is None:
+            raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
+        return self._producer
+
+    def admin(self) -> AIOKafkaAdminClient:
+        """The shared admin client, else ``BrokerUnavailable`` (not connected, or closed)."""
+        if self._admin is None:
+            raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
+        return self._admin
+
+    def in_background(self, work: asyncio.Future[Any]) -> None:
+        """Keep ``work`` (a member leaving over a broken network) until it ends; ``close`` waits."""
+        self._background.add(work)
+        work.add_done_callback(self._background.discard)
+        work.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 _REFUSED = (

@@ -14,26 +14,24 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from millstream.brokers.base import DeadLetter
-from millstream.brokers.kafka.connection import translated
+from millstream.brokers.kafka.connection import KafkaConnection, translated
+from millstream.brokers.kafka.topics import send
 from millstream.brokers.kafka.wire import (
     HEADER_GROUP,
     HEADER_TOMBSTONE,
-    Headers,
     dead_letter,
     dlq_topic,
     read_headers,
+    replay_record,
     retry_topic,
+    tombstone,
 )
-from millstream.message import HEADER_ATTEMPT
-
-if TYPE_CHECKING:
-    from millstream.brokers.kafka.broker import KafkaBroker, Record
 
 __all__ = ["KafkaDeadLetters"]
 
@@ -43,8 +41,8 @@ _READ_WITHIN = 30.0  # seconds a listing may take before it gives up
 class KafkaDeadLetters:
     """The live (not replayed, not purged) letters of one group in ``<topic>.dlq``."""
 
-    def __init__(self, broker: KafkaBroker, topic: str, group: str) -> None:
-        self._broker = broker
+    def __init__(self, connection: KafkaConnection, topic: str, group: str) -> None:
+        self._connection = connection
         self.topic = topic
         self.group = group
         self._dlq = dlq_topic(topic)
@@ -66,19 +64,8 @@ class KafkaDeadLetters:
         if not chosen:
             return 0
         stamp = int(time.time() * 1000)
-        now = repr(stamp / 1000).encode()
-        records: builtins.list[Record] = []
-        for _letter, record in chosen:
-            ours, theirs = read_headers(record.headers)
-            headers: Headers = [
-                (name, value.encode())
-                for name, value in ours.items()
-                if name in ("ms-id", "ms-published-at")
-            ]
-            headers += [(name, value.encode()) for name, value in theirs.items()]
-            headers += [(HEADER_ATTEMPT, b"0"), ("ms-due", now)]
-            records.append((record.key, record.value or b"", headers, stamp))
-        await self._broker.send(retry_topic(self.topic, self.group), records)
+        records = [replay_record(record, stamp) for _letter, record in chosen]
+        await send(self._connection, retry_topic(self.topic, self.group), records)
         await self._bury([letter.id for letter, _ in chosen])
         return len(chosen)
 
@@ -99,13 +86,9 @@ class KafkaDeadLetters:
 
     async def _bury(self, ids: builtins.list[str]) -> None:
         if ids:
-            group = self.group.encode()
             stamp = int(time.time() * 1000)
-            tombstones: builtins.list[Record] = [
-                (None, b"", [(HEADER_TOMBSTONE, i.encode()), (HEADER_GROUP, group)], stamp)
-                for i in ids
-            ]
-            await self._broker.send(self._dlq, tombstones)
+            tombstones = [tombstone(i, self.group, stamp) for i in ids]
+            await send(self._connection, self._dlq, tombstones)
 
     async def _live(self) -> builtins.list[tuple[DeadLetter, Any]]:
         """This group's letters without a tombstone, oldest first (by failure time)."""
@@ -126,20 +109,23 @@ class KafkaDeadLetters:
 
     async def _read_all(self) -> builtins.list[Any]:
         """Every record of the dead-letter topic, read by a member of no group."""
-        broker = self._broker
-        producer = broker.producer()
-        with translated(broker.url):
+        connection = self._connection
+        producer = connection.producer()
+        with translated(connection.url):
             cluster = await producer.client.fetch_all_metadata()
         found = cluster.partitions_for_topic(self._dlq)
         if not found:
             return []
         partitions = [TopicPartition(self._dlq, p) for p in sorted(found)]
         reader = AIOKafkaConsumer(
-            **broker.options.client(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+            **connection.options.client(),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
         )
-        broker.adopt(reader._client)
+        connection.adopt(reader._client)
         records: builtins.list[Any] = []
-        with translated(broker.url):
+        with translated(connection.url):
             await reader.start()
             try:
                 reader.assign(partitions)

@@ -85,12 +85,42 @@ class DeliveryMarks:
                 await self._writing
         await self._offsets.commit(marks)
 
-    async def unsettled(
+    async def count_taken_over(
+        self,
+        partitions: list[TopicPartition],
+        commits: GroupOffsets,
+        consumer: Any,
+        member: str,
+        topic: str,
+    ) -> int:
+        """Count, and log once, what an earlier owner of ``partitions`` handed out and never
+        settled: from the group's commit (``commits``) up to the mark, as far as records
+        exist. ``consumer`` (aiokafka's) reads where partitions begin and end; ``member``
+        and ``topic`` name the new owner in the log."""
+        group = commits.group
+        try:
+            with translated(self._url):
+                ranges = await self._unsettled(partitions, commits, consumer)
+        except Exception as exc:  # counting is for the operator; the marks still apply
+            log.warning("group %s: could not count messages taken over: %s", group, exc)
+            return 0
+        count = sum(last - first + 1 for _, first, last in ranges)
+        if count:
+            log.warning(
+                "kafka: member %s took over %d message(s) of %s/%s (%s) that another member "
+                "handed out and never settled (it stopped without releasing them, or gave the "
+                "partition up with handlers still running); each counts an attempt",
+                member,
+                count,
+                topic,
+                group,
+                ", ".join(f"{tp.topic}[{tp.partition}] offsets {a}-{b}" for tp, a, b in ranges),
+            )
+        return count
+
+    async def _unsettled(
         self, partitions: list[TopicPartition], commits: GroupOffsets, consumer: Any
     ) -> list[tuple[TopicPartition, int, int]]:
-        """(partition, first, last offset) of what an earlier owner of ``partitions`` handed
-        out and never settled: from the group's commit (``commits``) up to the mark, as far
-        as records exist. ``consumer`` (aiokafka's) reads where partitions begin and end."""
         done = await commits.fetch_or_start(partitions, consumer)
         ends = await consumer.end_offsets(partitions)
         found = []

@@ -2,7 +2,7 @@
 
 Two uses: the lag (:func:`group_lag`) reads the group's commits for every partition (also the
 ones other members own), and each member writes its delivery marks (see
-:mod:`millstream.brokers.kafka.subscription`) as the commits of a companion
+:mod:`millstream.brokers.kafka.marks`) as the commits of a companion
 group that has no members. Requests go to the group's coordinator over the
 member's own client, one round trip for all partitions.
 """

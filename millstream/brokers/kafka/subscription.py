@@ -35,31 +35,31 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeGuard
+from collections.abc import Callable, Sequence
+from typing import Any, TypeGuard
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import errors as kafka_errors
 from aiokafka.structs import TopicPartition
 
 from millstream.brokers.base import Lag
-from millstream.brokers.kafka.connection import redact, translated
+from millstream.brokers.kafka.connection import KafkaConnection, translated
 from millstream.brokers.kafka.marks import DeliveryMarks
 from millstream.brokers.kafka.offsets import GroupOffsets, group_lag
+from millstream.brokers.kafka.topics import send
 from millstream.brokers.kafka.tracker import OffsetTracker
 from millstream.brokers.kafka.wire import (
-    dead_letter_headers,
+    Record,
+    dead_letter_record,
     dlq_topic,
     due,
     messages,
-    retry_headers,
+    retry_record,
     retry_topic,
 )
 from millstream.errors import BrokerUnavailable
 from millstream.message import Message
-
-if TYPE_CHECKING:
-    from millstream.brokers.kafka.broker import KafkaBroker, Record
+from millstream.urls import redact
 
 __all__ = ["KafkaSubscription"]
 
@@ -87,17 +87,19 @@ class KafkaSubscription:
 
     def __init__(
         self,
-        broker: KafkaBroker,
+        connection: KafkaConnection,
         consumer: AIOKafkaConsumer,
         topic: str,
         group: str,
-        producer: AIOKafkaProducer,
         prefetch: int,
         member: str | None = None,
+        on_close: Callable[[KafkaSubscription], None] | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
         self.member = member
-        self._broker = broker
+        self._connection = connection
+        self._url = connection.url
+        self._on_close = on_close
         self._consumer = consumer
         self.topic = topic
         self.group = group
@@ -112,10 +114,10 @@ class KafkaSubscription:
         self._lost_signal = asyncio.Event()
         self._closing = False
         self._closed = False
-        options = broker.options
+        options = connection.options
         self._drain = min(options.drain, options.rebalance_timeout * 0.8)
         deliveries = GroupOffsets(consumer._client, f"{group}.deliveries")
-        self._marks = DeliveryMarks(deliveries, broker.url)
+        self._marks = DeliveryMarks(deliveries, connection.url)
         self._marks_window = 4 * prefetch
         self._commits = GroupOffsets(consumer._client, group)
 
@@ -123,10 +125,10 @@ class KafkaSubscription:
         """Join the group; returns once this member has its first assignment."""
         consumer = self._consumer
         consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
-        options = self._broker.options
+        options = self._connection.options
         # A join may take two rounds (the member id, then the join) and a sync.
         within = options.session_timeout + 2 * options.join_timeout
-        with translated(self._broker.url):
+        with translated(self._url):
             try:
                 # aiokafka's start waits for the first join: bound it as a whole.
                 async with asyncio.timeout(within):
@@ -134,7 +136,7 @@ class KafkaSubscription:
                     await self._assigned.wait()
             except TimeoutError:
                 raise BrokerUnavailable(
-                    f"broker {redact(self._broker.url)}: no partitions of {self.topic!r} "
+                    f"broker {redact(self._url)}: no partitions of {self.topic!r} "
                     f"were assigned to a member of group {self.group!r} within {within:g}s"
                 ) from None
         self._check()
@@ -158,12 +160,12 @@ class KafkaSubscription:
             # from fetching, aiokafka would count the time against
             # max_poll_interval and leave the group, handing their partitions
             # (and the messages in their hands) to another member.
-            with translated(self._broker.url):
+            with translated(self._url):
                 await self._consumer.getmany(_NOWHERE, timeout_ms=0)
             return []
         if self._paused:
             timeout = max(0.0, min(timeout, min(self._paused.values()) - now))
-        with translated(self._broker.url):
+        with translated(self._url):
             batch = await self._consumer.getmany(
                 timeout_ms=round(timeout * 1000), max_records=max_messages
             )
@@ -219,28 +221,19 @@ class KafkaSubscription:
         self._check()
         now = time.time()
         stamp = int(now * 1000)
-        retry_records: list[Record] = []
-        for msg, delay in retries:
-            if (tp := self._mine(msg)) is not None:
-                headers = retry_headers(msg, msg.attempt, now + max(0.0, delay))
-                retry_records.append((_key(msg), msg.payload, headers, stamp))
+        retry_records: list[Record] = [
+            retry_record(msg, now + max(0.0, delay), stamp)
+            for msg, delay in retries
+            if self._mine(msg) is not None
+        ]
         dead_records: list[Record] = []
         for msg, reason in deads:
             if (tp := self._mine(msg)) is not None and msg.offset is not None:
                 source = (tp.topic, tp.partition, msg.offset)
-                headers = dead_letter_headers(msg, self.group, source, reason)
-                dead_records.append((_key(msg), msg.payload, headers, stamp))
+                dead_records.append(dead_letter_record(msg, self.group, source, reason, stamp))
         if retry_records or dead_records:
-            await asyncio.gather(
-                *(
-                    self._broker.send(name, records)
-                    for name, records in (
-                        (self.retry_topic, retry_records),
-                        (self.dlq_topic, dead_records),
-                    )
-                    if records
-                )
-            )
+            sends = ((self.retry_topic, retry_records), (self.dlq_topic, dead_records))
+            await asyncio.gather(*(send(self._connection, t, r) for t, r in sends if r))
         done: dict[_Claim, list[int]] = {}  # offsets by claim: one tracker call each
         for msg in itertools.chain(acks, (m for m, _ in retries), (m for m, _ in deads)):
             claim = msg.receipt
@@ -277,7 +270,7 @@ class KafkaSubscription:
             if (tp := TopicPartition(topic, partition)) in self._owned
         }
         if offsets:
-            with translated(self._broker.url):
+            with translated(self._url):
                 await self._send_commit(offsets)
 
     async def _send_commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -303,7 +296,7 @@ class KafkaSubscription:
     async def lag(self) -> Lag | None:
         """Per topic partition: end offset minus the group's commit; plus the retry backlog."""
         self._check()
-        with translated(self._broker.url):
+        with translated(self._url):
             return await group_lag(
                 self._consumer, self._commits, self.topic, self.retry_topic, self._owned
             )
@@ -317,8 +310,9 @@ class KafkaSubscription:
         if self._closed:
             return
         self._closed = self._closing = True
-        self._broker.forget(self)
-        timeout = self._broker.options.request_timeout
+        if self._on_close is not None:
+            self._on_close(self)
+        timeout = self._connection.options.request_timeout
         if self._lost is None and self._owned:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._release(), timeout)
@@ -327,7 +321,7 @@ class KafkaSubscription:
         if self._lost is not None:
             # Leaving over a broken network can take the whole request timeout;
             # the supervisor must not wait for it to report and rejoin.
-            self._broker.in_background(stopping)
+            self._connection.in_background(stopping)
             return
         with contextlib.suppress(Exception):
             await stopping
@@ -378,39 +372,19 @@ class KafkaSubscription:
             self._owned[tp] = _Claim(tp)
         marked = [tp for tp in fresh if self._marks.before(tp) > 0]
         if marked:
-            await self._count_taken_over(marked)
+            member = self.member or self._consumer._client._client_id
+            self.taken_over += await self._marks.count_taken_over(
+                marked, self._commits, self._consumer, member, self.topic
+            )
         self._assigned.set()
-
-    async def _count_taken_over(self, marked: list[TopicPartition]) -> None:
-        """Count, and log once, what an earlier owner of ``marked`` handed out and never settled."""
-        try:
-            with translated(self._broker.url):
-                ranges = await self._marks.unsettled(marked, self._commits, self._consumer)
-        except Exception as exc:  # counting is for the operator; the marks still apply
-            log.warning("group %s: could not count messages taken over: %s", self.group, exc)
-            return
-        count = sum(last - first + 1 for _, first, last in ranges)
-        if not count:
-            return
-        self.taken_over += count
-        log.warning(
-            "kafka: member %s took over %d message(s) of %s/%s (%s) that another member handed "
-            "out and never settled (it stopped without releasing them, or gave the partition up "
-            "with handlers still running); each counts an attempt",
-            self.member or self._consumer._client._client_id,
-            count,
-            self.topic,
-            self.group,
-            ", ".join(f"{tp.topic}[{tp.partition}] offsets {a}-{b}" for tp, a, b in ranges),
-        )
 
     def _check(self) -> None:
         if self._closed:
             raise BrokerUnavailable(
-                f"broker {redact(self._broker.url)}: subscription to {self.topic!r} is closed"
+                f"broker {redact(self._url)}: subscription to {self.topic!r} is closed"
             )
         if self._lost is not None:
-            raise BrokerUnavailable(f"broker {redact(self._broker.url)}: {self._lost}")
+            raise BrokerUnavailable(f"broker {redact(self._url)}: {self._lost}")
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -422,7 +396,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._subscription.assigned(set(assigned))
-
-
-def _key(msg: Message) -> bytes | None:
-    return msg.key.encode() if msg.key is not None else None

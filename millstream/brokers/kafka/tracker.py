@@ -1,7 +1,7 @@
-"""Contiguous-offset tracking for log-based brokers.
+"""Contiguous-offset tracking, per partition a Kafka member reads.
 
 Messages of one partition finish out of order when handled concurrently, but
-a log broker can only commit "everything before offset N". The tracker
+Kafka can only commit "everything before offset N". The tracker
 commits the highest offset below which every message is done, so a crash
 redelivers what was unfinished and never skips it. Pure state, no I/O.
 """

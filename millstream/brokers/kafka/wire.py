@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from millstream.brokers.base import DeadLetter
@@ -35,17 +35,22 @@ __all__ = [
     "HEADER_GROUP",
     "HEADER_TOMBSTONE",
     "Headers",
+    "Record",
     "dead_letter",
-    "dead_letter_headers",
+    "dead_letter_record",
     "dlq_topic",
     "message",
     "messages",
-    "retry_headers",
+    "replay_record",
+    "retry_record",
     "retry_topic",
-    "topic_headers",
+    "tombstone",
+    "topic_records",
 ]
 
 Headers = list[tuple[str, bytes]]
+Record = tuple[bytes | None, bytes, Headers, int]
+"""A record to send: (key, value, headers, timestamp in milliseconds)."""
 
 log = logging.getLogger("millstream.brokers.kafka.broker")
 
@@ -83,12 +88,29 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-def topic_headers(out: OutgoingMessage) -> Headers:
+def topic_records(outgoing: Sequence[OutgoingMessage]) -> list[Record]:
+    """The topic records of a publish call, in order: the publish time is the timestamp."""
+    return [
+        (
+            out.key.encode() if out.key is not None else None,
+            out.payload,
+            _topic_headers(out),
+            int(out.published_at * 1000),
+        )
+        for out in outgoing
+    ]
+
+
+def _topic_headers(out: OutgoingMessage) -> Headers:
     """The headers of a topic record: the id, then the user's."""
     headers: Headers = [(HEADER_ID, out.id.encode())]
     if out.headers:
         headers += [(name, value.encode()) for name, value in out.headers.items()]
     return headers
+
+
+def _key(msg: Message) -> bytes | None:
+    return msg.key.encode() if msg.key is not None else None
 
 
 def _envelope(msg: Message) -> Headers:
@@ -100,21 +122,22 @@ def _envelope(msg: Message) -> Headers:
     return headers
 
 
-def retry_headers(msg: Message, attempts: int, due: float) -> Headers:
-    """A record of the retry topic: delivered ``attempts`` times, due at ``due`` (epoch s)."""
-    return [
+def retry_record(msg: Message, due: float, stamp: int) -> Record:
+    """A record of the retry topic: delivered ``msg.attempt`` times, due at ``due`` (epoch s)."""
+    headers = [
         *_envelope(msg),
-        (HEADER_ATTEMPT, str(attempts).encode()),
+        (HEADER_ATTEMPT, str(msg.attempt).encode()),
         (HEADER_DUE, repr(due).encode()),
     ]
+    return (_key(msg), msg.payload, headers, stamp)
 
 
-def dead_letter_headers(
-    msg: Message, group: str, source: tuple[str, int, int], error: str
-) -> Headers:
+def dead_letter_record(
+    msg: Message, group: str, source: tuple[str, int, int], error: str, stamp: int
+) -> Record:
     """A record of the dead-letter topic, naming the group and where the message was."""
     topic, partition, offset = source
-    return [
+    headers = [
         *_envelope(msg),
         (HEADER_GROUP, group.encode()),
         (HEADER_SOURCE_TOPIC, topic.encode()),
@@ -124,6 +147,26 @@ def dead_letter_headers(
         (HEADER_ERROR, error.encode()),
         (HEADER_FAILED_AT, repr(time.time()).encode()),
     ]
+    return (_key(msg), msg.payload, headers, stamp)
+
+
+def replay_record(letter: Any, stamp: int) -> Record:
+    """A dead letter's record put back in the retry topic: due now, as attempt 1."""
+    ours, theirs = read_headers(letter.headers)
+    headers: Headers = [
+        (name, value.encode())
+        for name, value in ours.items()
+        if name in (HEADER_ID, HEADER_PUBLISHED_AT)
+    ]
+    headers += [(name, value.encode()) for name, value in theirs.items()]
+    headers += [(HEADER_ATTEMPT, b"0"), (HEADER_DUE, repr(stamp / 1000).encode())]
+    return (letter.key, letter.value or b"", headers, stamp)
+
+
+def tombstone(letter_id: str, group: str, stamp: int) -> Record:
+    """A record of the dead-letter topic saying ``group``'s letter ``letter_id`` is gone."""
+    headers = [(HEADER_TOMBSTONE, letter_id.encode()), (HEADER_GROUP, group.encode())]
+    return (None, b"", headers, stamp)
 
 
 def read_headers(raw: Iterable[tuple[str, bytes | None]]) -> tuple[dict[str, str], dict[str, str]]:

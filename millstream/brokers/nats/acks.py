@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from nats import errors as nats_errors
 
 from millstream.brokers.nats.connection import REQUEST_TIMEOUT, Connection, translated
+from millstream.message import Message
 
-__all__ = ["ACK", "PROGRESS", "TERM", "acknowledge", "nak"]
+__all__ = ["ACK", "PROGRESS", "TERM", "acknowledge", "acknowledgements", "nak"]
 
 ACK = b"+ACK"
 TERM = b"+TERM"
@@ -26,6 +27,29 @@ def nak(delay: float) -> bytes:
     """A ``-NAK``: deliver again after ``delay`` seconds."""
     ns = max(0, round(delay * 1e9))
     return b'-NAK {"delay": %d}' % ns if ns else b"-NAK"
+
+
+def acknowledgements(
+    held: dict[str, Message],
+    acks: Sequence[Message],
+    retries: Sequence[tuple[Message, float]],
+    deads: Sequence[tuple[Message, str]],
+) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The (subject, acknowledgement) of each outcome whose delivery is in ``held``, taken
+    out of it, and the subjects of those retried. Outcomes of other deliveries are skipped."""
+    found: list[tuple[str, bytes]] = []
+    for m, _ in deads:
+        if held.pop(m.receipt, None) is not None:
+            found.append((m.receipt, TERM))
+    retried: list[str] = []
+    for m, delay in retries:
+        if held.pop(m.receipt, None) is not None:
+            found.append((m.receipt, nak(delay)))
+            retried.append(m.receipt)
+    for m in acks:
+        if held.pop(m.receipt, None) is not None:
+            found.append((m.receipt, ACK))
+    return found, retried
 
 
 async def acknowledge(

@@ -1,4 +1,6 @@
-"""The NATS side of the NATS broker: its connection and its errors.
+"""The NATS side of the NATS broker: its URL, its connection and its errors.
+
+:func:`parse_url` reads what ``nats://`` says (:class:`NatsOptions`).
 
 This is the one place where nats-py's exceptions and the server's refusals
 become millstream's: ``BrokerUnavailable`` (reconnect), ``AuthenticationError``
@@ -29,38 +31,34 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js import errors as js_errors
 
-from millstream.brokers.nats.names import (
-    DEAD_PREFIX,
-    DEFAULT_LEASE,
-    PRIVATE_PREFIX,
-    Names,
-    NatsOptions,
-    check_topic,
-    parse_url,
-)
+from millstream.brokers.nats.names import DEAD_PREFIX, PRIVATE_PREFIX
 from millstream.brokers.nats.wire import parse_headers
-from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable
-from millstream.urls import redact
+from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
+from millstream.urls import query_count, query_seconds, redact
 
-# Names and the URL used to live here; what imports them from here still finds them.
 __all__ = [
     "DEFAULT_LEASE",
+    "REQUEST_TIMEOUT",
     "Connection",
-    "Names",
     "NatsOptions",
     "api_error",
-    "check_topic",
     "parse_url",
     "translated",
 ]
 
 T = TypeVar("T")
+
+DEFAULT_LEASE = 30.0
+DEFAULT_MAX_ACK_PENDING = 20_000
+EXPECTED = "nats://[user:password@]host:4222, optionally with ?lease=30&max_ack_pending=20000"
 
 REQUEST_TIMEOUT = 5  # one JetStream API call or acknowledgement reply, at most
 CONNECT_TIMEOUT = 3
@@ -71,6 +69,46 @@ MAX_OUTSTANDING_PINGS = 3
 PROBE_TIMEOUT = 2  # seconds a probe waits for its pong
 
 _VIOLATION = re.compile(r'Permissions Violation for (\w+) (?:to|from) "?([^"\']+)"?', re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class NatsOptions:
+    """What a ``nats://`` URL says: where to connect, and millstream's own parameters."""
+
+    server: str
+    """The URL nats-py connects to (credentials included, millstream's parameters removed)."""
+    lease: float = DEFAULT_LEASE
+    """The consumer's ``ack_wait``: how long a member that stopped calling keeps a message."""
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
+    """The group's cap on unacknowledged messages, every member and waiting retry included."""
+
+
+def parse_url(url: str) -> NatsOptions:
+    """Split ``url`` into nats-py's URL and millstream's ``lease`` and ``max_ack_pending``.
+
+    Raises ``ConfigError`` naming the URL, what is wrong and the expected form.
+    """
+    parts = urlsplit(url)
+    shown = redact(url)
+    if parts.scheme != "nats":
+        raise ConfigError(f"broker URL {shown!r} is not a NATS URL; expected {EXPECTED}")
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {shown!r} has no host; expected {EXPECTED}")
+    lease, max_ack_pending = DEFAULT_LEASE, DEFAULT_MAX_ACK_PENDING
+    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        example = f"nats://127.0.0.1:4222?{name}="
+        if name == "lease":
+            lease = query_seconds(url, name, raw, example=f"{example}{DEFAULT_LEASE:g}")
+        elif name == "max_ack_pending":
+            max_ack_pending = query_count(
+                url, name, raw, example=f"{example}{DEFAULT_MAX_ACK_PENDING}"
+            )
+        else:
+            raise ConfigError(
+                f"broker URL {shown!r}: unknown parameter {name!r}; expected {EXPECTED}"
+            )
+    server = urlunsplit(parts._replace(query="", fragment=""))
+    return NatsOptions(server, lease=lease, max_ack_pending=max_ack_pending)
 
 
 class _Client(Client):

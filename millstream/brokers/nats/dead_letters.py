@@ -27,7 +27,7 @@ from millstream.brokers.nats.wire import dead_letter, replay_headers
 if TYPE_CHECKING:
     from nats.js.manager import JetStreamManager
 
-    from millstream.brokers.nats.broker import NatsBroker
+    from millstream.brokers.nats.streams import JetStream
 
 __all__ = ["NatsDeadLetters"]
 
@@ -37,8 +37,8 @@ _WINDOW = 64  # letters read at once while walking the stream
 class NatsDeadLetters:
     """The dead-letter queue of one topic and group (see the module docstring)."""
 
-    def __init__(self, broker: NatsBroker, names: Names) -> None:
-        self._broker = broker
+    def __init__(self, jetstream: JetStream, names: Names) -> None:
+        self._jetstream = jetstream
         self._names = names
         self._stream = names.dead_stream
 
@@ -73,15 +73,15 @@ class NatsDeadLetters:
         sequences = await self._sequences(ids)
         if not sequences:
             return 0
-        broker = self._broker
-        await broker.ensure_stream(self._names)
+        jetstream = self._jetstream
+        await jetstream.ensure_stream(self._names)
         replayed = 0
         for start in range(0, len(sequences), _WINDOW):
             found = [f for f in await self._read(sequences[start : start + _WINDOW]) if f]
             if not found:
                 continue
             copies = [(letter.payload, replay_headers(headers)) for headers, letter in found]
-            await broker.send(self._names.private, copies, self._names.stream)
+            await jetstream.send(self._names.private, copies, self._names.stream)
             deleted = await self._delete([int(letter.id) for _, letter in found])
             replayed += deleted
         return replayed
@@ -93,11 +93,11 @@ class NatsDeadLetters:
             if info is None or not info.state.messages:
                 return 0
             try:
-                await self._broker.connection().guard(
+                await self._jetstream.connection().guard(
                     self._js().purge_stream(self._stream), self._stream
                 )
             except js_errors.APIError as exc:
-                raise api_error(self._broker.url, exc, f"purging {self._stream!r}") from None
+                raise api_error(self._jetstream.url, exc, f"purging {self._stream!r}") from None
             return int(info.state.messages)
         return await self._delete(await self._sequences(ids))
 
@@ -114,14 +114,14 @@ class NatsDeadLetters:
         self, sequences: Sequence[int]
     ) -> builtins.list[tuple[dict[str, str], DeadLetter] | None]:
         """The letters at ``sequences`` (``None`` where there is none), read concurrently."""
-        connection = self._broker.connection()
+        connection = self._jetstream.connection()
         names = self._names
 
         async def one(sequence: int) -> tuple[dict[str, str], DeadLetter] | None:
             try:
                 found = await connection.stored(self._stream, sequence=sequence)
             except js_errors.APIError as exc:
-                raise api_error(self._broker.url, exc, f"reading {self._stream!r}") from None
+                raise api_error(self._jetstream.url, exc, f"reading {self._stream!r}") from None
             if found is None:
                 return None
             data, headers = found
@@ -131,7 +131,7 @@ class NatsDeadLetters:
 
     async def _delete(self, sequences: Sequence[int]) -> int:
         js = self._js()
-        connection = self._broker.connection()
+        connection = self._jetstream.connection()
 
         async def one(sequence: int) -> bool:
             try:
@@ -143,7 +143,9 @@ class NatsDeadLetters:
             except js_errors.APIError as exc:
                 if exc.err_code == 10057:  # no message found: already gone
                     return False
-                raise api_error(self._broker.url, exc, f"deleting from {self._stream!r}") from None
+                raise api_error(
+                    self._jetstream.url, exc, f"deleting from {self._stream!r}"
+                ) from None
 
         deleted = 0
         for start in range(0, len(sequences), _WINDOW):
@@ -154,13 +156,13 @@ class NatsDeadLetters:
     async def _info(self) -> api.StreamInfo | None:
         """The dead-letter stream's state, or ``None`` while nothing was ever buried."""
         try:
-            return await self._broker.connection().guard(
+            return await self._jetstream.connection().guard(
                 self._js().stream_info(self._stream), self._stream
             )
         except js_errors.NotFoundError:
             return None
         except js_errors.APIError as exc:
-            raise api_error(self._broker.url, exc, f"reading {self._stream!r}") from None
+            raise api_error(self._jetstream.url, exc, f"reading {self._stream!r}") from None
 
     def _js(self) -> JetStreamManager:
-        return self._broker.connection().client.jsm(timeout=REQUEST_TIMEOUT)
+        return self._jetstream.connection().client.jsm(timeout=REQUEST_TIMEOUT)

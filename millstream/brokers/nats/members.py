@@ -24,6 +24,9 @@ count adds retries and expired leases alike; a redelivery whose previous
 delivery was not retried (no note for it) was taken over from a member
 whose ``ack_wait`` ran out. Notes cost one publish per retried message;
 deliveries the server made for the first time (all but a few) cost nothing.
+
+**Giving back.** A member that closes gives back what it holds uncounted
+(:meth:`Members.give_back`) and empties its record.
 """
 
 from __future__ import annotations
@@ -38,23 +41,19 @@ from typing import TYPE_CHECKING
 
 from nats.js import errors as js_errors
 
-from millstream.brokers.nats.acks import acknowledge
+from millstream.brokers.nats.acks import ACK, acknowledge
 from millstream.brokers.nats.connection import Connection, api_error, translated
-from millstream.brokers.nats.names import Names
-from millstream.brokers.nats.wire import delivery
+from millstream.brokers.nats.names import HELD_STREAM, Names
+from millstream.brokers.nats.wire import delivery, private_headers
 from millstream.errors import BrokerUnavailable
 from millstream.message import Message
 
 if TYPE_CHECKING:
-    from millstream.brokers.nats.broker import NatsBroker
     from millstream.brokers.nats.lost import LostDeliveries
+    from millstream.brokers.nats.streams import JetStream
 
-__all__ = ["HELD_STREAM", "HELD_SUBJECTS", "Members"]
+__all__ = ["Members"]
 
-HELD_STREAM = "MSHELD"  # never a topic's ("MS_...") or dead letters' ("MSDLQ_...") name
-HELD_SUBJECTS = ["_ms.held.>", "_ms.retried.>"]  # inside the reserved _ms. prefix
-KEEP = 24 * 3600.0  # seconds a record or a note is kept at most
-MAX_BYTES = 64 * 1024 * 1024
 _LOOKUPS = 256  # notes looked up at once
 _NAK = b"-NAK"
 
@@ -71,12 +70,12 @@ class _TakenBack:
 
 
 class Members:
-    """One subscription's record (when it has a name) and its takeover accounting."""
+    """One subscription's record (when it has a name), its takeover accounting, its give-back."""
 
     def __init__(
-        self, broker: NatsBroker, connection: Connection, names: Names, member: str | None
+        self, jetstream: JetStream, connection: Connection, names: Names, member: str | None
     ) -> None:
-        self._broker = broker
+        self._jetstream = jetstream
         self._connection = connection
         self._client = connection.client
         self._names = names
@@ -89,7 +88,7 @@ class Members:
 
     async def start(self) -> None:
         """Make sure ``MSHELD`` exists; take back what this member's predecessor held."""
-        self._enabled = await self._broker.ensure_held_stream()
+        self._enabled = await self._jetstream.ensure_held_stream()
         if self._enabled and self._record:
             self._taken_back = await self._take_back()
 
@@ -116,19 +115,41 @@ class Members:
         if not (self._enabled and self._record):
             return
         body = "\n".join((f"{time.time():.3f}", *held)).encode()
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             await self._client.publish(self._record, body)
 
     async def note_retries(self, retried: Sequence[str]) -> None:
         """Leave a note for each retried delivery: its redelivery is a retry, not a takeover."""
         if not self._enabled:
             return
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             for reply in retried:
                 delivered, sequence, _ = delivery(reply)
                 await self._client.publish(f"{self._notes}{sequence}", b"%d" % delivered)
 
-    async def account(self, handed: Sequence[tuple[Message, int]], lost: LostDeliveries) -> int:
+    async def taken_over(self, redelivered: list[Message], lost: LostDeliveries) -> int:
+        """How many of ``redelivered`` (about to be handed out) were taken over, logged once.
+
+        What this process lost with a connection is no takeover, nor an
+        attempt: ``lost`` takes it off first. Raises ``BrokerUnavailable`` when
+        the connection is lost meanwhile: the batch must not be handed out.
+        """
+        unseen = lost.correct(redelivered) if lost else [(m, 0) for m in redelivered]
+        return await self._account(unseen, lost) if unseen else 0
+
+    async def give_back(self, held: Sequence[Message]) -> None:
+        """Give ``held`` back to the group uncounted, which a ``nak`` cannot (it counts a
+        delivery): a copy of each with its deliveries so far goes to the group's private
+        subject, then the original is acked. Then the record is emptied: nothing is left
+        for a successor to take back."""
+        if held:
+            names = self._names
+            copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
+            await self._jetstream.send(names.private, copies, names.stream)
+            await acknowledge(self._connection, [(m.receipt, ACK) for m in held], *self._mine)
+        await self.write(())
+
+    async def _account(self, handed: Sequence[tuple[Message, int]], lost: LostDeliveries) -> int:
         """Count what ``handed`` took over (a redelivery not explained by a retry) and log it once.
 
         ``handed``: redeliveries, each with the last delivery of it a member
@@ -190,7 +211,7 @@ class Members:
         try:
             found = await self._connection.stored(HELD_STREAM, last_of=subject)
         except js_errors.APIError as exc:
-            raise api_error(self._broker.url, exc, f"reading {subject!r}") from None
+            raise api_error(self._connection.url, exc, f"reading {subject!r}") from None
         return None if found is None else found[0]
 
     def _log(self, from_record: int, expired: int) -> None:
@@ -204,7 +225,7 @@ class Members:
                 f"this name), which stopped calling {ago:.0f}s ago"
             )
         if expired:
-            lease = self._broker.options.lease
+            lease = self._jetstream.options.lease
             parts.append(
                 f"{expired} held by member(s) whose lease (ack_wait {lease:g}s) ran out, "
                 "which stopped calling at least that long ago"

@@ -1,4 +1,4 @@
-"""The NATS broker's URL and names: what ``nats://`` says, and every stream and subject it uses.
+"""Every JetStream stream, consumer and subject the NATS broker uses, named from topic and group.
 
 JetStream names (streams, consumers) allow letters, digits, ``_`` and ``-``;
 a topic or group with anything else is made safe and a hash of the original
@@ -8,83 +8,21 @@ appended (:func:`_token`). The whole mapping is in docs/brokers/nats.md.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from millstream.errors import ConfigError
-from millstream.urls import redact
 
-__all__ = [
-    "DEAD_PREFIX",
-    "DEFAULT_LEASE",
-    "PRIVATE_PREFIX",
-    "Names",
-    "NatsOptions",
-    "check_topic",
-    "parse_url",
-]
-
-DEFAULT_LEASE = 30.0
-DEFAULT_MAX_ACK_PENDING = 20_000
-EXPECTED = "nats://[user:password@]host:4222, optionally with ?lease=30&max_ack_pending=20000"
+__all__ = ["DEAD_PREFIX", "HELD_STREAM", "HELD_SUBJECTS", "PRIVATE_PREFIX", "Names", "check_topic"]
 
 PRIVATE_PREFIX = "_ms"  # subjects of group-private messages: _ms.<stream>.<consumer>
 DEAD_PREFIX = "_msdlq"  # subjects of dead letters: _msdlq.<dead-letter stream>
+# Members' records and retry notes (see members.py), inside the reserved _ms. prefix.
+HELD_STREAM = "MSHELD"  # never a topic's ("MS_...") or dead letters' ("MSDLQ_...") name
+HELD_SUBJECTS = ["_ms.held.>", "_ms.retried.>"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _NAME_MAX = 64
-
-
-@dataclass(frozen=True, slots=True)
-class NatsOptions:
-    """What a ``nats://`` URL says: where to connect, and millstream's own parameters."""
-
-    server: str
-    """The URL nats-py connects to (credentials included, millstream's parameters removed)."""
-    lease: float = DEFAULT_LEASE
-    """The consumer's ``ack_wait``: how long a member that stopped calling keeps a message."""
-    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
-    """The group's cap on unacknowledged messages, every member and waiting retry included."""
-
-
-def parse_url(url: str) -> NatsOptions:
-    """Split ``url`` into nats-py's URL and millstream's ``lease`` and ``max_ack_pending``.
-
-    Raises ``ConfigError`` naming the URL, what is wrong and the expected form.
-    """
-    parts = urlsplit(url)
-    shown = redact(url)
-    if parts.scheme != "nats":
-        raise ConfigError(f"broker URL {shown!r} is not a NATS URL; expected {EXPECTED}")
-    if not parts.hostname:
-        raise ConfigError(f"broker URL {shown!r} has no host; expected {EXPECTED}")
-    lease, max_ack_pending = DEFAULT_LEASE, DEFAULT_MAX_ACK_PENDING
-    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "lease":
-            try:
-                lease = float(raw)
-            except ValueError:
-                lease = math.nan
-            if not math.isfinite(lease) or lease <= 0:
-                raise ConfigError(
-                    f"broker URL {shown!r}: lease={raw!r} must be a number of seconds, "
-                    "more than 0; expected e.g. nats://127.0.0.1:4222?lease=30"
-                )
-        elif name == "max_ack_pending":
-            if not raw.isdigit() or int(raw) < 1:
-                raise ConfigError(
-                    f"broker URL {shown!r}: max_ack_pending={raw!r} must be a whole number "
-                    "of messages, 1 or more; expected e.g. nats://127.0.0.1:4222?max_ack_pending=20000"
-                )
-            max_ack_pending = int(raw)
-        else:
-            raise ConfigError(
-                f"broker URL {shown!r}: unknown parameter {name!r}; expected {EXPECTED}"
-            )
-    server = urlunsplit(parts._replace(query="", fragment=""))
-    return NatsOptions(server, lease=lease, max_ack_pending=max_ack_pending)
 
 
 def _token(text: str) -> str:

@@ -41,7 +41,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -49,12 +49,12 @@ from nats import errors as nats_errors
 from nats.js import errors as js_errors
 
 from millstream.brokers.base import Lag
-from millstream.brokers.nats.acks import ACK, PROGRESS, TERM, acknowledge, nak
+from millstream.brokers.nats.acks import ACK, PROGRESS, TERM, acknowledge, acknowledgements
 from millstream.brokers.nats.connection import REQUEST_TIMEOUT, Connection, api_error, translated
 from millstream.brokers.nats.lost import consumer_sequence
 from millstream.brokers.nats.members import Members
 from millstream.brokers.nats.names import PRIVATE_PREFIX, Names
-from millstream.brokers.nats.wire import decode, decode_carefully, private_headers
+from millstream.brokers.nats.wire import decode, decode_carefully
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import Message
 from millstream.urls import redact
@@ -62,8 +62,9 @@ from millstream.urls import redact
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription as NatsInbox
+    from nats.js.api import ConsumerInfo
 
-    from millstream.brokers.nats.broker import NatsBroker
+    from millstream.brokers.nats.streams import JetStream
 
 __all__ = ["NatsSubscription"]
 
@@ -82,21 +83,24 @@ class NatsSubscription:
 
     def __init__(
         self,
-        broker: NatsBroker,
+        jetstream: JetStream,
         connection: Connection,
         names: Names,
         member: str | None = None,
         delivered: int = 0,
+        on_close: Callable[[NatsSubscription], None] | None = None,
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
-        self._members = Members(broker, connection, names, member)
-        self._lost = broker.lost_deliveries(names)
+        self._members = Members(jetstream, connection, names, member)
+        self._lost = jetstream.lost_deliveries(names)
         self._delivered = delivered  # the consumer's delivery sequence when this member joined
         self._last_reply = ""  # the last delivery received: how far the consumer's count is known
         self._unsure: list[str] = []  # settled, but whether the server got it is unknown
         self._unrecorded = False  # holds deliveries its record does not list yet
         self._redelivered = 0  # deliveries not handed out yet that the server made before
-        self._broker = broker
+        self._jetstream = jetstream
+        self._on_close = on_close
+        self._url = connection.url
         self._connection = connection
         self._names = names
         self.topic = names.topic
@@ -118,14 +122,14 @@ class NatsSubscription:
         self._lingering = False  # the open request waits on the server (not no_wait)
         self._missing = False  # the consumer (or its stream) is gone: recreate it
         self._arrived = asyncio.Event()
-        lease = broker.options.lease
+        lease = jetstream.options.lease
         self._keep_alive_every = min(lease / 4, _KEEP_ALIVE_MAX)
         self._keep_alive_at = time.monotonic() + self._keep_alive_every
         self._closed = False
 
     async def start(self) -> None:
         """Open the member's inbox; take back what a crashed member of the same name held."""
-        with translated(self._broker.url):
+        with translated(self._url):
             self._sub = await self._client.subscribe(
                 self._inbox, cb=self._received, pending_msgs_limit=0, pending_bytes_limit=0
             )
@@ -186,12 +190,8 @@ class NatsSubscription:
         batch = [ready.popleft() for _ in range(min(most, len(ready)))]
         if self._redelivered:
             again = [m for m in batch if m.attempt > 1]
-            lost = self._lost
-            # What this process lost with a connection is no takeover, nor an attempt.
-            unseen = lost.correct(again) if lost else [(m, 0) for m in again]
             try:
-                if unseen:
-                    self.taken_over += await self._members.account(unseen, lost)
+                self.taken_over += await self._members.taken_over(again, self._lost)
             except BrokerUnavailable:
                 ready.extendleft(reversed(batch))  # never handed out, as close will say
                 raise
@@ -219,7 +219,7 @@ class NatsSubscription:
             request = {"batch": batch, "no_wait": True}
             self._open_until = now + _ANSWER_WITHIN
         self._open = batch
-        with translated(self._broker.url):
+        with translated(self._url):
             await self._client.publish(self._pull, json.dumps(request).encode(), reply=self._inbox)
 
     async def _unanswered(self) -> None:
@@ -229,17 +229,16 @@ class NatsSubscription:
         look: recreate the consumer if it is not there, else just ask anew.
         """
         # Or a silent partition: then a ping goes unanswered too, and the connection is lost
-        # (with the request still open: what it sent there is no attempt, see nats_lost).
+        # (with the request still open: what it sent there is no attempt, see lost.py).
         await self._connection.probe()
         self._connection.check(*self._mine)
         self._open = 0
-        js = self._client.jsm(timeout=REQUEST_TIMEOUT)
         try:
-            await self._connection.guard(js.consumer_info(*self._consumer), *self._mine)
+            await self._consumer_info()
         except js_errors.NotFoundError:
             self._missing = True
         except js_errors.APIError as exc:
-            raise api_error(self._broker.url, exc, f"looking up {self._consumer[1]!r}") from None
+            raise api_error(self._url, exc, f"looking up {self._consumer[1]!r}") from None
 
     async def _received(self, msg: Msg) -> None:
         """Every delivery and status of this member's pull requests, in order."""
@@ -296,19 +295,8 @@ class NatsSubscription:
         if deads:
             buried = [(m, reason) for m, reason in deads if m.receipt in held]
             if buried:
-                await self._broker.bury(self._names, buried)
-        commands: list[tuple[str, bytes]] = []
-        for m, _ in deads:
-            if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, TERM))
-        retried: list[str] = []
-        for m, delay in retries:
-            if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, nak(delay)))
-                retried.append(m.receipt)
-        for m in acks:
-            if held.pop(m.receipt, None) is not None:
-                commands.append((m.receipt, ACK))
+                await self._jetstream.bury(self._names, buried)
+        commands, retried = acknowledgements(held, acks, retries, deads)
         try:
             if retried:  # before the naks, on the same connection: in place when they come back
                 await self._members.note_retries(retried)
@@ -328,7 +316,7 @@ class NatsSubscription:
     async def _keep_alive(self, now: float) -> None:
         self._keep_alive_at = now + self._keep_alive_every
         if self._held:
-            with translated(self._broker.url):
+            with translated(self._url):
                 for subject in list(self._held):
                     await self._client.publish(subject, PROGRESS)
 
@@ -337,34 +325,35 @@ class NatsSubscription:
         self._missing = False
         self._open = 0
         self._idle = False
-        self._broker.forget_stream(self._stream)
+        self._jetstream.forget_stream(self._stream)
         self._lost.forget()
-        await self._broker.ensure_consumer(self._names)
+        await self._jetstream.ensure_consumer(self._names)
 
     async def lag(self) -> Lag | None:
         """Waiting plus in flight (retries waiting for their delay included)."""
         self._check()
-        connection = self._connection
-        js = self._client.jetstream(timeout=REQUEST_TIMEOUT)
-        names = self._names
-        consumer = self._consumer
-        what = f"reading the lag of {names.consumer!r}"
         try:
             try:
-                info = await connection.guard(js.consumer_info(*consumer), *self._mine)
+                info = await self._consumer_info()
             except js_errors.NotFoundError:
                 await self._recreate()
-                info = await connection.guard(js.consumer_info(*consumer), *self._mine)
+                info = await self._consumer_info()
         except js_errors.APIError as exc:
-            raise api_error(self._broker.url, exc, what) from None
+            what = f"reading the lag of {self._names.consumer!r}"
+            raise api_error(self._url, exc, what) from None
         return Lag(total=(info.num_pending or 0) + (info.num_ack_pending or 0))
+
+    async def _consumer_info(self) -> ConsumerInfo:
+        js = self._client.jsm(timeout=REQUEST_TIMEOUT)
+        return await self._connection.guard(js.consumer_info(*self._consumer), *self._mine)
 
     async def close(self) -> None:
         """Give back everything this member holds, uncounted. Safe twice, and when disconnected."""
         if self._closed:
             return
         self._closed = True
-        self._broker.forget(self)
+        if self._on_close is not None:
+            self._on_close(self)
         connection = self._connection
         connection.unlisten(self._arrived.set)
         # Whatever the open request still delivers is held too: let it end first.
@@ -378,24 +367,19 @@ class NatsSubscription:
         sub, self._sub = self._sub, None
         if sub is not None and connection.alive:
             try:
-                with translated(self._broker.url):
+                with translated(self._url):
                     await sub.unsubscribe()
             except BrokerError:
                 pass
-        held = list(self._held.values())
         if connection.alive:
             try:
-                if held:
-                    copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
-                    await self._broker.send(self._own, copies, self._stream)
-                    await self._send([(m.receipt, ACK) for m in held])
-                await self._members.write(())  # released: nothing for a successor to take back
+                await self._members.give_back(list(self._held.values()))
                 self._held.clear()
             except BrokerError:
                 pass
         if self._held or self._open > 0 or self._unsure:
             # Not given back: ack_wait does (counted), or at once a successor under this
-            # name. What no handler started here was no attempt (see nats_lost).
+            # name. What no handler started here was no attempt (see lost.py).
             after = consumer_sequence(self._last_reply) if self._last_reply else self._delivered
             receipts = [*self._held, *self._unsure]
             self._lost.record(receipts, self._ready, self._open, after)
@@ -405,6 +389,6 @@ class NatsSubscription:
     def _check(self) -> None:
         if self._closed:
             raise BrokerUnavailable(
-                f"broker {redact(self._broker.url)}: subscription to {self.topic!r} is closed"
+                f"broker {redact(self._url)}: subscription to {self.topic!r} is closed"
             )
         self._connection.check(*self._mine)
