@@ -59,8 +59,6 @@ def url_hosts(url: str) -> list[str]:
 
 async def refuse_unknown_hosts(url: str, cause: BaseException) -> None:
     """Raise ``ConfigError`` from ``cause`` if no host of ``url`` exists at all."""
-    from millstream.urls import redact
-
     hosts = url_hosts(url)
     missing = await unknown_hosts(hosts)
     if hosts and len(missing) == len(hosts):
@@ -88,18 +86,26 @@ def redact(url: str) -> str:
 
 
 def query_seconds(
-    url: str, name: str, raw: str, *, example: str, allow_zero: bool = False
+    url: str, name: str, raw: str, *, example: str, allow_zero: bool = False, least: float = 0.0
 ) -> float:
     """``raw``, the value of query parameter ``name`` of ``url``, as seconds.
 
     Raises ``ConfigError`` naming the (redacted) URL, the parameter, what it
     must be and ``example`` (a whole URL that works) unless ``raw`` is a
-    finite number above 0 (or 0 itself when ``allow_zero``: "off").
+    finite number above 0 (or 0 itself when ``allow_zero``: "off"), and at
+    least ``least`` when that is set.
     """
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
+    if least > 0:
+        if not math.isfinite(value) or value < least:
+            raise ConfigError(
+                f"broker URL {redact(url)!r}: {name}={raw!r} must be at least {least:g} "
+                f"seconds; expected e.g. {example}"
+            )
+        return value
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         floor = "0 (off) or more" if allow_zero else "more than 0"
         raise ConfigError(

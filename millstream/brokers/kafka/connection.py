@@ -153,13 +153,7 @@ def _value(url: str, name: str, raw: str) -> Any:
         raise ConfigError(f"broker URL {shown!r}: unknown parameter {name!r}; known: {known}")
     default, floor = _SECONDS[name]
     example = f"{example}{default:g}"
-    value = query_seconds(url, name, raw, example=example, allow_zero=floor == 0)
-    if value < floor:
-        raise ConfigError(
-            f"broker URL {shown!r}: {name}={raw!r} must be at least {floor:g} seconds; "
-            f"expected e.g. {example}"
-        )
-    return value
+    return query_seconds(url, name, raw, example=example, allow_zero=floor == 0, least=floor)
 
 
 class KafkaConnection:
