@@ -16,9 +16,10 @@ original is acked only after its copy is confirmed (at-least-once).
 
 A lost connection ends every subscription on it with ``BrokerUnavailable``;
 RabbitMQ returns what they held to their queues, counted (the attempt goes
-up). The broker remembers what they had not handed out, and how much may
-have been on its way, and takes those returns off again when the messages
-come back (see :mod:`millstream.brokers.rabbitmq.returns`). The supervisor
+up). The broker's connection object remembers what they had not handed
+out, and how much may have been on its way, and takes those returns off
+again when the messages come back (see
+:mod:`millstream.brokers.rabbitmq.returns`). The supervisor
 calls :meth:`RabbitMqBroker.connect` and subscribes again, which declares
 the topology again.
 """

@@ -62,8 +62,8 @@ EXPECTED = (
 )
 # How long one command may take before the connection counts as dead: what a
 # silent partition (packets dropped, no reset) costs before a consumer notices.
-# A blocking read waits at most half of it (see redis.py), so an idle topic
-# never looks dead.
+# A blocking read waits at most half of it (see RedisBroker.subscribe), so an
+# idle topic never looks dead.
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 # Every subscription keeps one connection for its blocking reads; the rest
