@@ -64,7 +64,7 @@ class MemoryBroker:
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Append ``messages`` to the topic's log and wake its waiting fetches."""
-        self.check()
+        self._connection.check()
         self.hub.publish(topic, messages)
 
     async def subscribe(
@@ -72,7 +72,7 @@ class MemoryBroker:
     ) -> MemorySubscription:
         """Join ``group`` on ``topic``; under a ``member`` name, take back at once (counted)
         what a crashed member of that name still holds."""
-        self.check()
+        self._connection.check()
         self.hub.group(topic, group)
         owner, taken = self.hub.new_owner(topic, group, member)
         subscription = MemorySubscription(
@@ -84,7 +84,7 @@ class MemoryBroker:
 
     async def dead_letters(self, topic: str, group: str) -> MemoryDeadLetters:
         """The dead-letter queue of ``topic`` and ``group``."""
-        self.check()
+        self._connection.check()
         return MemoryDeadLetters(self._connection, topic, group)
 
     def _forget(self, subscription: MemorySubscription) -> None:
