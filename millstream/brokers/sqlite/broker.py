@@ -129,7 +129,7 @@ class SqliteBroker:
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` in one transaction; returns once committed."""
-        connection = self.current()
+        connection = self._live.current()
         if messages:
             await connection.run(schema.publish, topic, list(messages))
             self._live.wake(topic)
@@ -143,7 +143,7 @@ class SqliteBroker:
         holds is fetchable again at once (the attempt counted), instead of
         when its lease runs out.
         """
-        connection = self.current()
+        connection = self._live.current()
         owner = secrets.randbits(62) + 1
         gid = await connection.run(leases.join, topic, group, owner, member)
         subscription = SqliteSubscription(
@@ -154,7 +154,7 @@ class SqliteBroker:
 
     async def dead_letters(self, topic: str, group: str) -> SqliteDeadLetters:
         """The dead-letter queue of ``topic`` and ``group``."""
-        self.current()
+        self._live.current()
         return SqliteDeadLetters(self._live, topic, group)
 
     def current(self, epoch: int | None = None) -> SqliteConnection:
