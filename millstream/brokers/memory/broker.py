@@ -1,314 +1,23 @@
 """The in-process broker: the reference behaviour of the contract, for logic tests.
 
-A topic is an in-memory log with a cursor per group, so each group sees
-every message (a new group starts at the oldest message still retained) and
-members of a group share them. Fetched messages are leased to their member;
-a lease that expires, or a connection that is cut, puts them back with the
-attempt counted. ``MemoryHub`` is the broker itself; each ``MemoryBroker`` is
-one connection to it, so tests can give two "processes" one hub.
+Each :class:`MemoryBroker` is one client of a :class:`MemoryHub`, which holds
+the topics (:mod:`millstream.brokers.memory.hub`); two brokers on one hub are
+two "processes" sharing a broker. Cutting a broker's connection gives back
+what its members held, counted; abandoning it leaves their leases to run out.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
-import logging
-import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
-from millstream.brokers.base import Capabilities, DeadLetter, Lag
-from millstream.errors import BrokerUnavailable, ConfigError
-from millstream.message import NO_HEADERS, Message, OutgoingMessage
+from millstream.brokers.base import Capabilities
+from millstream.brokers.memory.connection import MemoryConnection, parse_url
+from millstream.brokers.memory.dead_letters import MemoryDeadLetters
+from millstream.brokers.memory.hub import MemoryHub
+from millstream.brokers.memory.subscription import MemorySubscription
+from millstream.message import OutgoingMessage
 
-__all__ = ["MemoryBroker", "MemoryHub"]
-
-log = logging.getLogger("millstream.brokers")
-
-_DEFAULT_LEASE = 30.0
-
-
-@dataclass(slots=True)
-class _Record:
-    offset: int
-    out: OutgoingMessage
-
-
-@dataclass(slots=True)
-class _Delivery:
-    record: _Record
-    attempt: int = 0
-
-
-@dataclass(slots=True)
-class _Lease:
-    delivery: _Delivery
-    owner: int
-    until: float
-
-
-@dataclass
-class _Group:
-    cursor: int
-    ready: deque[_Delivery] = field(default_factory=deque)
-    delayed: list[tuple[float, int, _Delivery]] = field(default_factory=list)
-    leases: dict[int, _Lease] = field(default_factory=dict)
-    dead: dict[str, DeadLetter] = field(default_factory=dict)
-    next_lease_check: float = 0.0
-    extended_at: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Topic:
-    log: deque[_Record] = field(default_factory=deque)
-    base: int = 0
-    groups: dict[str, _Group] = field(default_factory=dict)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-
-    def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-
-class MemoryHub:
-    """The broker state shared by every :class:`MemoryBroker` connected to it."""
-
-    def __init__(self, lease: float = _DEFAULT_LEASE) -> None:
-        self.lease = lease
-        self._topics: dict[str, _Topic] = {}
-        self._receipts = itertools.count(1)
-        self._sequence = itertools.count(1)
-        self._owners = itertools.count(1)
-        self._names: dict[int, str] = {}  # owner id -> the member name it subscribed under
-        self._members: dict[tuple[str, str, str], int] = {}  # (topic, group, name) -> owner
-
-    def new_owner(self, topic: str, group: str, member: str | None) -> tuple[int, int]:
-        """An id for a new group member, unique across every connection to this hub, and
-        how many messages it took back from the crashed member of the same name."""
-        owner = next(self._owners)
-        if member is None:
-            return owner, 0
-        self._names[owner] = member
-        previous = self._members.get((topic, group, member))
-        self._members[topic, group, member] = owner
-        if previous is None:
-            return owner, 0
-        taken = self.release(topic, group, previous, count_attempt=True)
-        if taken:
-            log.warning(
-                "memory: member %s took back %d message(s) of %s/%s that it held before it "
-                "stopped without releasing them",
-                member,
-                taken,
-                topic,
-                group,
-            )
-        return owner, taken
-
-    def name(self, owner: int) -> str:
-        return self._names.get(owner, f"#{owner}")
-
-    def topic(self, name: str) -> _Topic:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = _Topic()
-        return topic
-
-    def group(self, topic_name: str, group_name: str) -> _Group:
-        topic = self.topic(topic_name)
-        group = topic.groups.get(group_name)
-        if group is None:
-            group = topic.groups[group_name] = _Group(cursor=topic.base)
-        return group
-
-    def publish(self, topic_name: str, messages: Sequence[OutgoingMessage]) -> None:
-        topic = self.topic(topic_name)
-        offset = topic.base + len(topic.log)
-        topic.log.extend(_Record(offset + i, out) for i, out in enumerate(messages))
-        topic.wake()
-
-    def take(
-        self, topic_name: str, group_name: str, owner: int, limit: int
-    ) -> tuple[list[Message], float | None, int]:
-        """Lease up to ``limit`` deliveries; also returns when the next delayed one is due,
-        and how many deliveries whose lease ran out it put back for this take."""
-        topic = self.topic(topic_name)
-        group = self.group(topic_name, group_name)
-        now = time.monotonic()
-        expired = 0
-        if now >= group.next_lease_check and group.leases:
-            expired = self._expire(topic_name, group_name, group, owner, now)
-        self._extend(group, owner, now)
-        while group.delayed and group.delayed[0][0] <= now:
-            group.ready.append(heapq.heappop(group.delayed)[2])
-        taken: list[_Delivery] = []
-        while group.ready and len(taken) < limit:
-            taken.append(group.ready.popleft())
-        end = topic.base + len(topic.log)
-        if len(taken) < limit and group.cursor < end:
-            start = group.cursor - topic.base
-            count = min(limit - len(taken), end - group.cursor)
-            log = topic.log
-            taken.extend(_Delivery(log[start + i]) for i in range(count))
-            group.cursor += count
-            self._trim(topic)
-        until = now + self.lease
-        messages = []
-        for delivery in taken:
-            delivery.attempt += 1
-            receipt = next(self._receipts)
-            group.leases[receipt] = _Lease(delivery, owner, until)
-            out = delivery.record.out
-            messages.append(
-                Message(
-                    id=out.id,
-                    topic=topic_name,
-                    payload=out.payload,
-                    key=out.key,
-                    headers=dict(out.headers) if out.headers else NO_HEADERS,
-                    attempt=delivery.attempt,
-                    published_at=out.published_at,
-                    offset=delivery.record.offset,
-                    receipt=receipt,
-                )
-            )
-        next_due = group.delayed[0][0] if group.delayed else None
-        return messages, next_due, expired
-
-    def settle(
-        self,
-        topic_name: str,
-        group_name: str,
-        owner: int,
-        acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
-        deads: Sequence[tuple[Message, str]],
-    ) -> None:
-        group = self.group(topic_name, group_name)
-        leases = group.leases
-        for message in acks:
-            lease = leases.get(message.receipt)
-            if lease is not None and lease.owner == owner:
-                del leases[message.receipt]
-        now = time.monotonic()
-        for message, delay in retries:
-            lease = leases.get(message.receipt)
-            if lease is not None and lease.owner == owner:
-                del leases[message.receipt]
-                heapq.heappush(group.delayed, (now + delay, next(self._sequence), lease.delivery))
-        for message, reason in deads:
-            lease = leases.get(message.receipt)
-            if lease is not None and lease.owner == owner:
-                del leases[message.receipt]
-                self._bury(topic_name, group_name, group, lease.delivery, reason)
-        if retries:
-            self.topic(topic_name).wake()
-
-    def release(self, topic_name: str, group_name: str, owner: int, *, count_attempt: bool) -> int:
-        """Give back every delivery ``owner`` holds, oldest first; returns how many."""
-        group = self.group(topic_name, group_name)
-        held = [(receipt, lease) for receipt, lease in group.leases.items() if lease.owner == owner]
-        if not held:
-            return 0
-        for receipt, _ in held:
-            del group.leases[receipt]
-        back = sorted((lease.delivery for _, lease in held), key=lambda d: d.record.offset)
-        for delivery in back:
-            if not count_attempt:
-                delivery.attempt -= 1
-        group.ready.extendleft(reversed(back))
-        self.topic(topic_name).wake()
-        return len(back)
-
-    def lag(self, topic_name: str, group_name: str) -> int:
-        topic = self.topic(topic_name)
-        group = self.group(topic_name, group_name)
-        unread = topic.base + len(topic.log) - group.cursor
-        return unread + len(group.ready) + len(group.delayed) + len(group.leases)
-
-    def dead_letters(self, topic_name: str, group_name: str) -> dict[str, DeadLetter]:
-        return self.group(topic_name, group_name).dead
-
-    def replay(self, topic_name: str, group_name: str, ids: Sequence[str] | None) -> int:
-        group = self.group(topic_name, group_name)
-        chosen = list(group.dead) if ids is None else [i for i in ids if i in group.dead]
-        for letter_id in chosen:
-            letter = group.dead.pop(letter_id)
-            out = OutgoingMessage(
-                payload=letter.payload,
-                key=letter.key,
-                headers=dict(letter.headers),
-                id=letter.message_id,
-            )
-            group.ready.append(_Delivery(_Record(-1, out)))
-        if chosen:
-            self.topic(topic_name).wake()
-        return len(chosen)
-
-    def _bury(
-        self, topic_name: str, group_name: str, group: _Group, delivery: _Delivery, reason: str
-    ) -> None:
-        out = delivery.record.out
-        letter_id = f"{out.id}-{next(self._sequence)}"
-        group.dead[letter_id] = DeadLetter(
-            id=letter_id,
-            message_id=out.id,
-            topic=topic_name,
-            group=group_name,
-            payload=out.payload,
-            key=out.key,
-            headers=dict(out.headers),
-            attempts=delivery.attempt,
-            error=reason,
-            failed_at=time.time(),
-        )
-
-    def _extend(self, group: _Group, owner: int, now: float) -> None:
-        """Push out ``owner``'s leases every quarter lease: it is alive and calling."""
-        if now - group.extended_at.get(owner, 0.0) < self.lease / 4:
-            return
-        group.extended_at[owner] = now
-        half = now + self.lease / 2
-        extended = now + self.lease
-        for lease in group.leases.values():
-            if lease.owner == owner and lease.until < half:
-                lease.until = extended
-
-    def _expire(
-        self, topic_name: str, group_name: str, group: _Group, taker: int, now: float
-    ) -> int:
-        expired = [receipt for receipt, lease in group.leases.items() if lease.until <= now]
-        holders = {group.leases[receipt].owner for receipt in expired}
-        back = [group.leases.pop(receipt).delivery for receipt in expired]
-        back.sort(key=lambda d: d.record.offset)
-        group.ready.extendleft(reversed(back))
-        group.next_lease_check = now + self.lease / 4
-        if back:
-            log.warning(
-                "memory: member %s took over %d message(s) of %s/%s held by %s, whose "
-                "lease of %gs ran out",
-                self.name(taker),
-                len(back),
-                topic_name,
-                group_name,
-                ", ".join(sorted(self.name(holder) for holder in holders)),
-                self.lease,
-            )
-        return len(back)
-
-    def _trim(self, topic: _Topic) -> None:
-        """Drop log records every group has read past."""
-        lowest = min(group.cursor for group in topic.groups.values())
-        drop = lowest - topic.base
-        if drop > 4096:
-            for _ in range(drop):
-                topic.log.popleft()
-            topic.base = lowest
+__all__ = ["MemoryBroker", "MemoryDeadLetters", "MemoryHub", "MemorySubscription"]
 
 
 class MemoryBroker:
@@ -319,181 +28,65 @@ class MemoryBroker:
     def __init__(self, hub: MemoryHub | None = None, *, url: str = "memory://") -> None:
         self.url = url
         self.hub = hub if hub is not None else MemoryHub()
-        self._connected = False
-        self._epoch = 0
+        self._connection = MemoryConnection(url, self.hub)
         self._subscriptions: list[MemorySubscription] = []
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
-        query = parse_qs(urlsplit(url).query)
-        lease = _DEFAULT_LEASE
-        if "lease" in query:
-            raw = query["lease"][0]
-            try:
-                lease = float(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"broker URL {url!r}: lease={raw!r} is not a number of seconds; "
-                    "expected e.g. memory://?lease=30"
-                ) from None
-            if lease <= 0:
-                raise ConfigError(f"broker URL {url!r}: lease must be more than 0 seconds")
-        return cls(MemoryHub(lease=lease), url=url)
+        """A broker on a hub of its own, for ``url``; raises ``ConfigError`` on a bad lease."""
+        return cls(MemoryHub(lease=parse_url(url)), url=url)
 
     async def connect(self) -> None:
-        if not self._connected:
-            self._connected = True
-            self._epoch += 1
+        """Connect to the hub; a no-op when connected."""
+        self._connection.open()
 
     async def close(self) -> None:
+        """Close every subscription (releasing what it holds, uncounted), then disconnect."""
         for subscription in list(self._subscriptions):
             await subscription.close()
-        self._connected = False
+        self._connection.drop()
 
     def cut(self) -> None:
         """Drop the connection as a network failure would: held messages go back, counted."""
-        self._connected = False
+        self._connection.drop()
         for subscription in self._subscriptions:
             subscription.lost()
         self._subscriptions.clear()
 
     def abandon(self) -> None:
         """Vanish as a crashed process would: nothing is released, leases run out."""
-        self._connected = False
+        self._connection.drop()
         self._subscriptions.clear()
 
     def check(self, epoch: int | None = None) -> None:
-        if not self._connected or (epoch is not None and epoch != self._epoch):
-            raise BrokerUnavailable(f"{self.url}: not connected")
+        """``BrokerUnavailable`` unless connected (in ``epoch``, if given)."""
+        self._connection.check(epoch)
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
-        self.check()
+        """Append ``messages`` to the topic's log and wake its waiting fetches."""
+        self._connection.check()
         self.hub.publish(topic, messages)
 
     async def subscribe(
         self, topic: str, group: str, *, prefetch: int, member: str | None = None
     ) -> MemorySubscription:
-        self.check()
+        """Join ``group`` on ``topic``; under a ``member`` name, take back at once (counted)
+        what a crashed member of that name still holds."""
+        self._connection.check()
         self.hub.group(topic, group)
         owner, taken = self.hub.new_owner(topic, group, member)
-        subscription = MemorySubscription(self, topic, group, owner, self._epoch)
+        subscription = MemorySubscription(
+            self._connection, topic, group, owner, forget=self._forget
+        )
         subscription.taken_over = taken
         self._subscriptions.append(subscription)
         return subscription
 
     async def dead_letters(self, topic: str, group: str) -> MemoryDeadLetters:
-        self.check()
-        return MemoryDeadLetters(self, topic, group)
+        """The dead-letter queue of ``topic`` and ``group``."""
+        self._connection.check()
+        return MemoryDeadLetters(self._connection, topic, group)
 
-    def forget(self, subscription: MemorySubscription) -> None:
+    def _forget(self, subscription: MemorySubscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
-
-
-class MemorySubscription:
-    """A group member on the memory broker."""
-
-    def __init__(
-        self, broker: MemoryBroker, topic: str, group: str, owner: int, epoch: int
-    ) -> None:
-        self.taken_over = 0  # messages taken from members that crashed
-        self._broker = broker
-        self._hub = broker.hub
-        self.topic = topic
-        self.group = group
-        self._owner = owner
-        self._epoch = epoch
-        self._closed = False
-
-    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            self._check()
-            messages, next_due, expired = self._hub.take(
-                self.topic, self.group, self._owner, max_messages
-            )
-            self.taken_over += expired
-            remaining = deadline - loop.time()
-            if messages or remaining <= 0:
-                return messages
-            if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - time.monotonic()))
-            # Look again within half a lease: each take extends what this member holds.
-            remaining = min(remaining, self._hub.lease / 2)
-            waiter: asyncio.Future[None] = loop.create_future()
-            waiters = self._hub.topic(self.topic).waiters
-            waiters.append(waiter)
-            timer = loop.call_later(remaining, _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                if waiter in waiters:  # timed out: no publish came to take it away
-                    waiters.remove(waiter)
-
-    async def settle(
-        self,
-        acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
-        deads: Sequence[tuple[Message, str]],
-    ) -> None:
-        self._check()
-        self._hub.settle(self.topic, self.group, self._owner, acks, retries, deads)
-
-    async def lag(self) -> Lag:
-        self._check()
-        return Lag(total=self._hub.lag(self.topic, self.group))
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._broker.forget(self)
-        self._hub.release(self.topic, self.group, self._owner, count_attempt=False)
-
-    def lost(self) -> None:
-        """The connection dropped: what this member held goes back with the attempt counted."""
-        self._closed = True
-        self._hub.release(self.topic, self.group, self._owner, count_attempt=True)
-
-    def _check(self) -> None:
-        if self._closed:
-            raise BrokerUnavailable(f"{self._broker.url}: subscription to {self.topic!r} is closed")
-        self._broker.check(self._epoch)
-
-
-class MemoryDeadLetters:
-    """The dead-letter queue of one topic and group on the memory broker."""
-
-    def __init__(self, broker: MemoryBroker, topic: str, group: str) -> None:
-        self._broker = broker
-        self._topic = topic
-        self._group = group
-
-    async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        self._broker.check()
-        letters = self._broker.hub.dead_letters(self._topic, self._group)
-        newest_first = list(reversed(letters.values()))
-        return newest_first[offset : offset + limit]
-
-    async def count(self) -> int:
-        self._broker.check()
-        return len(self._broker.hub.dead_letters(self._topic, self._group))
-
-    async def replay(self, ids: Sequence[str] | None = None) -> int:
-        self._broker.check()
-        return self._broker.hub.replay(self._topic, self._group, ids)
-
-    async def purge(self, ids: Sequence[str] | None = None) -> int:
-        self._broker.check()
-        letters = self._broker.hub.dead_letters(self._topic, self._group)
-        chosen = list(letters) if ids is None else [i for i in ids if i in letters]
-        for letter_id in chosen:
-            del letters[letter_id]
-        return len(chosen)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

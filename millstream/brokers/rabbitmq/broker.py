@@ -16,48 +16,39 @@ original is acked only after its copy is confirmed (at-least-once).
 
 A lost connection ends every subscription on it with ``BrokerUnavailable``;
 RabbitMQ returns what they held to their queues, counted (the attempt goes
-up). The broker remembers what they had not handed out, and how much may
-have been on its way, and takes those returns off again when the messages
-come back (see :mod:`millstream.brokers.rabbitmq.returns`). The supervisor
+up). The broker's connection object remembers what they had not handed
+out, and how much may have been on its way, and takes those returns off
+again when the messages come back (see
+:mod:`millstream.brokers.rabbitmq.returns`). The supervisor
 calls :meth:`RabbitMqBroker.connect` and subscribes again, which declares
 the topology again.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import cast
 
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
-from aiormq.channel import Channel
+from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
 from millstream.brokers.base import Capabilities
 from millstream.brokers.rabbitmq.connection import (
+    Publication,
+    RabbitMqConnection,
     RabbitMqOptions,
-    open_connection,
     parse_url,
     translated,
 )
 from millstream.brokers.rabbitmq.dead_letters import RabbitMqDeadLetters
-from millstream.brokers.rabbitmq.returns import Returns
 from millstream.brokers.rabbitmq.subscription import RabbitMqSubscription
 from millstream.brokers.rabbitmq.topology import declare_group, declare_topic
 from millstream.brokers.rabbitmq.wire import Names, encode, tag_of
 from millstream.errors import BrokerUnavailable
 from millstream.message import OutgoingMessage
-from millstream.urls import redact, refuse_unknown_hosts
 
-__all__ = ["Publication", "RabbitMqBroker", "RabbitMqDeadLetters", "RabbitMqSubscription"]
+__all__ = ["RabbitMqBroker", "RabbitMqDeadLetters", "RabbitMqSubscription"]
 
-Publication = tuple[str, str, bytes, Basic.Properties]
-"""(exchange, routing key, body, properties) of one message to publish."""
-
-# Publishes awaiting their confirms at once: enough to keep the connection
-# busy, few enough that a batch of a million does not hold a million futures.
-PUBLISH_WINDOW = 2000
 _ADOPT_BATCH = 500  # messages moved at once from T.unrouted into a new group
 
 
@@ -74,45 +65,28 @@ class RabbitMqBroker:
     def __init__(self, url: str, options: RabbitMqOptions | None = None) -> None:
         self.url = url
         self.options = options if options is not None else parse_url(url)
-        self._connection: AbstractConnection | None = None
-        self._publisher: AbstractChannel | None = None
-        self._lock = asyncio.Lock()
-        self._topics: set[str] = set()  # declared on this connection
+        self._connection = RabbitMqConnection(url, self.options)
         self._subscriptions: list[RabbitMqSubscription] = []
-        # Per queue: what subscriptions held when their connection died.
-        self._returns: dict[str, Returns] = {}
-        self.declared: set[tuple[str, str]] = set()
-        """("exchange" | "queue", name) of everything this broker declared: for cleanup tools."""
 
     @classmethod
     def from_url(cls, url: str) -> RabbitMqBroker:
         """The broker for ``url``; raises ``ConfigError`` naming what is wrong with it."""
         return cls(url, parse_url(url))
 
+    @property
+    def declared(self) -> set[tuple[str, str]]:
+        """("exchange" | "queue", name) of everything this broker declared: for cleanup tools."""
+        return self._connection.declared
+
     async def connect(self) -> None:
         """Open the connection unless it is open; safe to repeat, and how reconnecting happens."""
-        async with self._lock:
-            if self._connection is not None and not self._connection.is_closed:
-                return
-            old, self._connection, self._publisher = self._connection, None, None
-            if old is not None:
-                with suppress(Exception):
-                    await old.close()
-            self._topics.clear()
-            try:
-                self._connection = await open_connection(self.url, self.options)
-            except BrokerUnavailable as exc:
-                await refuse_unknown_hosts(self.url, exc)
-                raise
+        await self._connection.open()
 
     async def close(self) -> None:
         """Close every subscription (releasing what it holds), then the connection."""
         for subscription in list(self._subscriptions):
             await subscription.close()
-        connection, self._connection, self._publisher = self._connection, None, None
-        if connection is not None:
-            with suppress(Exception):
-                await connection.close()
+        await self._connection.close()
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Publish to the topic's exchange; returns once RabbitMQ confirmed every message.
@@ -133,44 +107,18 @@ class RabbitMqBroker:
         try:
             await self._publish_declared(names, items)
         except BrokerUnavailable:
-            self._topics.discard(topic)
+            self._connection.topics.discard(topic)
             await self.connect()
             await self._publish_declared(names, items)
 
     async def _publish_declared(self, names: Names, items: Sequence[Publication]) -> None:
-        if names.topic not in self._topics:
-            channel = await self._publishing_channel()
+        connection = self._connection
+        if names.topic not in connection.topics:
+            channel = await connection.publisher()
             with translated(self.url):
                 await declare_topic(channel, names, self.options.queue_type)
-            self._note_topic(names)
-        await self.send(items)
-
-    async def send(self, items: Sequence[Publication], *, mandatory: bool = False) -> None:
-        """Publish ``items`` with confirms, ``PUBLISH_WINDOW`` at a time; raise if any failed.
-
-        ``mandatory`` makes a message no queue takes an error instead of
-        silently dropped: for copies sent straight to one queue.
-        """
-        channel = await self._publishing_channel()
-        # aiormq's own channel: its publish takes wait=False (do not wait for
-        # each frame to be written; the confirm says more anyway).
-        publish = cast(Channel, channel).basic_publish
-        with translated(self.url):
-            for start in range(0, len(items), PUBLISH_WINDOW):
-                window = items[start : start + PUBLISH_WINDOW]
-                await asyncio.gather(
-                    *[
-                        publish(
-                            body,
-                            exchange=exchange,
-                            routing_key=key,
-                            properties=props,
-                            mandatory=mandatory,
-                            wait=False,
-                        )
-                        for exchange, key, body, props in window
-                    ]
-                )
+            connection.note_topic(names)
+        await connection.send(items)
 
     async def subscribe(
         self, topic: str, group: str, *, prefetch: int, member: str | None = None
@@ -181,66 +129,37 @@ class RabbitMqBroker:
         takes nothing from the others.
         """
         names = Names(topic, group)
-        channel = await self.channel(confirms=False)
+        connection = self._connection
+        channel = await connection.channel(confirms=False)
         try:
             with translated(self.url):
                 await declare_topic(channel, names, self.options.queue_type)
-                self._note_topic(names)
+                connection.note_topic(names)
                 await declare_group(channel, names, self.options.queue_type)
-                self.declared.update({("queue", names.queue), ("queue", names.dlq)})
+                connection.declared.update({("queue", names.queue), ("queue", names.dlq)})
                 await self._adopt_unrouted(channel, names)
         except BaseException:
             with suppress(Exception):
                 await channel.close()
             raise
-        subscription = RabbitMqSubscription(self, names, channel, prefetch, member)
+        subscription = RabbitMqSubscription(
+            connection, names, channel, prefetch, member, forget=self._forget
+        )
         self._subscriptions.append(subscription)
         return subscription
 
     async def dead_letters(self, topic: str, group: str) -> RabbitMqDeadLetters:
         """The dead-letter queue of ``topic`` and ``group`` (looking creates nothing)."""
         await self.connect()
-        return RabbitMqDeadLetters(self, Names(topic, group))
+        return RabbitMqDeadLetters(self._connection, Names(topic, group))
 
     async def channel(self, *, confirms: bool = True) -> AbstractChannel:
         """A new channel on the connection, connecting first if needed."""
-        connection = self._connection
-        if connection is None or connection.is_closed:
-            await self.connect()
-            connection = self._connection
-            if connection is None:
-                raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
-        with translated(self.url):
-            return await connection.channel(publisher_confirms=confirms)
+        return await self._connection.channel(confirms=confirms)
 
-    def returns(self, queue: str, most: int) -> Returns:
-        """What lost subscriptions of ``queue`` held, remembering at least ``most`` messages."""
-        found = self._returns.get(queue)
-        if found is None:
-            found = self._returns[queue] = Returns(most)
-        found.most = max(found.most, most)
-        return found
-
-    def forget(self, subscription: RabbitMqSubscription) -> None:
-        """Stop tracking a closed subscription."""
+    def _forget(self, subscription: RabbitMqSubscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
-
-    def note_retry_queue(self, name: str) -> None:
-        """Record a retry queue a subscription declared (see ``declared``)."""
-        self.declared.add(("queue", name))
-
-    async def _publishing_channel(self) -> AbstractChannel:
-        channel = self._publisher
-        if channel is None or channel.is_closed:
-            channel = self._publisher = await self.channel()
-        return channel
-
-    def _note_topic(self, names: Names) -> None:
-        self._topics.add(names.topic)
-        self.declared.update(
-            {("exchange", names.exchange), ("exchange", names.unrouted), ("queue", names.unrouted)}
-        )
 
     async def _adopt_unrouted(self, channel: AbstractChannel, names: Names) -> None:
         """Move what was published while no group was bound into this group's queue.
@@ -262,7 +181,7 @@ class RabbitMqBroker:
                 batch.append(got)
             if not batch:
                 return
-            await self.send(
+            await self._connection.send(
                 [("", names.queue, m.body, m.header.properties) for m in batch], mandatory=True
             )
             await channel.basic_ack(tag_of(batch[-1]), multiple=True)

@@ -1,9 +1,13 @@
 """The AMQP side of the RabbitMQ broker: its URL, its connection, its errors.
 
-This is the one place where aiormq's exceptions become millstream's
-(:func:`translated`), so the broker, subscription and dead-letter code read
-one vocabulary: ``BrokerUnavailable`` (reconnect), ``AuthenticationError``
-(stop), ``BrokerError`` (anything else).
+:class:`RabbitMqConnection` is what the broker, its subscriptions and its
+dead-letter queues talk through: the AMQP connection, channels on it, the
+confirmed publisher, and what lives as long as the broker (the names it
+declared, what lost subscriptions held). This is the one place where
+aiormq's exceptions become millstream's (:func:`translated`), so the broker,
+subscription and dead-letter code read one vocabulary:
+``BrokerUnavailable`` (reconnect), ``AuthenticationError`` (stop),
+``BrokerError`` (anything else).
 
 The adapter speaks through aiormq, the AMQP transport under aio-pika (the
 ``rabbitmq`` extra installs both): aio-pika wraps every delivery in an
@@ -16,19 +20,38 @@ longer mean anything.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiormq
 from aiormq import exceptions as amqp_errors
+from aiormq.abc import AbstractChannel, AbstractConnection
+from aiormq.channel import Channel
+from pamqp.commands import Basic
 
 from millstream.brokers.rabbitmq.frames import install as install_careful_reading
+from millstream.brokers.rabbitmq.returns import Returns
+from millstream.brokers.rabbitmq.wire import Names
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
-from millstream.urls import redact
+from millstream.urls import redact, refuse_unknown_hosts
 
-__all__ = ["EXPECTED", "NotFound", "RabbitMqOptions", "open_connection", "parse_url", "translated"]
+__all__ = [
+    "EXPECTED",
+    "PUBLISH_WINDOW",
+    "NotFound",
+    "Publication",
+    "RabbitMqConnection",
+    "RabbitMqOptions",
+    "open_connection",
+    "parse_url",
+    "translated",
+]
+
+Publication: TypeAlias = tuple[str, str, bytes, Basic.Properties]
+"""(exchange, routing key, body, properties) of one message to publish."""
 
 EXPECTED = (
     "amqp://user:password@host:5672/vhost or amqps://... for TLS, "
@@ -37,6 +60,9 @@ EXPECTED = (
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 4  # AMQP heartbeat (s) unless the URL says ?heartbeat=; see _Connection
 _QUEUE_TYPES = ("quorum", "classic")
+# Publishes awaiting their confirms at once: enough to keep the connection
+# busy, few enough that a batch of a million does not hold a million futures.
+PUBLISH_WINDOW = 2000
 
 
 class NotFound(BrokerUnavailable):
@@ -119,6 +145,115 @@ class _Connection(aiormq.Connection):
     HEARTBEAT_GRACE_MULTIPLIER = 1
 
 
+class RabbitMqConnection:
+    """The broker's AMQP connection and its publisher channel, opened again after a loss.
+
+    The broker owns one for its lifetime and hands it to its subscriptions
+    and dead-letter queues, which open channels of their own on it and
+    publish copies through :meth:`send`.
+    """
+
+    def __init__(self, url: str, options: RabbitMqOptions) -> None:
+        self.url = url
+        self.options = options
+        self._connection: AbstractConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self.topics: set[str] = set()
+        """Topics whose exchanges were declared on the current connection."""
+        # Per queue: what subscriptions held when their connection died.
+        self._returns: dict[str, Returns] = {}
+        self.declared: set[tuple[str, str]] = set()
+        """("exchange" | "queue", name) of everything declared through it: for cleanup tools."""
+
+    async def open(self) -> None:
+        """Open the connection unless it is open; safe to repeat, and how reconnecting happens."""
+        async with self._lock:
+            if self._connection is not None and not self._connection.is_closed:
+                return
+            old, self._connection, self._publisher = self._connection, None, None
+            if old is not None:
+                with suppress(Exception):
+                    await old.close()
+            self.topics.clear()
+            try:
+                self._connection = await open_connection(self.url, self.options)
+            except BrokerUnavailable as exc:
+                await refuse_unknown_hosts(self.url, exc)
+                raise
+
+    async def close(self) -> None:
+        """Close the connection (and every channel on it)."""
+        connection, self._connection, self._publisher = self._connection, None, None
+        if connection is not None:
+            with suppress(Exception):
+                await connection.close()
+
+    async def channel(self, *, confirms: bool = True) -> AbstractChannel:
+        """A new channel on the connection, connecting first if needed."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            await self.open()
+            connection = self._connection
+            if connection is None:
+                raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
+        with translated(self.url):
+            return await connection.channel(publisher_confirms=confirms)
+
+    async def publisher(self) -> AbstractChannel:
+        """The channel publishing goes through (with confirms), opened again if closed."""
+        channel = self._publisher
+        if channel is None or channel.is_closed:
+            channel = self._publisher = await self.channel()
+        return channel
+
+    async def send(self, items: Sequence[Publication], *, mandatory: bool = False) -> None:
+        """Publish ``items`` with confirms, ``PUBLISH_WINDOW`` at a time; raise if any failed.
+
+        ``mandatory`` makes a message no queue takes an error instead of
+        silently dropped: for copies sent straight to one queue.
+        """
+        channel = await self.publisher()
+        # aiormq's own channel: its publish takes wait=False (do not wait for
+        # each frame to be written; the confirm says more anyway).
+        publish = cast(Channel, channel).basic_publish
+        with translated(self.url):
+            for start in range(0, len(items), PUBLISH_WINDOW):
+                window = items[start : start + PUBLISH_WINDOW]
+                await asyncio.gather(
+                    *[
+                        publish(
+                            body,
+                            exchange=exchange,
+                            routing_key=key,
+                            properties=props,
+                            mandatory=mandatory,
+                            wait=False,
+                        )
+                        for exchange, key, body, props in window
+                    ]
+                )
+
+    def returns(self, queue: str, most: int) -> Returns:
+        """What lost subscriptions of ``queue`` held, remembering at least ``most`` messages."""
+        found = self._returns.get(queue)
+        if found is None:
+            found = self._returns[queue] = Returns(most)
+        found.most = max(found.most, most)
+        return found
+
+    def note_topic(self, names: Names) -> None:
+        """Record a topic declared on this connection, and its names (see ``declared``)."""
+        self.topics.add(names.topic)
+        self.declared.update(
+            {("exchange", names.exchange), ("exchange", names.unrouted), ("queue", names.unrouted)}
+        )
+
+    def note_retry_queue(self, name: str) -> None:
+        """Record a retry queue a subscription declared (see ``declared``)."""
+        self.declared.add(("queue", name))
+
+
 @contextmanager
 def translated(url: str) -> Iterator[None]:
     """Turn aiormq's and the socket's exceptions into millstream's, naming the broker."""
@@ -135,15 +270,7 @@ def translated(url: str) -> Iterator[None]:
             "rabbitmqctl set_permissions -p <vhost> <user> '.*' '.*' '.*'"
         ) from exc
     except amqp_errors.InvalidFrameError as exc:
-        if "Connection.OpenOk" in _text(exc):
-            # The server closed the connection at Connection.Open: the vhost.
-            raise AuthenticationError(
-                f"broker URL {redact(url)!r}: the server refused the virtual host (it does "
-                "not exist or the user has no access to it); create it or grant access, e.g. "
-                "rabbitmqctl add_vhost <vhost>; rabbitmqctl set_permissions -p <vhost> <user> "
-                "'.*' '.*' '.*'"
-            ) from exc
-        raise BrokerUnavailable(f"broker {redact(url)} failed: {_text(exc)}") from exc
+        raise _invalid_frame(url, exc) from exc
     except amqp_errors.ChannelNotFoundEntity as exc:
         raise NotFound(f"broker {redact(url)}: {_text(exc)}") from exc
     except amqp_errors.ChannelPreconditionFailed as exc:
@@ -182,6 +309,18 @@ def translated(url: str) -> Iterator[None]:
             f"broker {redact(url)}: the connection was closed while a request waited "
             "for its answer (nothing came back for too long: a silent network?)"
         ) from exc
+
+
+def _invalid_frame(url: str, exc: Exception) -> BrokerError:
+    if "Connection.OpenOk" in _text(exc):
+        # The server closed the connection at Connection.Open: the vhost.
+        return AuthenticationError(
+            f"broker URL {redact(url)!r}: the server refused the virtual host (it does "
+            "not exist or the user has no access to it); create it or grant access, e.g. "
+            "rabbitmqctl add_vhost <vhost>; rabbitmqctl set_permissions -p <vhost> <user> "
+            "'.*' '.*' '.*'"
+        )
+    return BrokerUnavailable(f"broker {redact(url)} failed: {_text(exc)}")
 
 
 def _refused(url: str, exc: Exception) -> AuthenticationError:

@@ -16,13 +16,17 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
 from millstream.brokers.base import DeadLetter
-from millstream.brokers.rabbitmq.connection import NotFound, translated
+from millstream.brokers.rabbitmq.connection import (
+    NotFound,
+    Publication,
+    RabbitMqConnection,
+    translated,
+)
 from millstream.brokers.rabbitmq.reading import letter, letter_id_of
 from millstream.brokers.rabbitmq.topology import declare_group, declare_topic
 from millstream.brokers.rabbitmq.wire import (
@@ -34,9 +38,6 @@ from millstream.brokers.rabbitmq.wire import (
 )
 from millstream.message import HEADER_ATTEMPT, HEADER_ERROR
 
-if TYPE_CHECKING:
-    from millstream.brokers.rabbitmq.broker import Publication, RabbitMqBroker
-
 __all__ = ["BROWSE_LIMIT", "RabbitMqDeadLetters"]
 
 BROWSE_LIMIT = 100_000
@@ -45,15 +46,15 @@ BROWSE_LIMIT = 100_000
 class RabbitMqDeadLetters:
     """``list`` / ``count`` / ``replay`` / ``purge`` over the group's dead-letter queue."""
 
-    def __init__(self, broker: RabbitMqBroker, names: Names) -> None:
-        self._broker = broker
+    def __init__(self, connection: RabbitMqConnection, names: Names) -> None:
+        self._connection = connection
         self._names = names
 
     async def count(self) -> int:
         """Letters in the queue (0 when it does not exist)."""
-        channel = await self._broker.channel(confirms=False)
+        channel = await self._connection.channel(confirms=False)
         try:
-            with translated(self._broker.url):
+            with translated(self._connection.url):
                 declared = await channel.queue_declare(self._names.dlq, passive=True)
             return declared.message_count or 0
         except NotFound:
@@ -80,14 +81,14 @@ class RabbitMqDeadLetters:
             chosen = _chosen(taken, ids)
             if not chosen:
                 return 0
-            with translated(self._broker.url):
-                queue_type = self._broker.options.queue_type
+            with translated(self._connection.url):
+                queue_type = self._connection.options.queue_type
                 await declare_topic(channel, names, queue_type)
                 await declare_group(channel, names, queue_type)
             # A replayed letter starts over: no attempts before it, no error.
             drop = dict.fromkeys((HEADER_ATTEMPT, HEADER_ERROR, HEADER_LETTER_ID, HEADER_FAILED_AT))
             copies: list[Publication] = [("", names.queue, d.body, copy(d, **drop)) for d in chosen]
-            await self._broker.send(copies, mandatory=True)
+            await self._connection.send(copies, mandatory=True)
             await self._ack(channel, chosen)
             return len(chosen)
         finally:
@@ -97,9 +98,9 @@ class RabbitMqDeadLetters:
     async def purge(self, ids: Sequence[str] | None = None) -> int:
         """Delete letters; all of them when ``ids`` is ``None``."""
         if ids is None:
-            channel = await self._broker.channel(confirms=False)
+            channel = await self._connection.channel(confirms=False)
             try:
-                with translated(self._broker.url):
+                with translated(self._connection.url):
                     purged = await channel.queue_purge(self._names.dlq)
                 return purged.message_count or 0
             except NotFound:
@@ -118,10 +119,10 @@ class RabbitMqDeadLetters:
 
     async def _browse(self) -> tuple[AbstractChannel, builtins.list[DeliveredMessage]]:
         """A fresh channel holding every letter (oldest first), unacked."""
-        channel = await self._broker.channel(confirms=False)
+        channel = await self._connection.channel(confirms=False)
         taken: builtins.list[DeliveredMessage] = []
         try:
-            with translated(self._broker.url):
+            with translated(self._connection.url):
                 while len(taken) < BROWSE_LIMIT:
                     got = await channel.basic_get(self._names.dlq, no_ack=False)
                     if not isinstance(got.delivery, Basic.GetOk):
@@ -136,7 +137,7 @@ class RabbitMqDeadLetters:
         return channel, taken
 
     async def _ack(self, channel: AbstractChannel, chosen: builtins.list[DeliveredMessage]) -> None:
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             for delivered in chosen:
                 await channel.basic_ack(tag_of(delivered), wait=False)
             # Acks have no reply: one round trip makes sure they arrived

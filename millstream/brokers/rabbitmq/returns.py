@@ -8,8 +8,8 @@ buffer, in aiormq's read buffer when the connection failed). None of those
 is an attempt: under a flapping network healthy messages would use up
 their retries and be buried as "delivered too often without an outcome".
 
-The broker object outlives its subscriptions, so it keeps a :class:`Returns`
-per queue:
+The broker's connection object outlives its subscriptions, so it keeps a
+:class:`Returns` per queue:
 
 - each delivery a lost subscription had and never handed out, by message
   id with RabbitMQ's count: its next delivery here is corrected by one, and

@@ -4,7 +4,7 @@ RabbitMQ pushes deliveries up to the prefetch window; they wait in the
 subscription until ``fetch`` hands them out. Every delivery not yet settled
 is *held* (by delivery tag): what ``settle`` acks, what ``lag`` counts and
 what ``close`` releases. When the channel is lost instead, what it held (and
-the acks still on their way) goes into the broker's
+the acks still on their way) goes into the connection's
 :class:`~millstream.brokers.rabbitmq.returns.Returns` for the queue, so the
 deliveries that come back are counted as they should be.
 """
@@ -14,23 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from millstream.brokers.base import Lag
-from millstream.brokers.rabbitmq.connection import translated
+from millstream.brokers.rabbitmq.connection import Publication, RabbitMqConnection, translated
 from millstream.brokers.rabbitmq.reading import counted, messages, returns_of
 from millstream.brokers.rabbitmq.topology import declare_retry
 from millstream.brokers.rabbitmq.wire import Names, copy, dead_copy, retry_step, tag_of
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
 from millstream.urls import redact
-
-if TYPE_CHECKING:
-    from millstream.brokers.rabbitmq.broker import Publication, RabbitMqBroker
 
 __all__ = ["RabbitMqSubscription", "prefetch_window"]
 
@@ -51,22 +47,25 @@ class RabbitMqSubscription:
 
     def __init__(
         self,
-        broker: RabbitMqBroker,
+        connection: RabbitMqConnection,
         names: Names,
         channel: AbstractChannel,
         prefetch: int,
         member: str | None = None,
+        *,
+        forget: Callable[[RabbitMqSubscription], None],
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
         self.member = member
-        self._broker = broker
+        self._connection = connection
+        self._forget = forget  # the broker's: stop tracking this once closed
         self._names = names
         self._channel = channel
         self.topic = names.topic
         self.group = names.group
         self.prefetch = prefetch_window(prefetch)
-        self._quorum = broker.options.queue_type == "quorum"
-        self._returns = broker.returns(names.queue, most=8 * self.prefetch)
+        self._quorum = connection.options.queue_type == "quorum"
+        self._returns = connection.returns(names.queue, most=8 * self.prefetch)
         self._consumer_tag: str | None = None
         self._buffer: deque[DeliveredMessage] = deque()
         self._arrived = asyncio.Event()
@@ -131,7 +130,7 @@ class RabbitMqSubscription:
         )
 
     async def _consume(self) -> None:
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             await self._channel.basic_qos(prefetch_count=self.prefetch)
             ok = await self._channel.basic_consume(self._names.queue, self._on_delivery)
         self._consumer_tag = ok.consumer_tag
@@ -199,7 +198,7 @@ class RabbitMqSubscription:
                     props = dead_copy(delivered, new_message_id(), m.attempt, reason)
                     copies.append(("", dlq, delivered.body, props))
                     tags.append(tag)
-            await self._broker.send(copies, mandatory=True)
+            await self._connection.send(copies, mandatory=True)
         if tags:
             await self._ack(tags)
             if self._returns:
@@ -216,10 +215,10 @@ class RabbitMqSubscription:
         if not step:
             return ("", names.queue, delivered.body, props)
         if step not in self._retry_queues:
-            with translated(self._broker.url):
+            with translated(self._connection.url):
                 await declare_retry(self._channel, names, step)
             self._retry_queues.add(step)
-            self._broker.note_retry_queue(names.retry(step))
+            self._connection.note_retry_queue(names.retry(step))
         return ("", names.retry(step), delivered.body, props)
 
     async def _ack(self, tags: list[int]) -> None:
@@ -241,7 +240,7 @@ class RabbitMqSubscription:
             if tag in done:
                 top = tag
         channel = self._channel
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             for tag in done:
                 if tag > top:
                     await channel.basic_ack(tag, wait=False)
@@ -273,7 +272,7 @@ class RabbitMqSubscription:
         self._check()
         channel = self._channel
         names = self._names
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             total = (await channel.queue_declare(names.queue, passive=True)).message_count or 0
             for step in self._retry_queues:
                 declared = await channel.queue_declare(names.retry(step), passive=True)
@@ -292,12 +291,12 @@ class RabbitMqSubscription:
         A held message goes back as a confirmed copy at the same attempt,
         then the original is acked; returning it with a reject would count
         a delivery. After a lost connection RabbitMQ has already returned
-        everything, counted: the broker remembers what, for the next member.
+        everything, counted: the connection remembers what, for the next member.
         """
         if self._closed:
             return
         self._closed = True
-        self._broker.forget(self)
+        self._forget(self)
         channel = self._channel
         try:
             if not self._lost:
@@ -313,7 +312,7 @@ class RabbitMqSubscription:
                 await channel.close()
 
     async def _release(self, channel: AbstractChannel) -> None:
-        with translated(self._broker.url):
+        with translated(self._connection.url):
             if self._consumer_tag is not None:
                 await channel.basic_cancel(self._consumer_tag)
                 await asyncio.sleep(0)  # deliveries that came before the CancelOk
@@ -331,8 +330,8 @@ class RabbitMqSubscription:
                 ("", queue, delivered.body, copy(delivered, **{HEADER_ATTEMPT: attempt - 1}))
             )
             released.append(message_id)
-        await self._broker.send(copies, mandatory=True)
-        with translated(self._broker.url):
+        await self._connection.send(copies, mandatory=True)
+        with translated(self._connection.url):
             await channel.basic_ack(max(held), multiple=True)
         self._buffer.clear()  # released with the rest
         returns.settled(released)
@@ -343,7 +342,7 @@ class RabbitMqSubscription:
         tag = self._consumer_tag
         if tag is not None and consumers is not None and tag not in consumers:
             raise BrokerUnavailable(
-                f"broker {redact(self._broker.url)}: RabbitMQ cancelled the consumer of queue "
+                f"broker {redact(self._connection.url)}: RabbitMQ cancelled the consumer of queue "
                 f"{self._names.queue!r} (deleted?); subscribing again declares it again"
             )
 
@@ -351,6 +350,6 @@ class RabbitMqSubscription:
         if self._closed or self._lost:
             what = "closed" if self._closed else "lost its channel"
             raise BrokerUnavailable(
-                f"broker {redact(self._broker.url)}: subscription to {self.topic!r} "
+                f"broker {redact(self._connection.url)}: subscription to {self.topic!r} "
                 f"(group {self.group!r}) {what}"
             )

@@ -16,25 +16,21 @@ part of its fetches (:mod:`millstream.brokers.redis.subscription`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from millstream.brokers.base import Capabilities
-from millstream.brokers.redis import scripts
 from millstream.brokers.redis.connection import (
+    RedisConnection,
     RedisOptions,
-    Silent,
     execute,
-    open_pool,
     parse_url,
     queue,
     server_version,
-    translated,
 )
 from millstream.brokers.redis.dead_letters import RedisDeadLetters
+from millstream.brokers.redis.scripts import ensure_group
 from millstream.brokers.redis.subscription import HOUSEKEEPING_MAX, RedisSubscription
 from millstream.brokers.redis.wire import Keys, encode
 from millstream.errors import BrokerError, BrokerUnavailable
@@ -42,9 +38,6 @@ from millstream.message import OutgoingMessage
 from millstream.urls import redact, refuse_unknown_hosts
 
 __all__ = ["RedisBroker", "RedisDeadLetters", "RedisSubscription"]
-
-T = TypeVar("T")
-Unseen = tuple[Sequence[bytes], Sequence[bytes]]
 
 _PUBLISH_CHUNK = 10_000  # XADDs per pipeline: bounds the client's buffers, not the batch
 _OLDEST = (6, 2)  # XAUTOCLAIM and XPENDING IDLE; the lag needs 7.0 (None before)
@@ -66,13 +59,9 @@ class RedisBroker:
     def __init__(self, url: str, options: RedisOptions | None = None) -> None:
         self.url = url
         self.options = options if options is not None else parse_url(url)
-        self._pool: ConnectionPool | None = None
-        self._client: Redis | None = None
+        self._connection = RedisConnection(url, self.options)
         self._subscriptions: list[RedisSubscription] = []
         self._version_checked = False
-        # Per (keys, member name): what a subscription that could not release
-        # had buffered and never handed out, for the next one under that name.
-        self._unseen: dict[tuple[Keys, str], Unseen] = {}
 
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
@@ -81,15 +70,14 @@ class RedisBroker:
 
     async def connect(self) -> None:
         """Make sure the server answers (and accepts the credentials); safe to repeat."""
-        if self._client is None:
-            self._pool = open_pool(self.options)
-            self._client = Redis(connection_pool=self._pool)
+        connection = self._connection
+        if connection.open():
             self._version_checked = False
         if self._version_checked:
-            await self.call(lambda client: execute(client, "PING"))
+            await connection.call(lambda client: execute(client, "PING"))
             return
         try:
-            found = await self.call(server_version)
+            found = await connection.call(server_version)
         except BrokerUnavailable as exc:
             await refuse_unknown_hosts(self.url, exc)
             raise
@@ -104,34 +92,7 @@ class RedisBroker:
         """Close every subscription (releasing what it holds), then the connections."""
         for subscription in list(self._subscriptions):
             await subscription.close()
-        pool, self._pool, self._client = self._pool, None, None
-        if pool is not None:
-            with suppress(Exception):
-                await pool.aclose()
-
-    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
-        """Run ``operation`` on the shared client, with redis-py's errors translated.
-
-        Idle pooled connections can all be dead after a server restart or a
-        failover, and redis-py finds out only by using one; so an operation
-        that failed on a dead connection runs once more on a fresh one (not
-        one the server left unanswered: that one would wait as long again). Only operations that
-        may run twice come here: idempotent ones, and publishing, which is
-        at-least-once with the same message ids.
-        """
-        client = self.client()
-        try:
-            with translated(self.url):
-                return await operation(client)
-        except Silent:
-            raise  # a server that stopped answering would keep a fresh connection waiting too
-        except BrokerUnavailable:
-            pool = self._pool
-            if pool is None:
-                raise
-            await pool.disconnect(inuse_connections=False)
-            with translated(self.url):
-                return await operation(client)
+        await self._connection.close()
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Append ``messages`` to the topic's stream, pipelined; returns once Redis has them all."""
@@ -146,7 +107,7 @@ class RedisBroker:
                 queue(pipe, "XADD", stream, "*", *encode(out))
             await pipe.execute()
 
-        await self.call(pipelined)
+        await self._connection.call(pipelined)
 
     async def subscribe(
         self, topic: str, group: str, *, prefetch: int, member: str | None = None
@@ -159,52 +120,27 @@ class RedisBroker:
         fresh name, whose predecessor's messages come back after the lease.
         """
         keys = Keys(topic, group)
-        await self.ensure_group(keys)
-        # Its own connection: a blocking XREADGROUP must not hold one the
-        # publisher or the settler need, and a dropped one must be noticed.
-        reader = Redis(connection_pool=self._pool, single_connection_client=True)
-        # Entries are decoded straight into messages (redis_entries.messages).
-        reader.set_response_callback("XREADGROUP", _raw_reply)
+        connection = self._connection
+        await ensure_group(connection, keys)
+        reader, socket_timeout = connection.reader()
         # A blocking read must end well within the socket timeout, or an idle
         # topic would look like a dead connection (?socket_timeout= in the URL).
-        socket_timeout = self._pool.connection_kwargs.get("socket_timeout") if self._pool else None
         longest_wait = socket_timeout / 2 if socket_timeout else HOUSEKEEPING_MAX
-        subscription = RedisSubscription(self, keys, reader, longest_wait, member)
+        subscription = RedisSubscription(
+            connection, keys, reader, longest_wait, member, forget=self._forget
+        )
         self._subscriptions.append(subscription)
         return subscription
 
     async def dead_letters(self, topic: str, group: str) -> RedisDeadLetters:
         """The dead-letter queue of ``topic`` and ``group`` (looking creates nothing)."""
-        self.client()
-        return RedisDeadLetters(self, Keys(topic, group))
+        self._connection.client()
+        return RedisDeadLetters(self._connection, Keys(topic, group))
 
-    async def ensure_group(self, keys: Keys) -> None:
-        """Create the group on the topic and its retry stream, from id 0, unless it exists."""
-        await self.call(lambda c: scripts.ENSURE(c, [keys.stream, keys.retry], [keys.group]))
-
-    def remember_unseen(self, keys: Keys, member: str, unseen: Unseen) -> None:
-        """Keep what a member buffered and never handed out, by stream, for its successor."""
-        self._unseen[keys, member] = unseen
-
-    def unseen(self, keys: Keys, member: str) -> Unseen:
-        """What a predecessor under ``member`` buffered and never handed out (once)."""
-        return self._unseen.pop((keys, member), ((), ()))
-
-    def forget(self, subscription: RedisSubscription) -> None:
-        """Stop tracking a closed subscription."""
+    def _forget(self, subscription: RedisSubscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
-
-    def client(self) -> Redis:
-        """The shared client, else ``BrokerUnavailable`` (not connected, or closed)."""
-        if self._client is None:
-            raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
-        return self._client
 
 
 def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-
-
-def _raw_reply(response: Any, **options: Any) -> Any:
-    return response

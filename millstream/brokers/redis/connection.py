@@ -1,6 +1,8 @@
-"""The Redis side of the Redis broker: its URL, its connections, its errors, its scripts.
+"""The Redis side of the Redis broker: its URL, its connections, its errors.
 
-This is the one place where redis-py exceptions become millstream's
+:class:`RedisConnection` is what the broker, its subscriptions and its
+dead-letter queues talk through: the pool, the shared client, the parsed
+URL. This is the one place where redis-py exceptions become millstream's
 (:func:`translated`), so the broker and subscription code reads one
 vocabulary: ``BrokerUnavailable`` (reconnect), ``AuthenticationError``
 (stop), ``BrokerError`` (anything else).
@@ -8,12 +10,10 @@ vocabulary: ``BrokerUnavailable`` (reconnect), ``AuthenticationError``
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
@@ -24,8 +24,9 @@ from redis.asyncio.connection import parse_url as parse_client_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from millstream.brokers.redis.wire import Keys
 from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
-from millstream.urls import redact
+from millstream.urls import query_seconds, redact
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -37,8 +38,8 @@ __all__ = [
     "DEFAULT_LEASE",
     "Arg",
     "GroupMissing",
+    "RedisConnection",
     "RedisOptions",
-    "Script",
     "Silent",
     "execute",
     "open_pool",
@@ -49,6 +50,9 @@ __all__ = [
 ]
 
 Arg: TypeAlias = bytes | str | int | float
+T = TypeVar("T")
+Unseen: TypeAlias = tuple[Sequence[bytes], Sequence[bytes]]
+"""Entry ids a member was delivered and never handed out, by stream (topic, retry)."""
 
 DEFAULT_LEASE = 30.0
 DEFAULT_TRIM_INTERVAL = 10.0
@@ -58,8 +62,8 @@ EXPECTED = (
 )
 # How long one command may take before the connection counts as dead: what a
 # silent partition (packets dropped, no reset) costs before a consumer notices.
-# A blocking read waits at most half of it (see redis.py), so an idle topic
-# never looks dead.
+# A blocking read waits at most half of it (see RedisBroker.subscribe), so an
+# idle topic never looks dead.
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 # Every subscription keeps one connection for its blocking reads; the rest
@@ -115,29 +119,22 @@ def parse_url(url: str) -> RedisOptions:
         raise ConfigError(
             f"broker URL {shown!r}: {database!r} is not a database number; expected {EXPECTED}"
         )
-    ours: dict[str, float] = {"lease": DEFAULT_LEASE, "trim": DEFAULT_TRIM_INTERVAL}
+    lease, trim_interval = DEFAULT_LEASE, DEFAULT_TRIM_INTERVAL
     rest: list[tuple[str, str]] = []
     for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in ours:
+        example = f"redis://127.0.0.1:6379?{name}=30"
+        if name == "lease":
+            lease = query_seconds(url, name, raw, example=example)
+        elif name == "trim":
+            trim_interval = query_seconds(url, name, raw, example=example, allow_zero=True)
+        else:
             rest.append((name, raw))
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0 or (name == "lease" and value == 0):
-            floor = "more than 0" if name == "lease" else "0 (off) or more"
-            raise ConfigError(
-                f"broker URL {shown!r}: {name}={raw!r} must be a number of seconds, "
-                f"{floor}; expected e.g. redis://127.0.0.1:6379?{name}=30"
-            )
-        ours[name] = value
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
     try:
         parse_client_url(client_url)
     except ValueError as exc:
         raise ConfigError(f"broker URL {shown!r}: {exc}; expected {EXPECTED}") from None
-    return RedisOptions(client_url, lease=ours["lease"], trim_interval=ours["trim"])
+    return RedisOptions(client_url, lease=lease, trim_interval=trim_interval)
 
 
 def open_pool(options: RedisOptions) -> ConnectionPool:
@@ -162,6 +159,95 @@ def open_pool(options: RedisOptions) -> ConnectionPool:
         cls = kwargs.get("connection_class", Connection)
         kwargs["connection_class"] = _HIREDIS_PACKING.get(cls, cls)
     return ConnectionPool(**kwargs)
+
+
+class RedisConnection:
+    """The broker's pool and shared client: what the broker, its subscriptions and its
+    dead-letter queues run their commands through.
+
+    The broker owns one for its lifetime and hands it down; ``open`` after
+    ``close`` makes a fresh pool. It also keeps what members that could not
+    release had buffered and never handed out, for the next member under
+    the same name.
+    """
+
+    def __init__(self, url: str, options: RedisOptions) -> None:
+        self.url = url
+        self.options = options
+        self._pool: ConnectionPool | None = None
+        self._client: Redis | None = None
+        self._unseen: dict[tuple[Keys, str], Unseen] = {}
+
+    def open(self) -> bool:
+        """Make the pool and the shared client unless they exist; ``True`` if they are new."""
+        if self._client is not None:
+            return False
+        self._pool = open_pool(self.options)
+        self._client = Redis(connection_pool=self._pool)
+        return True
+
+    async def close(self) -> None:
+        """Close the pool's connections; ``client()`` raises until ``open`` again."""
+        pool, self._pool, self._client = self._pool, None, None
+        if pool is not None:
+            with suppress(Exception):
+                await pool.aclose()
+
+    def client(self) -> Redis:
+        """The shared client, else ``BrokerUnavailable`` (not connected, or closed)."""
+        if self._client is None:
+            raise BrokerUnavailable(f"broker {redact(self.url)}: not connected")
+        return self._client
+
+    def reader(self) -> tuple[Redis, float | None]:
+        """A client on a connection of its own, for one member's blocking reads, and the
+        pool's socket timeout (``None``: none).
+
+        Its own connection: a blocking XREADGROUP must not hold one the
+        publisher or the settler need, and a dropped one must be noticed.
+        Its XREADGROUP replies come raw, to be decoded straight into messages
+        (:func:`millstream.brokers.redis.wire.messages`).
+        """
+        reader = Redis(connection_pool=self._pool, single_connection_client=True)
+        reader.set_response_callback("XREADGROUP", _raw_reply)
+        socket_timeout = self._pool.connection_kwargs.get("socket_timeout") if self._pool else None
+        return reader, socket_timeout
+
+    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``operation`` on the shared client, with redis-py's errors translated.
+
+        Idle pooled connections can all be dead after a server restart or a
+        failover, and redis-py finds out only by using one; so an operation
+        that failed on a dead connection runs once more on a fresh one (not
+        one the server left unanswered: that one would wait as long again). Only operations that
+        may run twice come here: idempotent ones, and publishing, which is
+        at-least-once with the same message ids.
+        """
+        client = self.client()
+        try:
+            with translated(self.url):
+                return await operation(client)
+        except Silent:
+            raise  # a server that stopped answering would keep a fresh connection waiting too
+        except BrokerUnavailable:
+            pool = self._pool
+            if pool is None:
+                raise
+            await pool.disconnect(inuse_connections=False)
+            with translated(self.url):
+                return await operation(client)
+
+    def remember_unseen(self, keys: Keys, member: str, unseen: Unseen) -> None:
+        """Keep what a member buffered and never handed out, by stream, for its successor."""
+        self._unseen[keys, member] = unseen
+
+    def unseen(self, keys: Keys, member: str) -> Unseen:
+        """What a predecessor under ``member`` buffered and never handed out (once)."""
+        return self._unseen.pop((keys, member), ((), ()))
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
 
 
 class _HiredisPacking(AbstractConnection):
@@ -245,25 +331,6 @@ def _refused(url: str, exc: Exception) -> AuthenticationError:
 
 def _text(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
-
-
-class Script:
-    """A Lua script run by its SHA1, loaded on the server the first time it is missing.
-
-    Scripts are how several keys change together atomically in one round
-    trip; the server forgets them on restart, which the NOSCRIPT retry covers.
-    """
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Redis, keys: Sequence[bytes], args: Sequence[Arg]) -> Any:
-        try:
-            return await execute(client, "EVALSHA", self.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            await execute(client, "SCRIPT", "LOAD", self.source)
-            return await execute(client, "EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 async def server_version(client: Redis) -> str | None:

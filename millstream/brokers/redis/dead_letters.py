@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from millstream.brokers.base import DeadLetter
 from millstream.brokers.redis import scripts
-from millstream.brokers.redis.connection import Arg, execute
+from millstream.brokers.redis.connection import Arg, RedisConnection, execute
 from millstream.brokers.redis.wire import Keys, dead_letter, valid_ids
-
-if TYPE_CHECKING:
-    from millstream.brokers.redis.broker import RedisBroker
 
 __all__ = ["RedisDeadLetters"]
 
@@ -28,8 +24,8 @@ class RedisDeadLetters:
     had, the reason it died and when. Looking creates nothing.
     """
 
-    def __init__(self, broker: RedisBroker, keys: Keys) -> None:
-        self._broker = broker
+    def __init__(self, connection: RedisConnection, keys: Keys) -> None:
+        self._connection = connection
         self._keys = keys
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
@@ -44,12 +40,14 @@ class RedisDeadLetters:
             )
             return entries
 
-        entries = await self._broker.call(newest)
+        entries = await self._connection.call(newest)
         return [dead_letter(self._keys, eid, fields) for eid, fields in entries[offset:]]
 
     async def count(self) -> int:
         """How many letters the queue holds."""
-        return int(await self._broker.call(lambda client: execute(client, "XLEN", self._keys.dlq)))
+        return int(
+            await self._connection.call(lambda client: execute(client, "XLEN", self._keys.dlq))
+        )
 
     async def replay(self, ids: Sequence[str] | None = None) -> int:
         """Back into the group as fresh deliveries (attempt 1), oldest first; returns how many.
@@ -70,17 +68,19 @@ class RedisDeadLetters:
 
     async def _replay(self, args: Sequence[Arg]) -> int:
         keys = [self._keys.dlq, self._keys.retry]
-        return int(await self._broker.call(lambda client: scripts.REPLAY(client, keys, args)))
+        return int(await self._connection.call(lambda client: scripts.REPLAY(client, keys, args)))
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:
         """Delete letters for good; returns how many."""
         dlq = self._keys.dlq
         if ids is None:
-            return int(await self._broker.call(lambda c: scripts.PURGE_ALL(c, [dlq], [])))
+            return int(await self._connection.call(lambda c: scripts.PURGE_ALL(c, [dlq], [])))
         chosen = valid_ids(ids)
         if not chosen:
             return 0
-        return int(await self._broker.call(lambda client: execute(client, "XDEL", dlq, *chosen)))
+        return int(
+            await self._connection.call(lambda client: execute(client, "XDEL", dlq, *chosen))
+        )
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

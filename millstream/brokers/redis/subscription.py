@@ -1,6 +1,6 @@
 """One member of a consumer group on Redis: fetch, settle, lag, release.
 
-See :mod:`millstream.brokers.redis.broker` for the mapping and
+See :mod:`millstream.brokers.redis` for the mapping and
 :mod:`millstream.brokers.redis.wire` for the keys. Everything a member
 does besides reading and settling (keeping what it holds alive, moving due
 retries, taking over what dead members held, trimming, forgetting members
@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -35,18 +35,17 @@ from millstream.brokers.redis import scripts
 from millstream.brokers.redis.connection import (
     Arg,
     GroupMissing,
+    RedisConnection,
     Silent,
     execute,
     queue,
     translated,
 )
+from millstream.brokers.redis.housekeeping import HOUSEKEEP, took_over
 from millstream.brokers.redis.wire import RETRY, TOPIC, Keys, message, messages
 from millstream.errors import BrokerUnavailable
 from millstream.message import Message
 from millstream.urls import redact
-
-if TYPE_CHECKING:
-    from millstream.brokers.redis.broker import RedisBroker
 
 __all__ = ["AFTER_SILENCE", "HOUSEKEEPING_MAX", "RedisSubscription"]
 
@@ -75,14 +74,17 @@ class RedisSubscription:
 
     def __init__(
         self,
-        broker: RedisBroker,
+        connection: RedisConnection,
         keys: Keys,
         reader: Redis,
         longest_wait: float,
         member: str | None = None,
+        *,
+        forget: Callable[[RedisSubscription], None],
     ) -> None:
         self.taken_over = 0  # messages taken from members that crashed
-        self._broker = broker
+        self._connection = connection
+        self._forget = forget  # the broker's: stop tracking this once closed
         self._keys = keys
         self._reader = reader
         self.topic = keys.topic
@@ -93,17 +95,17 @@ class RedisSubscription:
         # A named member takes back what its name holds, on its first fetches;
         # what a predecessor in this process only buffered is taken back uncounted.
         self._take_back = self._named
-        self._unseen = broker.unseen(keys, self.consumer) if self._named else ((), ())
+        self._unseen = connection.unseen(keys, self.consumer) if self._named else ((), ())
         self._silence: Silent | None = None  # why the server is taken for gone
         self._deadlines: set[asyncio.Timeout] = set()  # of settles and releases under way
-        lease = broker.options.lease
+        lease = connection.options.lease
         self._lease_ms = max(1, round(lease * 1000))
         self._interval = min(lease / 4, HOUSEKEEPING_MAX)
         self._longest_wait = min(self._interval, longest_wait)
         self._prune_idle_ms = round(max(lease * 10, 600.0) * 1000)
         self._housekeep_at = 0.0  # the first fetch takes over what a crashed member left
         self._due_at = math.inf
-        self._trim_at = time.monotonic() + broker.options.trim_interval
+        self._trim_at = time.monotonic() + connection.options.trim_interval
         self._prune_at = 0.0
         self._cursors: list[bytes] = [b"0-0", b"0-0"]
         self._buffer: deque[Message] = deque()
@@ -162,7 +164,7 @@ class RedisSubscription:
 
     async def _housekeep(self, claim: int, now: float) -> list[Message]:
         keys = self._keys
-        trim_interval = self._broker.options.trim_interval
+        trim_interval = self._connection.options.trim_interval
         if trim_interval > 0 and now >= self._trim_at:
             self._trim_at = now + trim_interval
             await self.trim()
@@ -188,8 +190,8 @@ class RedisSubscription:
             *unseen_topic,
             *unseen_retry,
         ]
-        client = self._broker.client()
-        run = scripts.HOUSEKEEP
+        client = self._connection.client()
+        run = HOUSEKEEP
         reply = await self._in_group(
             lambda: run(client, [keys.stream, keys.retry, keys.delayed], args)
         )
@@ -214,18 +216,8 @@ class RedisSubscription:
 
     def _took_over(self, owners: list[list[Any]]) -> None:
         """Count a takeover and say it once: how many, and from whom."""
-        held = [
-            (name.decode(errors="backslashreplace"), n, idle / 1000) for name, n, idle in owners
-        ]
-        count = sum(n for _, n, _ in held)
+        count, whom = took_over(owners)
         self.taken_over += count
-        if len(held) == 1:
-            name, _, idle = held[0]
-            whom = f"{name}, which stopped calling {_seconds(idle)} ago"
-        else:
-            whom = ", ".join(
-                f"{name} ({n}, stopped calling {_seconds(idle)} ago)" for name, n, idle in held
-            )
         log.warning(
             "redis: member %s took over %d message(s) of %s/%s held by %s",
             self.consumer,
@@ -242,13 +234,13 @@ class RedisSubscription:
         A connection error is not retried here: it must reach the supervisor,
         which reports RECONNECTING and subscribes again.
         """
-        url = self._broker.url
+        url = self._connection.url
         try:
             try:
                 with translated(url):
                     return await call()
             except GroupMissing:
-                await self._broker.ensure_group(self._keys)
+                await scripts.ensure_group(self._connection, self._keys)
                 with translated(url):
                     return await call()
         except Silent as exc:
@@ -266,13 +258,13 @@ class RedisSubscription:
                 deadline.reschedule(soon)
 
     async def _call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
-        """``broker.call(operation)``, cut short once the server is known to be silent."""
+        """``connection.call(operation)``, cut short once the server is known to be silent."""
         limit = None if self._silence is None else AFTER_SILENCE
         try:
             async with asyncio.timeout(limit) as deadline:
                 self._deadlines.add(deadline)
                 try:
-                    return await self._broker.call(operation)
+                    return await self._connection.call(operation)
                 finally:
                     self._deadlines.discard(deadline)
         except Silent as exc:
@@ -341,7 +333,7 @@ class RedisSubscription:
         self._check()
         keys = self._keys
         lag_keys = [keys.stream, keys.retry, keys.delayed]
-        total = await self._broker.call(lambda c: scripts.LAG(c, lag_keys, [keys.group]))
+        total = await self._connection.call(lambda c: scripts.LAG(c, lag_keys, [keys.group]))
         return None if total < 0 else Lag(total=int(total))
 
     async def trim(self) -> int:
@@ -357,7 +349,7 @@ class RedisSubscription:
         if self._closed:
             return
         self._closed = True
-        self._broker.forget(self)
+        self._forget(self)
         unseen: tuple[list[bytes], list[bytes]] = ([*self._unseen[TOPIC]], [*self._unseen[RETRY]])
         for m in self._buffer:
             source, entry_id = m.receipt
@@ -379,12 +371,12 @@ class RedisSubscription:
             # Not released: the next member under this name takes it back, and
             # what this one only buffered (never handed out) without counting.
             if self._named and (unseen[TOPIC] or unseen[RETRY]):
-                self._broker.remember_unseen(keys, self.consumer, unseen)
+                self._connection.remember_unseen(keys, self.consumer, unseen)
 
     def _check(self) -> None:
         if self._closed:
             raise BrokerUnavailable(
-                f"broker {redact(self._broker.url)}: subscription to {self.topic!r} is closed"
+                f"broker {redact(self._connection.url)}: subscription to {self.topic!r} is closed"
             )
 
 
@@ -392,9 +384,5 @@ def _receipt(message: Message) -> tuple[int, bytes] | None:
     """(stream, entry id) of a delivery this broker made; anything else is ignored."""
     receipt = message.receipt
     if type(receipt) is tuple and len(receipt) == 2 and receipt[0] in (TOPIC, RETRY):
-        return receipt  # made by redis_entries, so well-formed
+        return receipt  # made by wire.message(s), so well-formed
     return None
-
-
-def _seconds(seconds: float) -> str:
-    return f"{seconds:.1f}s" if seconds < 100 else f"{seconds:.0f}s"

@@ -112,8 +112,7 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
                 or flat[2] != b"published_at"
                 or flat[4] != b"payload"
             ):
-                pairs = iter(flat)
-                append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
+                append(_by_name(topic, source, entry_id, flat))
                 continue
             key = headers = None
             for at in range(6, size, 2):
@@ -143,14 +142,18 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
                     )
                 )
                 continue
-            pairs = iter(flat)
-            append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
+            append(_by_name(topic, source, entry_id, flat))
     except Exception:
         # Entry number len(taken) has a field that is not as encode() writes it.
         for entry_id, flat in entries[len(taken) :]:
-            pairs = iter(flat)
-            append(message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1))
+            append(_by_name(topic, source, entry_id, flat))
     return taken
+
+
+def _by_name(topic: str, source: int, entry_id: bytes, flat: list[Any]) -> Message:
+    """The first delivery of an entry not laid out as encode() writes it, read field by field."""
+    pairs = iter(flat)
+    return message(topic, source, entry_id, dict(zip(pairs, pairs, strict=False)), 1)
 
 
 def message(

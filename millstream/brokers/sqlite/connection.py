@@ -3,13 +3,14 @@
 sqlite3 blocks, so a :class:`SqliteConnection` keeps its connection on one
 dedicated thread and every operation is one hop to it; the event loop only
 awaits. This is also the boundary where sqlite3 exceptions become
-millstream's.
+millstream's. :class:`LiveConnection` is what the broker's subscriptions and
+dead-letter queues reach the file through: the connection live now, the
+lease, and the wake-ups of fetches waiting on a topic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from millstream.brokers.sqlite import schema
 from millstream.errors import BrokerError, BrokerUnavailable, ConfigError
+from millstream.urls import query_seconds
 
-__all__ = ["DEFAULT_LEASE", "EXPECTED", "SqliteConnection", "parse_url"]
+__all__ = ["DEFAULT_LEASE", "EXPECTED", "LiveConnection", "SqliteConnection", "parse_url"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -153,6 +155,73 @@ class SqliteConnection:
                 conn.close()
 
 
+class LiveConnection:
+    """The broker's connection as its subscriptions and dead-letter queues reach it.
+
+    Each time the broker connects begins an epoch; a subscription made in
+    one epoch cannot use the connection of a later one (the file forgot
+    its leases when the connection was cut). Fetches waiting on a topic
+    sleep here, and whatever this broker publishes wakes them: other
+    processes cannot, so those fetches poll.
+    """
+
+    def __init__(self, url: str, lease: float) -> None:
+        self.url = url
+        self.lease = lease
+        self._connection: SqliteConnection | None = None
+        self._epoch = 0
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    @property
+    def epoch(self) -> int:
+        """How many times the broker connected."""
+        return self._epoch
+
+    @property
+    def is_live(self) -> bool:
+        """Whether there is a connection to use (connected, and not cut since)."""
+        return self._connection is not None
+
+    def begin(self, connection: SqliteConnection) -> None:
+        """``connection`` is live from now on, in a new epoch."""
+        self._connection = connection
+        self._epoch += 1
+
+    def end(self) -> None:
+        """No connection is live (closed or cut) until the next ``begin``."""
+        self._connection = None
+
+    def current(self, epoch: int | None = None) -> SqliteConnection:
+        """The live connection (of ``epoch``, if given), else ``BrokerUnavailable``."""
+        connection = self._connection
+        if connection is None or (epoch is not None and epoch != self._epoch):
+            raise BrokerUnavailable(f"broker {self.url}: not connected")
+        return connection
+
+    def wake(self, topic: str) -> None:
+        """Wake the fetches waiting on ``topic``: something may be there now."""
+        for waiter in self._waiters.pop(topic, ()):
+            _resolve(waiter)
+
+    async def wait(self, topic: str, seconds: float) -> None:
+        """Sleep up to ``seconds``, less if this broker publishes to ``topic``."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._waiters.setdefault(topic, set())
+        waiters.add(waiter)
+        timer = loop.call_later(seconds, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            waiters.discard(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def parse_url(url: str) -> tuple[Path, float, str]:
     """(path, lease, synchronous) from a ``sqlite://`` URL, or ``ConfigError``."""
     parts = urlsplit(url)
@@ -185,17 +254,8 @@ def parse_url(url: str) -> tuple[Path, float, str]:
 def _parse_lease(url: str, query: dict[str, list[str]]) -> float:
     if "lease" not in query:
         return DEFAULT_LEASE
-    raw = query["lease"][-1]
-    try:
-        lease = float(raw)
-    except ValueError:
-        lease = math.nan
-    if not (math.isfinite(lease) and lease > 0):
-        raise ConfigError(
-            f"broker URL {url!r}: lease={raw!r} is not a positive number of seconds; "
-            "expected e.g. sqlite:///./.millstream/broker.db?lease=30"
-        )
-    return lease
+    example = "sqlite:///./.millstream/broker.db?lease=30"
+    return query_seconds(url, "lease", query["lease"][-1], example=example)
 
 
 def _parse_synchronous(url: str, query: dict[str, list[str]]) -> str:

@@ -1,8 +1,9 @@
-"""Dead-letter queries of the SQLite broker: list, count, replay and purge.
+"""The dead letters of the SQLite broker: list, count, replay and purge.
 
 A dead letter is a delivery row in state ``dead``; its id is
 ``{seq}-{deaths}``, so a repeated replay or purge never touches a letter
-that was replayed and has died again since.
+that was replayed and has died again since. :class:`SqliteDeadLetters` runs
+the queries below on the broker's connection thread.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 
 from millstream.brokers.base import DeadLetter
+from millstream.brokers.sqlite.connection import LiveConnection
 from millstream.brokers.sqlite.schema import LIVE, find_group, forget, transaction
 from millstream.brokers.sqlite.wire import json_object, message_id_of
 
-__all__ = ["count_dead", "list_dead", "purge_dead", "replay_dead"]
+__all__ = ["SqliteDeadLetters", "count_dead", "list_dead", "purge_dead", "replay_dead"]
 
 # Text columns as bytes: a letter another writer stored with text that is not
 # UTF-8 must still be listed (and replayed or purged by its id).
@@ -111,3 +113,38 @@ def _parse_letter_ids(ids: Sequence[str]) -> Iterator[tuple[int, int]]:
         seq, _, deaths = letter_id.partition("-")
         if seq.isdigit() and deaths.isdigit():
             yield int(seq), int(deaths)
+
+
+class SqliteDeadLetters:
+    """The dead-letter queue of one topic and group in the broker file.
+
+    Looking at a group that does not exist does not create it (a group that
+    no one consumes would keep every message of the topic forever).
+    """
+
+    def __init__(self, live: LiveConnection, topic: str, group: str) -> None:
+        self._live = live
+        self._topic = topic
+        self._group = group
+
+    async def list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Newest first."""
+        connection = self._live.current()
+        return await connection.run(list_dead, self._topic, self._group, limit, offset)
+
+    async def count(self) -> int:
+        """How many letters the queue holds."""
+        return await self._live.current().run(count_dead, self._topic, self._group)
+
+    async def replay(self, ids: Sequence[str] | None = None) -> int:
+        """Back into the group as fresh deliveries (attempt 1); returns how many."""
+        connection = self._live.current()
+        replayed = await connection.run(replay_dead, self._topic, self._group, ids)
+        if replayed:
+            self._live.wake(self._topic)
+        return replayed
+
+    async def purge(self, ids: Sequence[str] | None = None) -> int:
+        """Delete letters for good; returns how many."""
+        connection = self._live.current()
+        return await connection.run(purge_dead, self._topic, self._group, ids)
