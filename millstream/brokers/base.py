@@ -117,12 +117,12 @@ class Subscription(Protocol):
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
         """Apply outcomes in as few round trips as the broker allows.
 
-        ``acks`` are done; ``retries`` come back as the next attempt after
+        ``acks`` are done; ``requeues`` come back as the next attempt after
         their delay in seconds; ``deads`` go to the dead-letter queue with the
         reason. Raises ``BrokerUnavailable`` if the broker cannot be reached,
         in which case none of the outcomes may be assumed applied.

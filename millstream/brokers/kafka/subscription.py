@@ -214,16 +214,16 @@ class KafkaSubscription:
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
-        """Produce retries and dead letters, then commit contiguous progress: a round trip each."""
+        """Produce requeues and dead letters, then commit contiguous progress: a round trip each."""
         self._check()
         now = time.time()
         stamp = int(now * 1000)
         retry_records: list[Record] = [
             retry_record(msg, now + max(0.0, delay), stamp)
-            for msg, delay in retries
+            for msg, delay in requeues
             if self._mine(msg) is not None
         ]
         dead_records: list[Record] = []
@@ -235,7 +235,7 @@ class KafkaSubscription:
             sends = ((self.retry_topic, retry_records), (self.dlq_topic, dead_records))
             await asyncio.gather(*(send(self._connection, t, r) for t, r in sends if r))
         done: dict[_Claim, list[int]] = {}  # offsets by claim: one tracker call each
-        for msg in itertools.chain(acks, (m for m, _ in retries), (m for m, _ in deads)):
+        for msg in itertools.chain(acks, (m for m, _ in requeues), (m for m, _ in deads)):
             claim = msg.receipt
             if type(claim) is _Claim and msg.offset is not None:
                 if (offsets := done.get(claim)) is None:

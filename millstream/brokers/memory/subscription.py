@@ -66,11 +66,11 @@ class MemorySubscription:
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
         self._check()
-        self._hub.settle(self.topic, self.group, self._owner, acks, retries, deads)
+        self._hub.settle(self.topic, self.group, self._owner, acks, requeues, deads)
 
     async def lag(self) -> Lag:
         self._check()

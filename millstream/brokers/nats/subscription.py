@@ -286,7 +286,7 @@ class NatsSubscription:
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
         """Apply a batch of outcomes in one round trip; deliveries not from here are skipped."""
@@ -296,7 +296,7 @@ class NatsSubscription:
             buried = [(m, reason) for m, reason in deads if m.receipt in held]
             if buried:
                 await self._jetstream.bury(self._names, buried)
-        commands, retried = acknowledgements(held, acks, retries, deads)
+        commands, retried = acknowledgements(held, acks, requeues, deads)
         try:
             if retried:  # before the naks, on the same connection: in place when they come back
                 await self._members.note_retries(retried)

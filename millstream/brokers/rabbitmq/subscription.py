@@ -176,19 +176,19 @@ class RabbitMqSubscription:
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
-        """Copy retries and dead letters (confirmed), then ack every settled delivery.
+        """Copy requeues and dead letters (confirmed), then ack every settled delivery.
 
         Deliveries not from this subscription, or already settled, are skipped.
         """
         self._check()
         held = self._held
         tags = [tag for m in acks if (tag := self._tag(m)) is not None and tag in held]
-        if retries or deads:
+        if requeues or deads:
             copies: list[Publication] = []
-            for m, delay in retries:
+            for m, delay in requeues:
                 if (tag := self._tag(m)) is not None and (delivered := held.get(tag)):
                     copies.append(await self._retry_copy(delivered, m.attempt, delay))
                     tags.append(tag)
@@ -203,7 +203,7 @@ class RabbitMqSubscription:
             await self._ack(tags)
             if self._returns:
                 self._returns.settled(m.id for m in acks)
-                self._returns.settled(m.id for m, _ in retries)
+                self._returns.settled(m.id for m, _ in requeues)
                 self._returns.settled(m.id for m, _ in deads)
 
     async def _retry_copy(

@@ -279,7 +279,7 @@ class RedisSubscription:
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
         """Apply a batch of outcomes in one round trip; deliveries not from here are skipped.
@@ -288,7 +288,7 @@ class RedisSubscription:
         """
         self._check()
         keys = self._keys
-        if not retries and not deads:
+        if not requeues and not deads:
             by_source: tuple[list[bytes], list[bytes]] = ([], [])
             for m in acks:
                 if (receipt := _receipt(m)) is not None:
@@ -300,7 +300,7 @@ class RedisSubscription:
             return
         args: list[Arg] = [keys.group]
         outcomes: list[tuple[Message, str, Arg]] = [(m, "a", 0) for m in acks]
-        outcomes += [(m, "r", max(0, round(delay * 1000))) for m, delay in retries]
+        outcomes += [(m, "r", max(0, round(delay * 1000))) for m, delay in requeues]
         outcomes += [(m, "d", reason) for m, reason in deads]
         settled = []
         for m, kind, extra in outcomes:
@@ -311,8 +311,8 @@ class RedisSubscription:
         await self._call(lambda client: scripts.SETTLE(client, script_keys, args))
         for source, entry_id in settled:
             self._held[source].discard(entry_id)
-        if retries:
-            soonest = time.monotonic() + max(0.0, min(delay for _, delay in retries))
+        if requeues:
+            soonest = time.monotonic() + max(0.0, min(delay for _, delay in requeues))
             self._due_at = min(self._due_at, soonest)
 
     async def _ack(self, client: Redis, topic_ids: list[bytes], retry_ids: list[bytes]) -> None:

@@ -266,7 +266,7 @@ def settle(
     gid: int,
     owner: int,
     acks: Sequence[tuple[int, int]],
-    retries: Sequence[tuple[int, int, float]],
+    requeues: Sequence[tuple[int, int, float]],
     deads: Sequence[tuple[int, int, str]],
     now: float,
     extend_until: float | None,
@@ -279,12 +279,12 @@ def settle(
                 _ACK, [(gid, seq, owner, token) for seq, token in acks]
             ).rowcount
             forget(conn, topic, [seq for seq, _ in acks])
-        if retries:
+        if requeues:
             conn.executemany(
                 _RETRY,
                 [
                     (_retry_state(delay), now + max(0.0, delay), gid, seq, owner, token)
-                    for seq, token, delay in retries
+                    for seq, token, delay in requeues
                 ],
             )
         if deads:

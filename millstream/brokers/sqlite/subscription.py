@@ -92,13 +92,13 @@ class SqliteSubscription:
     async def settle(
         self,
         acks: Sequence[Message],
-        retries: Sequence[tuple[Message, float]],
+        requeues: Sequence[tuple[Message, float]],
         deads: Sequence[tuple[Message, str]],
     ) -> None:
         """Apply a batch of outcomes in one transaction; receipts no longer held are skipped."""
         connection = self._check()
         ack_rows = [receipt for m in acks if (receipt := _receipt(m)) is not None]
-        retry_rows = [(*r, delay) for m, delay in retries if (r := _receipt(m)) is not None]
+        retry_rows = [(*r, delay) for m, delay in requeues if (r := _receipt(m)) is not None]
         dead_rows = [(*r, reason) for m, reason in deads if (r := _receipt(m)) is not None]
         extend = self._extension_due()
         if ack_rows or retry_rows or dead_rows or extend:
