@@ -23,18 +23,16 @@ from millstream.brokers import connect
 from millstream.brokers.base import Broker
 from millstream.message import OutgoingMessage
 from millstream.runtime import ConsumerRuntime, ConsumerState
+from tests.conformance.factory import BrokerFactory, group_of, needs
 from tests.conftest import report
 from tests.procs.group import ends, spawn, starts, stop
 from tests.support import until
-
-from .conftest import BrokerFactory
 
 pytestmark = pytest.mark.slow
 
 
 def _needs(hook: object, brokers: BrokerFactory, what: str) -> None:
-    if hook is None:
-        pytest.skip(f"the {brokers.name} broker cannot take {what}")
+    needs(hook, brokers, f"cannot take {what}")
 
 
 def _app(broker: Broker, **settings: object) -> Millstream:
@@ -60,7 +58,7 @@ async def test_malformed_metadata_from_another_producer_never_stops_the_consumer
     seen: list[bytes] = []
     numbers: set[int] = set()
 
-    @ms.consumer(topic, group=_group(topic))
+    @ms.consumer(topic, group=group_of(topic))
     async def handle(payload: bytes) -> None:
         seen.append(payload)
         if payload.startswith(b'{"n":'):
@@ -75,7 +73,7 @@ async def test_malformed_metadata_from_another_producer_never_stops_the_consumer
         letters: list[str] = []
 
         async def accounted() -> bool:
-            letters[:] = await _dead_letters(ms, topic, _group(topic))
+            letters[:] = await _dead_letters(ms, topic, group_of(topic))
             return len(wanted & set(seen)) + len(letters) >= len(malformed)
 
         for _ in range(200):
@@ -108,7 +106,7 @@ async def test_repeated_short_cuts_dead_letter_nothing(brokers: BrokerFactory, t
     ms = _app(broker, prefetch=32)
     handled: list[int] = []
 
-    @ms.consumer(topic, group=_group(topic), concurrency=4, retry=Retry(attempts=2, backoff=0.05))
+    @ms.consumer(topic, group=group_of(topic), concurrency=4, retry=Retry(attempts=2, backoff=0.05))
     async def handle(event: dict[str, int]) -> None:
         await asyncio.sleep(0.01)
         handled.append(event["n"])
@@ -122,7 +120,7 @@ async def test_repeated_short_cuts_dead_letter_nothing(brokers: BrokerFactory, t
             await until(_holding(consumer, reconnects=cut), within=30)
             brokers.cut(broker)
         await until(lambda: set(handled) == set(range(published)), within=60)
-        letters = await _dead_letters(ms, topic, _group(topic))
+        letters = await _dead_letters(ms, topic, group_of(topic))
 
     assert letters == []
     assert consumer.stats.dead == 0 and consumer.stats.reconnects == cuts
@@ -148,7 +146,7 @@ async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
     ms = _app(broker)
     handled: list[int] = []
 
-    @ms.consumer(topic, group=_group(topic))
+    @ms.consumer(topic, group=group_of(topic))
     async def handle(event: dict[str, int]) -> None:
         handled.append(event["n"])
 
@@ -188,7 +186,7 @@ async def test_the_broker_killed_and_restarted_loses_nothing(
         ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
         handled: list[int] = []
 
-        @ms.consumer(topic, group=_group(topic), concurrency=4)
+        @ms.consumer(topic, group=group_of(topic), concurrency=4)
         async def handle(event: dict[str, int]) -> None:
             await asyncio.sleep(0.003)
             handled.append(event["n"])
@@ -230,7 +228,7 @@ async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
     env = {"TMPDIR": str(tmp_path)}
     publisher = connect(brokers.process_url)
     await publisher.connect()
-    member = spawn(brokers.process_url, topic, log, 0.05, env, _group(topic))
+    member = spawn(brokers.process_url, topic, log, 0.05, env, group_of(topic))
     try:
         await publisher.publish(topic, [_out(p) for p in _payloads(60)])
         await until(lambda: len(starts(log)) >= 4, within=30)
@@ -238,7 +236,7 @@ async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
         member.wait(timeout=10)
         before = {n for n, _ in ends(log)}
         restarted_at = time.monotonic()
-        member = spawn(brokers.process_url, topic, log, 0.05, env, _group(topic))
+        member = spawn(brokers.process_url, topic, log, 0.05, env, group_of(topic))
         await until(lambda: {n for n, _ in ends(log)} == set(range(60)), within=60)
         recovery = time.monotonic() - restarted_at
     finally:
@@ -268,14 +266,14 @@ async def test_a_foreign_message_keeps_its_id_through_retries_and_dead_letters(
     ms = _app(await brokers.connect())
     ids: list[str] = []
 
-    @ms.consumer(topic, group=_group(topic), retry=Retry(attempts=3, backoff=0.05, jitter=0))
+    @ms.consumer(topic, group=group_of(topic), retry=Retry(attempts=3, backoff=0.05, jitter=0))
     async def handle(payload: bytes, msg: Message) -> None:
         ids.append(msg.id)
         raise RuntimeError("the payment service is down")
 
     async with ms:
         await brokers.publish_raw(topic, b'{"order": 1}')
-        dlq = await ms.dead_letters(topic, _group(topic))
+        dlq = await ms.dead_letters(topic, group_of(topic))
         await until(lambda: len(ids) == 3, within=30)
         for _ in range(200):
             letters = await dlq.list()
@@ -285,12 +283,6 @@ async def test_a_foreign_message_keeps_its_id_through_retries_and_dead_letters(
 
     assert len(set(ids)) == 1 and ids[0], f"the id changed between deliveries: {ids}"
     assert [letter.message_id for letter in letters] == ids[:1]
-
-
-def _group(topic: str) -> str:
-    """A group of the test's own: a broker may keep a group's members across topics (Kafka),
-    and a member killed by another test must not hold up this one's join."""
-    return f"{topic}-g"
 
 
 def _holding(consumer: ConsumerRuntime, reconnects: int) -> Callable[[], bool]:
