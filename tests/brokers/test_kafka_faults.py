@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from millstream import Message, Millstream
 from millstream.runtime import ConsumerState
-from tests.brokers.kafka_raw import drop_topics, publish_malformed, publish_raw, raw_producer
-from tests.brokers.scenarios import events
-from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu
+from tests.brokers.kafka_raw import publish_malformed, publish_raw, raw_producer
+from tests.brokers.tansu import QUIRKS, Tansu
 from tests.brokers.test_kafka import fetch_n, opened, url
 from tests.proxy import TcpProxy
-from tests.support import until
-
-
-@pytest.fixture
-def tansu() -> Tansu:
-    return shared_tansu()
-
-
-@pytest.fixture
-async def topic(tansu: Tansu) -> AsyncIterator[str]:
-    """A topic no other test uses; it and its retry and dead-letter topics go afterwards."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_topics(tansu.address, name)
+from tests.support import events, until
 
 
 @pytest.fixture

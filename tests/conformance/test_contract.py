@@ -1,4 +1,4 @@
-"""The broker contract of DESIGN.md, run against every adapter unchanged."""
+"""The broker contract (``millstream.brokers.base``), run against every adapter unchanged."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The faults a production service meets, run against every broker that can take them.
 
-Each test needs one of the factory's fault hooks (see ``conftest.py``); a broker
+Each test needs one of the factory's fault hooks (see ``factory.py``); a broker
 without it skips, saying so. Every test records its figures (published,
 handled, lost, duplicates, seconds), printed in the run's "fault figures"
 section.
