@@ -127,32 +127,6 @@ async def test_messages_are_plain_on_the_subject_and_other_publishers_are_read(
         await broker.close()
 
 
-async def test_retries_and_dead_letters_stay_in_their_group(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        billing = await broker.subscribe(topic, "billing", prefetch=10)
-        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
-        await broker.publish(topic, events(2))
-        failed, poison = await billing.fetch(10, 1.0)
-        assert numbers(await drain(shipping)) == [0, 1]
-        await billing.settle([], [(failed, 0.1)], [(poison, "FatalError: no")])
-
-        [again] = await billing.fetch(10, 2.0)
-        assert (again.id, again.attempt) == (failed.id, 2)
-        await billing.settle([again], [], [])
-        dlq = await broker.dead_letters(topic, "billing")
-        assert await dlq.replay() == 1
-        [replayed] = await billing.fetch(10, 2.0)
-        assert (replayed.id, replayed.attempt) == (poison.id, 1)
-        await billing.settle([replayed], [], [])
-
-        assert await shipping.fetch(10, 0.5) == [], "the other group got a retry or a replay"
-        assert await (await broker.dead_letters(topic, "shipping")).count() == 0
-        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
-    finally:
-        await broker.close()
-
-
 async def test_close_releases_what_was_delivered_but_not_yet_fetched(
     shared: str, topic: str
 ) -> None:

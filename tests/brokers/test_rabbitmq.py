@@ -91,27 +91,6 @@ async def test_an_unreachable_broker_is_unavailable_not_a_crash(proxy: TcpProxy)
 # -- mapping ----------------------------------------------------------------------
 
 
-async def test_a_retry_or_dead_letter_stays_in_its_group(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        billing = await broker.subscribe(topic, "billing", prefetch=10)
-        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
-        await broker.publish(topic, events(2))
-        failed, buried = await fetch_n(billing, 2)
-        assert len(await drain(shipping)) == 2
-        await billing.settle([], [(failed, 0.1)], [(buried, "FatalError: no")])
-
-        [again] = await billing.fetch(10, 2.0)
-        assert (again.id, again.attempt) == (failed.id, 2)
-        assert await shipping.fetch(10, 0.5) == [], "the other group got the retry too"
-        await billing.settle([again], [], [])
-        assert await (await broker.dead_letters(topic, "shipping")).count() == 0
-        assert await (await broker.dead_letters(topic, "billing")).count() == 1
-        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
-    finally:
-        await broker.close()
-
-
 async def test_a_long_retry_does_not_hold_up_a_short_one(shared: str, topic: str) -> None:
     broker = await opened(shared)
     try:

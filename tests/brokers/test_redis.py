@@ -239,26 +239,6 @@ async def test_waiting_on_an_idle_topic_stays_within_the_socket_timeout(
         await broker.close()
 
 
-async def test_a_retry_goes_back_to_the_failing_group_only(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        billing = await broker.subscribe(topic, "billing", prefetch=10)
-        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
-        await broker.publish(topic, events(1))
-        [failed] = await billing.fetch(10, 1.0)
-        [shipped] = await shipping.fetch(10, 1.0)
-        await billing.settle([], [(failed, 0.1)], [])
-        await shipping.settle([shipped], [], [])
-
-        [again] = await billing.fetch(10, 2.0)
-        assert (again.id, again.attempt) == (failed.id, 2)
-        assert await shipping.fetch(10, 0.5) == [], "the other group got the retry too"
-        await billing.settle([again], [], [])
-        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
-    finally:
-        await broker.close()
-
-
 async def test_a_delivery_whose_reply_was_lost_comes_back_after_the_lease(
     shared: str, topic: str
 ) -> None:

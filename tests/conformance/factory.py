@@ -129,10 +129,10 @@ def needs(flag: object, brokers: BrokerFactory, why: str) -> None:
         pytest.skip(f"the {brokers.name} broker {why}")
 
 
-def group_of(topic: str) -> str:
+def group_of(topic: str, name: str = "g") -> str:
     """A group of the test's own: a broker may keep a group's members across topics (Kafka),
     and a member killed by another test must not hold up this one's join."""
-    return f"{topic}-g"
+    return f"{topic}-{name}"
 
 
 def with_query(url: str, query: str) -> str:
