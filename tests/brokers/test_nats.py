@@ -26,7 +26,7 @@ from millstream.runtime import ConsumerState
 from tests.brokers.nats_server import NatsServer
 from tests.brokers.redis_server import free_port
 from tests.proxy import TcpProxy
-from tests.support import consumer_lag, drain, events, numbers, total_lag, until, until_equal
+from tests.support import drain, events, numbers, total_lag, until
 
 
 async def opened(url: str) -> NatsBroker:
@@ -176,50 +176,6 @@ async def test_a_deleted_consumer_or_stream_is_recreated_and_consuming_goes_on(
 
 
 # -- the running consumer -----------------------------------------------------------
-
-
-async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
-    with NatsServer(tmp_path / "nats") as server:
-        topic = "payments.eu"
-        ms = Millstream(f"{server.url()}?lease=1", reconnect_backoff=0.05, poll_timeout=0.2)
-        handled: list[int] = []
-
-        @ms.consumer(topic, group="billing", concurrency=4)
-        async def handle(event: dict[str, int]) -> None:
-            await asyncio.sleep(0.003)
-            handled.append(event["n"])
-
-        publisher = await opened(server.url())
-        await publisher.publish(topic, events(600))
-        async with ms:
-            consumer = ms.consumers["handle"]
-            await until(lambda: len(set(handled)) >= 200, within=10)
-            server.restart(kill=True, down_for=0.5)  # SIGKILL: the file store must carry it
-            await until(lambda: consumer.stats.reconnects >= 1, within=15)
-            await until(lambda: consumer.state is ConsumerState.RUNNING, within=15)
-            await publish_until_accepted(publisher, topic, events(100, start=600))
-            await until(lambda: len(set(handled)) == 700, within=20)
-            await until_equal(lambda: consumer_lag(ms), 0)
-        await publisher.close()
-
-        assert set(handled) == set(range(700))
-        assert consumer.stats.reconnects >= 1
-
-
-async def publish_until_accepted(
-    broker: NatsBroker, topic: str, messages: list[OutgoingMessage]
-) -> None:
-    """Publish as a service would after a restart: reconnect and repeat (ids dedupe)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            await broker.connect()
-            await broker.publish(topic, messages)
-            return
-        except BrokerUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 # -- refused credentials and permissions ---------------------------------------------

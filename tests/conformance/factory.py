@@ -5,7 +5,8 @@ processes), can make a connection die without releasing anything (a crash),
 and can cut it (a network drop the supervisor must recover from). Everything
 else is a capability flag, Watermill style: an optional hook or value that
 says what the broker can promise or what the test environment can do to it.
-A test that needs a flag the factory lacks skips, saying why (:func:`needs`);
+A test that needs a flag the factory lacks skips, saying why (:func:`needs`,
+with the factory's ``lacks``);
 no scenario is silently left out for a broker.
 
 The flags: ``capabilities`` (the broker's own :class:`Capabilities`, e.g. lag),
@@ -112,6 +113,8 @@ class BrokerFactory:
     """Seconds a consumer may take to run again after its connection was cut."""
     refusing: Callable[[Path], AbstractContextManager[Refusing]] | None = None
     """A server that refuses a wrong password, for as long as the context lasts."""
+    lacks: dict[str, str] = field(default_factory=dict)
+    """Why the broker lacks a capability flag, by the flag's name: the skip says so."""
     defects: dict[str, str] = field(default_factory=dict)
     """Known adapter defects: test name -> the defect. Such a test runs as a strict
     xfail, so the day the adapter is fixed it fails until the entry goes."""
@@ -123,10 +126,13 @@ class BrokerFactory:
         return broker
 
 
-def needs(flag: object, brokers: BrokerFactory, why: str) -> None:
-    """Skip the test when the factory lacks ``flag``; ``why`` completes "the <name> broker ..."."""
-    if flag is None or flag is False:
-        pytest.skip(f"the {brokers.name} broker {why}")
+def needs(brokers: BrokerFactory, flag: str, what: str) -> None:
+    """Skip the test when the broker lacks capability ``flag``, saying it cannot take
+    ``what`` and why (its factory's ``lacks``)."""
+    owner = brokers.capabilities if hasattr(brokers.capabilities, flag) else brokers
+    if getattr(owner, flag) in (None, False):
+        why = brokers.lacks.get(flag, f"its factory has no {flag!r}")
+        pytest.skip(f"the {brokers.name} broker cannot take {what}: {why}")
 
 
 def group_of(topic: str, name: str = "g") -> str:

@@ -91,4 +91,8 @@ def factory(tmp_path: Path) -> BrokerFactory:
     built.group_lag = group_lag
     built.back_after_cut = 10.0
     built.refusing = refusing
+    built.lacks = {
+        "durable_server": "Tansu, the Kafka the tests run, keeps data in memory only in this "
+        "build: a kill -9 loses it by design"
+    }
     return built

@@ -21,6 +21,17 @@ DEFECTS = {
     ),
 }
 
+ONE_PROCESS = "a memory broker lives in one process, out of reach of any other"
+LACKS = {
+    "process_url": ONE_PROCESS,
+    "group_url": ONE_PROCESS,
+    "publish_malformed": "its messages are Python objects, with no metadata to get wrong",
+    "publish_raw": "its messages are Python objects that only millstream publishes",
+    "blackhole": "it has no network connection to go silent",
+    "durable_server": "it has no server to kill, and keeps nothing past its process",
+    "refusing": "it has no credentials to refuse",
+}
+
 
 def factory(tmp_path: Path) -> BrokerFactory:
     hub = MemoryHub(lease=LEASE)
@@ -34,5 +45,11 @@ def factory(tmp_path: Path) -> BrokerFactory:
         broker.cut()
 
     return BrokerFactory(
-        "memory", lambda: MemoryBroker(hub), crash, cut, MemoryBroker.capabilities, defects=DEFECTS
+        "memory",
+        lambda: MemoryBroker(hub),
+        crash,
+        cut,
+        MemoryBroker.capabilities,
+        lacks=LACKS,
+        defects=DEFECTS,
     )

@@ -59,4 +59,7 @@ def factory(tmp_path: Path) -> BrokerFactory:
     built.process_url = built.group_url = SHARED
     built.members_join = 1.0
     built.refusing = lambda directory: nullcontext(refused)
+    built.lacks = {
+        "durable_server": "the tests share one RabbitMQ node, which none may kill under the others"
+    }
     return built

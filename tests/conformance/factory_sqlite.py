@@ -23,6 +23,12 @@ DEFECTS = {
     ),
 }
 
+LACKS = {
+    "blackhole": "it has no network connection to go silent (each connection opens the file)",
+    "durable_server": "it has no server to kill (each connection opens the file itself)",
+    "refusing": "it has no credentials to refuse (the file's permissions guard it)",
+}
+
 
 def factory(tmp_path: Path) -> BrokerFactory:
     path = tmp_path / "broker.db"
@@ -49,5 +55,6 @@ def factory(tmp_path: Path) -> BrokerFactory:
         publish_raw=publish_raw,
         process_url=f"sqlite:///{path}",
         group_url=url,
+        lacks=LACKS,
         defects=DEFECTS,
     )

@@ -21,7 +21,7 @@ async def cli(*arguments: str) -> Result:
 
 
 async def test_dead_letters_round_trip_through_the_cli(brokers: BrokerFactory, topic: str) -> None:
-    needs(brokers.process_url, brokers, "has no URL the command line could open")
+    needs(brokers, "process_url", "the command line")
     assert brokers.process_url is not None
     url, group = brokers.process_url, group_of(topic)
     broker = await brokers.connect()

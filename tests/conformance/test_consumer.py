@@ -17,7 +17,7 @@ from tests.support import at_least, consumer_lag, events, until, until_equal
 
 async def test_lag_is_reported_in_the_consumer_health(brokers: BrokerFactory, topic: str) -> None:
     """25 messages wait for a paused consumer: its lag and its health document say 25."""
-    needs(brokers.capabilities.lag, brokers, "reports no lag")
+    needs(brokers, "lag", "a lag check")
     ms = Millstream(broker=brokers.open(), poll_timeout=0.2)
 
     @ms.consumer(topic, group=group_of(topic))
@@ -88,7 +88,7 @@ async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(
 ) -> None:
     """The consumer keeps trying while the server is unreachable, then fails at its
     refusal of the password and stops connecting; the error hides the password."""
-    needs(brokers.refusing, brokers, "has no credentials to refuse")
+    needs(brokers, "refusing", "a wrong password")
     assert brokers.refusing is not None
     with (
         brokers.refusing(tmp_path) as server,

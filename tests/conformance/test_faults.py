@@ -26,13 +26,9 @@ from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests.conformance.factory import BrokerFactory, group_of, needs
 from tests.conftest import report
 from tests.procs.group import ends, spawn, starts, stop
-from tests.support import until
+from tests.support import consumer_lag, until, until_equal
 
 pytestmark = pytest.mark.slow
-
-
-def _needs(hook: object, brokers: BrokerFactory, what: str) -> None:
-    needs(hook, brokers, f"cannot take {what}")
 
 
 def _app(broker: Broker, **settings: object) -> Millstream:
@@ -52,7 +48,7 @@ async def _dead_letters(ms: Millstream, topic: str, group: str) -> list[str]:
 async def test_malformed_metadata_from_another_producer_never_stops_the_consumer(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    _needs(brokers.publish_malformed, brokers, "malformed metadata from a raw client")
+    needs(brokers, "publish_malformed", "malformed metadata from a raw client")
     assert brokers.publish_malformed is not None
     ms = _app(await brokers.connect())
     seen: list[bytes] = []
@@ -139,7 +135,7 @@ async def test_repeated_short_cuts_dead_letter_nothing(brokers: BrokerFactory, t
 async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    _needs(brokers.blackhole, brokers, "a silent partition (it runs in this process)")
+    needs(brokers, "blackhole", "a silent partition")
     assert brokers.blackhole is not None and brokers.heal is not None
     broker = await brokers.connect()
     publisher = await brokers.connect()
@@ -179,7 +175,7 @@ async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
 async def test_the_broker_killed_and_restarted_loses_nothing(
     brokers: BrokerFactory, topic: str, tmp_path: Path
 ) -> None:
-    _needs(brokers.durable_server, brokers, "a kill -9 of its server (none of its own here)")
+    needs(brokers, "durable_server", "a kill -9 of its server")
     assert brokers.durable_server is not None
     server, url = brokers.durable_server(tmp_path)
     with server:
@@ -199,13 +195,17 @@ async def test_the_broker_killed_and_restarted_loses_nothing(
                 consumer = ms.consumers["handle"]
                 await until(lambda: len(set(handled)) >= 200, within=20)
                 killed = time.monotonic()
-                server.restart(kill=True, down_for=0.5)
+                server.restart(kill=True, down_for=0.5)  # the durable storage must carry it
+                await until(lambda: consumer.stats.reconnects >= 1, within=15)
                 await until(lambda: consumer.state is ConsumerState.RUNNING, within=20)
                 back = time.monotonic() - killed
                 await _publish_retrying(publisher, topic, _payloads(100, 600))
                 await until(lambda: set(handled) == set(range(700)), within=40)
+                await until_equal(lambda: consumer_lag(ms), 0)
         finally:
             await publisher.close()
+
+    assert consumer.stats.reconnects >= 1
 
     report(
         f"broker kill -9 [{brokers.name}]",
@@ -220,7 +220,7 @@ async def test_the_broker_killed_and_restarted_loses_nothing(
 async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
     brokers: BrokerFactory, topic: str, tmp_path: Path
 ) -> None:
-    _needs(brokers.process_url, brokers, "a member in another process")
+    needs(brokers, "process_url", "a member in another process")
     assert brokers.process_url is not None
     log = tmp_path / "member.log"
     # Its own directory of member slots: the restarted process must find its old
@@ -261,7 +261,7 @@ async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
 async def test_a_foreign_message_keeps_its_id_through_retries_and_dead_letters(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    _needs(brokers.publish_raw, brokers, "a message from a producer that is not millstream")
+    needs(brokers, "publish_raw", "a message from a producer that is not millstream")
     assert brokers.publish_raw is not None
     ms = _app(await brokers.connect())
     ids: list[str] = []
