@@ -192,38 +192,6 @@ async def test_dead_letters_of_any_shape_are_listed(shared: str, topic: str) -> 
         await broker.close()
 
 
-async def test_a_foreign_message_keeps_its_id_through_retry_release_and_dead_letter(
-    shared: str, topic: str
-) -> None:
-    broker = await opened(shared)
-    admin = redis.asyncio.Redis.from_url(shared)
-    try:
-        entry = (await admin.xadd(topic, {"payload": b'{"n": 0}'})).decode()  # no id field
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        [first] = await sub.fetch(10, 1.0)
-        assert (first.id, first.attempt) == (entry, 1)
-        await sub.settle([], [(first, 0.0)], [])
-        [retried] = await fetch_n(sub, 1)
-        assert (retried.id, retried.attempt) == (entry, 2)
-
-        await sub.close()  # released into the retry stream, uncounted
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        [released] = await sub.fetch(10, 1.0)
-        assert (released.id, released.attempt) == (entry, 2)
-        await sub.settle([], [], [(released, "FatalError: no")])
-        dlq = await broker.dead_letters(topic, "billing")
-        [letter] = await dlq.list()
-        assert (letter.message_id, letter.attempts) == (entry, 2)
-
-        assert await dlq.replay() == 1
-        [replayed] = await fetch_n(sub, 1)
-        assert (replayed.id, replayed.attempt) == (entry, 1)
-        await sub.settle([replayed], [], [])
-    finally:
-        await admin.aclose()
-        await broker.close()
-
-
 async def test_waiting_on_an_idle_topic_stays_within_the_socket_timeout(
     shared: str, topic: str
 ) -> None:

@@ -26,7 +26,7 @@ from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests.conformance.factory import BrokerFactory, group_of, needs
 from tests.conftest import report
 from tests.procs.group import ends, spawn, starts, stop
-from tests.support import consumer_lag, until, until_equal
+from tests.support import consumer_lag, fetch_n, until, until_equal
 
 pytestmark = pytest.mark.slow
 
@@ -283,6 +283,36 @@ async def test_a_foreign_message_keeps_its_id_through_retries_and_dead_letters(
 
     assert len(set(ids)) == 1 and ids[0], f"the id changed between deliveries: {ids}"
     assert [letter.message_id for letter in letters] == ids[:1]
+
+
+async def test_a_foreign_message_keeps_its_id_through_retry_release_and_dead_letter(
+    brokers: BrokerFactory, topic: str
+) -> None:
+    needs(brokers, "publish_raw", "a message from a producer that is not millstream")
+    assert brokers.publish_raw is not None
+    group = group_of(topic)
+    broker = await brokers.connect()
+    sub = await broker.subscribe(topic, group, prefetch=10)
+    await brokers.publish_raw(topic, b'{"n": 0}')
+    [first] = await fetch_n(sub, 1)
+    assert first.id and first.attempt == 1
+    await sub.settle([], [(first, 0.0)], [])
+    [retried] = await fetch_n(sub, 1)
+    assert (retried.id, retried.attempt) == (first.id, 2)
+
+    await sub.close()  # released, uncounted
+    sub = await broker.subscribe(topic, group, prefetch=10)
+    [released] = await fetch_n(sub, 1)
+    assert (released.id, released.attempt) == (first.id, 2)
+    await sub.settle([], [], [(released, "FatalError: no")])
+    dlq = await broker.dead_letters(topic, group)
+    [letter] = await dlq.list()
+    assert (letter.message_id, letter.attempts) == (first.id, 2)
+
+    assert await dlq.replay() == 1
+    [replayed] = await fetch_n(sub, 1)
+    assert (replayed.id, replayed.attempt) == (first.id, 1)
+    await sub.settle([replayed], [], [])
 
 
 def _holding(consumer: ConsumerRuntime, reconnects: int) -> Callable[[], bool]:
