@@ -6,8 +6,7 @@ and can cut it (a network drop the supervisor must recover from). Everything
 else is a capability flag, Watermill style: an optional hook or value that
 says what the broker can promise or what the test environment can do to it.
 A test that needs a flag the factory lacks skips, saying why (:func:`needs`,
-with the factory's ``lacks``);
-no scenario is silently left out for a broker.
+with the factory's ``lacks``): no scenario is silently left out for a broker.
 
 The flags: ``capabilities`` (the broker's own :class:`Capabilities`, e.g. lag),
 ``blackhole``/``heal`` (a silent partition), ``publish_malformed`` (another
@@ -70,6 +69,9 @@ class Refusing:
 
 @dataclass
 class BrokerFactory:
+    """One broker as the suite sees it: how to open, crash and cut a connection to it,
+    and its capability flags (``None`` or ``False``: the broker lacks it)."""
+
     name: str
     open: Callable[[], Broker]
     crash: Callable[[Broker], None]
