@@ -19,7 +19,7 @@ import pytest
 from tests.brokers.server_process import ServerProcess, free_port
 from tests.conftest import REQUIRE_BROKERS
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+__all__ = ["RedisServer", "delete_keys", "free_port", "redis_server_binary"]
 
 
 def redis_server_binary() -> str:
@@ -84,3 +84,16 @@ class RedisServer(ServerProcess):
             return False
         # -LOADING means it is still reading the append-only file.
         return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+async def delete_keys(url: str, prefix: str) -> None:
+    """Delete every key of the Redis at ``url`` whose name starts with ``prefix``."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -10,48 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
 from millstream.brokers.base import Subscription
 from millstream.brokers.kafka.broker import KafkaBroker
-from millstream.brokers.kafka.offsets import GroupOffsets
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerRuntime, ConsumerState
-from tests.brokers import scenarios
-from tests.brokers.kafka_raw import drop_topics
+from tests import support
 from tests.brokers.redis_server import free_port
-from tests.brokers.scenarios import consumer_lag, events, total_lag
-from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
-from tests.procs.group import ends, starts
+from tests.brokers.tansu import QUIRKS, Tansu, via
 from tests.proxy import TcpProxy
-from tests.support import until, until_equal
-
-
-@pytest.fixture
-def tansu() -> Tansu:
-    return shared_tansu()
-
-
-@pytest.fixture
-async def topic(tansu: Tansu) -> AsyncIterator[str]:
-    """A topic no other test uses; it and its retry and dead-letter topics go afterwards."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_topics(tansu.address, name)
-
-
-@pytest.fixture
-def proxy(tansu: Tansu) -> Iterator[TcpProxy]:
-    with TcpProxy("127.0.0.1", tansu.port) as running:
-        yield running
+from tests.support import consumer_lag, events, total_lag, until, until_equal
 
 
 def url(tansu: Tansu, partitions: int = 4) -> str:
@@ -77,7 +51,7 @@ async def two_brokers(address: str) -> AsyncIterator[tuple[KafkaBroker, KafkaBro
 
 async def fetch_n(sub: Subscription, count: int, within: float = 5.0) -> list[Message]:
     """Fetch until ``count`` messages came (one-record batches arrive one by one)."""
-    return await scenarios.fetch_n(sub, count, within, wait=0.2)
+    return await support.fetch_n(sub, count, within, wait=0.2)
 
 
 # -- URL and connection -------------------------------------------------------
@@ -163,14 +137,6 @@ async def test_a_wrong_password_is_refused_at_connect_with_the_fix() -> None:
     assert f"kafka://alice:***@{server.address}" in message
     assert "refused the credentials (SCRAM: e=unknown-user)" in message
     assert "check the user, password" in message and "wrong" not in message
-
-
-async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm() -> None:
-    with Tansu(authentication=True) as server, TcpProxy("127.0.0.1", server.port) as proxy:
-        url = f"kafka://alice:wrong@127.0.0.1:{proxy.port}?{QUIRKS}"
-        await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
-            url, proxy, "kafka://alice:***@"
-        )
 
 
 async def test_an_idempotent_producer_refused_by_the_broker_names_the_fix(tansu: Tansu) -> None:
@@ -320,12 +286,6 @@ async def test_a_member_whose_handlers_outlast_max_poll_interval_stays_in_its_gr
             keepalive.cancel()
 
 
-def test_dead_letters_round_trip_through_the_cli(tansu: Tansu, topic: str) -> None:
-    scenarios.dead_letters_round_trip_through_the_cli(
-        url(tansu, partitions=1), topic, opened, fetch_n, close_after_burying=True
-    )
-
-
 # -- the running consumer -----------------------------------------------------------
 
 
@@ -371,16 +331,6 @@ async def test_lag_per_partition_is_in_health_and_metrics(tansu: Tansu, topic: s
         await until_equal(lambda: consumer_lag(ms), 0)
 
 
-async def test_a_cut_connection_mid_stream_loses_nothing(
-    tansu: Tansu, topic: str, proxy: TcpProxy
-) -> None:
-    ms = Millstream(
-        broker=KafkaBroker(url(tansu), route=via(proxy)), reconnect_backoff=0.05, poll_timeout=0.2
-    )
-    publisher = await opened(url(tansu))  # not through the proxy: publishing goes on
-    await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy, waves=3, back_within=10)
-
-
 async def test_a_broker_restart_is_survived_but_memory_storage_forgets(tmp_path: Path) -> None:
     """Tansu here keeps data in memory only: the consumer must come back and go on.
 
@@ -406,51 +356,3 @@ async def test_a_broker_restart_is_survived_but_memory_storage_forgets(tmp_path:
             ms.broker._known.clear()  # type: ignore[attr-defined]  # the topics went too
             await ms.publish_batch("payments", [{"n": i} for i in range(100, 200)])
             await until(lambda: set(range(100, 200)) <= set(handled), within=20)
-
-
-# -- several processes ------------------------------------------------------------
-
-
-@pytest.mark.slow
-async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
-    tansu: Tansu, topic: str, tmp_path: Path
-) -> None:
-    address = url(tansu, partitions=6)
-    publisher = await opened(address)
-    try:
-        await publisher.ensure_topics([topic])
-        keyed = [OutgoingMessage(f'{{"n": {i}}}'.encode(), key=str(i)) for i in range(3000)]
-        logs = await scenarios.sigkill_one_of_three(
-            address,
-            topic,
-            tmp_path,
-            publisher,
-            keyed,
-            joined=4.0,  # all three joined and rebalanced
-            all_busy="a process got no partitions",
-            lag_after=False,
-        )
-        # Every committed offset is at the end of its partition, and every
-        # message was handled: no commit went past an unhandled message.
-        # (Read from outside the group: Tansu can take long to let a new
-        # member into a group whose member was killed.)
-        committed = await GroupOffsets(publisher.producer().client, "billing").fetch(
-            [TopicPartition(topic, p) for p in range(6)]
-        )
-        reader = AIOKafkaConsumer(bootstrap_servers=tansu.address)
-        await reader.start()
-        try:
-            last = await reader.end_offsets(list(committed))
-        finally:
-            await reader.stop()
-        assert len(committed) == 6 and committed == last
-    finally:
-        await publisher.close()
-
-    survived = [(n, a) for log in logs[1:] for n, a in ends(log)]
-    assert {a for _, a in survived} <= {1, 2}
-    # What the killed process had started and not finished came back to a
-    # survivor as a second attempt: the delivery marks told it so.
-    unfinished = starts(logs[0]) - {n for n, _ in ends(logs[0])}
-    assert unfinished, "the kill caught no handler running"
-    assert all(a == 2 for n, a in survived if n in unfinished)

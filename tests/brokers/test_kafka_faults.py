@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from millstream import Message, Millstream
 from millstream.runtime import ConsumerState
-from tests.brokers.kafka_raw import drop_topics, publish_malformed, publish_raw, raw_producer
-from tests.brokers.scenarios import events
-from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu
+from tests.brokers.kafka_raw import publish_malformed, raw_producer
+from tests.brokers.tansu import QUIRKS, Tansu
 from tests.brokers.test_kafka import fetch_n, opened, url
 from tests.proxy import TcpProxy
-from tests.support import until
-
-
-@pytest.fixture
-def tansu() -> Tansu:
-    return shared_tansu()
-
-
-@pytest.fixture
-async def topic(tansu: Tansu) -> AsyncIterator[str]:
-    """A topic no other test uses; it and its retry and dead-letter topics go afterwards."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_topics(tansu.address, name)
+from tests.support import events, until
 
 
 @pytest.fixture
@@ -82,24 +66,6 @@ async def test_metadata_another_producer_got_wrong_is_read_with_defaults_and_a_w
     # An id or key that is not UTF-8 reads the same on every delivery.
     assert {m.id for m in handled if m.id.startswith("\\")} == {"\\xff\\xfe"}
     assert {m.key for m in handled if m.key} == {"\\xff"}
-
-
-async def test_a_foreign_record_keeps_its_id_through_a_retry_and_its_dead_letter(
-    tansu: Tansu, topic: str, group: str
-) -> None:
-    broker = await opened(url(tansu, partitions=1))
-    try:
-        sub = await broker.subscribe(topic, group, prefetch=10)
-        await publish_raw(tansu.address, topic, b'{"n": 1}')
-        [first] = await sub.fetch(10, 5.0)
-        await sub.settle([], [(first, 0.0)], [])
-        [again] = await sub.fetch(10, 5.0)
-        assert (again.id, again.attempt) == (first.id, 2)
-        await sub.settle([], [], [(again, "FatalError: no")])
-        [letter] = await (await broker.dead_letters(topic, group)).list()
-        assert (letter.message_id, letter.attempts) == (first.id, 2)
-    finally:
-        await broker.close()
 
 
 async def test_dead_letters_another_producer_wrote_badly_are_listed_all_the_same(

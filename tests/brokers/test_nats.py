@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,51 +19,20 @@ import pytest
 
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
-from millstream.brokers.base import Subscription
 from millstream.brokers.nats.broker import NatsBroker, NatsSubscription
 from millstream.brokers.nats.names import Names
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
-from tests.brokers import scenarios
-from tests.brokers.nats_server import NatsServer, delete_streams
+from tests.brokers.nats_server import NatsServer
 from tests.brokers.redis_server import free_port
-from tests.brokers.scenarios import consumer_lag, drain, events, numbers, total_lag
-from tests.conftest import require_service
-from tests.procs.group import ends
 from tests.proxy import TcpProxy
-from tests.support import until, until_equal
-
-SHARED = "nats://127.0.0.1:4222"
-
-
-@pytest.fixture
-def shared() -> str:
-    require_service("NATS", "127.0.0.1", 4222)
-    return SHARED
-
-
-@pytest.fixture
-async def topic(shared: str) -> AsyncIterator[str]:
-    """A topic no other test uses; its streams are deleted afterwards."""
-    name = f"test.{uuid.uuid4().hex[:12]}"
-    yield name
-    await delete_streams(shared, name)
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    with TcpProxy("127.0.0.1", 4222) as running:
-        yield running
+from tests.support import drain, events, numbers, total_lag, until
 
 
 async def opened(url: str) -> NatsBroker:
     broker = NatsBroker.from_url(url)
     await broker.connect()
     return broker
-
-
-async def fetch_ten(subscription: Subscription, count: int) -> list[Message]:
-    return await subscription.fetch(10, 1.0)
 
 
 async def gather(subscription: NatsSubscription, count: int, within: float = 5.0) -> list[Message]:
@@ -160,40 +127,6 @@ async def test_messages_are_plain_on_the_subject_and_other_publishers_are_read(
         await broker.close()
 
 
-async def test_keepalive_fetch_takes_nothing_and_does_not_wait(shared: str, topic: str) -> None:
-    await scenarios.keepalive_fetch_takes_nothing_and_does_not_wait(shared, topic, opened)
-
-
-async def test_retries_and_dead_letters_stay_in_their_group(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        billing = await broker.subscribe(topic, "billing", prefetch=10)
-        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
-        await broker.publish(topic, events(2))
-        failed, poison = await billing.fetch(10, 1.0)
-        assert numbers(await drain(shipping)) == [0, 1]
-        await billing.settle([], [(failed, 0.1)], [(poison, "FatalError: no")])
-
-        [again] = await billing.fetch(10, 2.0)
-        assert (again.id, again.attempt) == (failed.id, 2)
-        await billing.settle([again], [], [])
-        dlq = await broker.dead_letters(topic, "billing")
-        assert await dlq.replay() == 1
-        [replayed] = await billing.fetch(10, 2.0)
-        assert (replayed.id, replayed.attempt) == (poison.id, 1)
-        await billing.settle([replayed], [], [])
-
-        assert await shipping.fetch(10, 0.5) == [], "the other group got a retry or a replay"
-        assert await (await broker.dead_letters(topic, "shipping")).count() == 0
-        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
-    finally:
-        await broker.close()
-
-
-async def test_a_slow_member_keeps_its_messages_past_the_lease(shared: str, topic: str) -> None:
-    await scenarios.a_slow_member_keeps_its_messages_past_the_lease(shared, topic, opened)
-
-
 async def test_close_releases_what_was_delivered_but_not_yet_fetched(
     shared: str, topic: str
 ) -> None:
@@ -242,73 +175,7 @@ async def test_a_deleted_consumer_or_stream_is_recreated_and_consuming_goes_on(
         await broker.close()
 
 
-def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
-    topic = f"test-{uuid.uuid4().hex[:12]}"
-    try:
-        scenarios.dead_letters_round_trip_through_the_cli(shared, topic, opened, fetch_ten)
-    finally:
-        asyncio.run(delete_streams(shared, topic))
-
-
 # -- the running consumer -----------------------------------------------------------
-
-
-async def test_lag_is_reported_in_the_consumer_health(shared: str, topic: str) -> None:
-    await scenarios.lag_is_reported_in_the_consumer_health(shared, topic)
-
-
-async def test_a_cut_connection_mid_stream_loses_nothing(
-    shared: str, topic: str, proxy: TcpProxy
-) -> None:
-    url = f"nats://127.0.0.1:{proxy.port}?lease=1"
-    ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
-    publisher = await opened(shared)  # not through the proxy: publishing goes on
-    handled, _ = await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
-    assert len(handled) - 1000 <= 4 * 256
-
-
-async def test_a_server_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
-    with NatsServer(tmp_path / "nats") as server:
-        topic = "payments.eu"
-        ms = Millstream(f"{server.url()}?lease=1", reconnect_backoff=0.05, poll_timeout=0.2)
-        handled: list[int] = []
-
-        @ms.consumer(topic, group="billing", concurrency=4)
-        async def handle(event: dict[str, int]) -> None:
-            await asyncio.sleep(0.003)
-            handled.append(event["n"])
-
-        publisher = await opened(server.url())
-        await publisher.publish(topic, events(600))
-        async with ms:
-            consumer = ms.consumers["handle"]
-            await until(lambda: len(set(handled)) >= 200, within=10)
-            server.restart(kill=True, down_for=0.5)  # SIGKILL: the file store must carry it
-            await until(lambda: consumer.stats.reconnects >= 1, within=15)
-            await until(lambda: consumer.state is ConsumerState.RUNNING, within=15)
-            await publish_until_accepted(publisher, topic, events(100, start=600))
-            await until(lambda: len(set(handled)) == 700, within=20)
-            await until_equal(lambda: consumer_lag(ms), 0)
-        await publisher.close()
-
-        assert set(handled) == set(range(700))
-        assert consumer.stats.reconnects >= 1
-
-
-async def publish_until_accepted(
-    broker: NatsBroker, topic: str, messages: list[OutgoingMessage]
-) -> None:
-    """Publish as a service would after a restart: reconnect and repeat (ids dedupe)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            await broker.connect()
-            await broker.publish(topic, messages)
-            return
-        except BrokerUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 # -- refused credentials and permissions ---------------------------------------------
@@ -334,17 +201,6 @@ async def test_a_wrong_password_is_refused_at_connect_with_the_fix(tmp_path: Pat
         assert "refused the credentials" in message and "check the user and password" in message
         assert "wrong" not in message
         await broker.close()
-
-
-async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(tmp_path: Path) -> None:
-    with (
-        NatsServer(tmp_path / "nats", users=USERS) as server,
-        TcpProxy("127.0.0.1", server.port) as proxy,
-    ):
-        url = f"nats://app:wrong@127.0.0.1:{proxy.port}"
-        await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
-            url, proxy, "nats://app:***@"
-        )
 
 
 async def test_a_missing_permission_fails_the_consumer_with_the_subject(tmp_path: Path) -> None:
@@ -386,24 +242,3 @@ async def test_a_missing_permission_fails_the_consumer_with_the_subject(tmp_path
             await mute.close()
             await reader.close()
             await admin.close()
-
-
-# -- several processes ------------------------------------------------------------
-
-
-@pytest.mark.slow
-async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
-    shared: str, topic: str, tmp_path: Path
-) -> None:
-    publisher = await opened(shared)
-    try:
-        logs = await scenarios.sigkill_one_of_three(
-            f"{shared}?lease=1", topic, tmp_path, publisher, events(3000), joined=0.5
-        )
-    finally:
-        await publisher.close()
-
-    assert 0 < len(ends(logs[0])) < 3000
-    assert all(ends(log) for log in logs), "a process got no work"
-    # What the killed process had came back after ack_wait: its second delivery.
-    scenarios.assert_the_killed_share_came_back_once(logs)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
@@ -23,32 +22,9 @@ from millstream.brokers.nats.broker import NatsBroker, NatsSubscription
 from millstream.brokers.nats.names import Names
 from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
-from tests.brokers.nats_server import delete_streams, publish_malformed, publish_raw
-from tests.brokers.scenarios import consumer_lag, drain, events, numbers
-from tests.conftest import require_service
+from tests.brokers.nats_server import publish_malformed, publish_raw
 from tests.proxy import TcpProxy
-from tests.support import until, until_equal
-
-SHARED = "nats://127.0.0.1:4222"
-
-
-@pytest.fixture
-def shared() -> str:
-    require_service("NATS", "127.0.0.1", 4222)
-    return SHARED
-
-
-@pytest.fixture
-async def topic(shared: str) -> AsyncIterator[str]:
-    name = f"test.{uuid.uuid4().hex[:12]}"
-    yield name
-    await delete_streams(shared, name)
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    with TcpProxy("127.0.0.1", 4222) as running:
-        yield running
+from tests.support import consumer_lag, drain, events, numbers, until, until_equal
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiormq
 import pytest
@@ -24,9 +22,8 @@ from millstream.brokers.rabbitmq.broker import RabbitMqBroker
 from millstream.brokers.rabbitmq.wire import retry_step
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
-from tests.brokers import scenarios
-from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
-from tests.brokers.scenarios import (
+from tests.proxy import TcpProxy
+from tests.support import (
     at_least,
     consumer_lag,
     drain,
@@ -34,32 +31,11 @@ from tests.brokers.scenarios import (
     fetch_n,
     numbers,
     total_lag,
+    until,
+    until_equal,
 )
-from tests.conftest import require_service
-from tests.proxy import TcpProxy
-from tests.support import until, until_equal
 
 GROUPS = ("billing", "shipping")
-
-
-@pytest.fixture
-def shared() -> str:
-    require_service("RabbitMQ", HOST, PORT)
-    return SHARED
-
-
-@pytest.fixture
-async def topic(shared: str) -> AsyncIterator[str]:
-    """A topic no other test uses; its exchanges and queues are deleted afterwards."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    await delete_names(name, GROUPS)
-
-
-@pytest.fixture
-def proxy(shared: str) -> Iterator[TcpProxy]:
-    with TcpProxy(HOST, PORT) as running:
-        yield running
 
 
 async def opened(url: str) -> RabbitMqBroker:
@@ -113,27 +89,6 @@ async def test_an_unreachable_broker_is_unavailable_not_a_crash(proxy: TcpProxy)
 
 
 # -- mapping ----------------------------------------------------------------------
-
-
-async def test_a_retry_or_dead_letter_stays_in_its_group(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        billing = await broker.subscribe(topic, "billing", prefetch=10)
-        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
-        await broker.publish(topic, events(2))
-        failed, buried = await fetch_n(billing, 2)
-        assert len(await drain(shipping)) == 2
-        await billing.settle([], [(failed, 0.1)], [(buried, "FatalError: no")])
-
-        [again] = await billing.fetch(10, 2.0)
-        assert (again.id, again.attempt) == (failed.id, 2)
-        assert await shipping.fetch(10, 0.5) == [], "the other group got the retry too"
-        await billing.settle([again], [], [])
-        assert await (await broker.dead_letters(topic, "shipping")).count() == 0
-        assert await (await broker.dead_letters(topic, "billing")).count() == 1
-        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
-    finally:
-        await broker.close()
 
 
 async def test_a_long_retry_does_not_hold_up_a_short_one(shared: str, topic: str) -> None:
@@ -238,16 +193,6 @@ async def test_dead_letters_list_replay_and_purge_by_stable_ids(shared: str, top
         await broker.close()
 
 
-def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
-    topic = f"test-{uuid.uuid4().hex[:12]}"
-    try:
-        scenarios.dead_letters_round_trip_through_the_cli(
-            shared, topic, opened, fetch_n, group="billing", redelivered=False
-        )
-    finally:
-        asyncio.run(delete_names(topic, GROUPS))
-
-
 # -- the running consumer -------------------------------------------------------------
 
 
@@ -281,21 +226,6 @@ async def test_lag_is_reported_in_health_and_metrics(shared: str, topic: str) ->
 
         consumer.resume()
         await until_equal(lambda: consumer_lag(ms), 0)
-
-
-async def test_a_cut_connection_mid_stream_loses_nothing(
-    shared: str, topic: str, proxy: TcpProxy
-) -> None:
-    ms = Millstream(
-        f"amqp://guest:guest@127.0.0.1:{proxy.port}/", reconnect_backoff=0.05, poll_timeout=0.2
-    )
-    publisher = await opened(shared)  # not through the proxy: publishing goes on
-    try:
-        await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
-    except BaseException:
-        await publisher.close()
-        raise
-    await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
 
 
 async def test_a_deleted_queue_is_declared_again_and_consuming_goes_on(
@@ -348,15 +278,6 @@ async def test_the_node_stopping_and_starting_loses_nothing(shared: str, topic: 
     assert set(handled) == set(range(700))
 
 
-async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(
-    shared: str, proxy: TcpProxy
-) -> None:
-    url = f"amqp://guest:wrong@127.0.0.1:{proxy.port}/"
-    await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
-        url, proxy, "amqp://guest:***@"
-    )
-
-
 @pytest.mark.slow
 async def test_missing_permissions_name_the_fix(shared: str) -> None:
     user = f"ms-test-{uuid.uuid4().hex[:8]}"
@@ -376,29 +297,6 @@ async def test_missing_permissions_name_the_fix(shared: str) -> None:
 
 
 # -- several processes ------------------------------------------------------------
-
-
-@pytest.mark.slow
-async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
-    shared: str, topic: str, tmp_path: Path
-) -> None:
-    publisher = await opened(shared)
-    try:
-        await publisher.subscribe(topic, "billing", prefetch=1)  # the queue, before publishing
-        logs = await scenarios.sigkill_one_of_three(
-            shared,
-            topic,
-            tmp_path,
-            publisher,
-            events(3000),
-            joined=1.0,
-            all_busy="a process got no work",
-        )
-    finally:
-        await publisher.close()
-
-    # What the killed process held came back counted: RabbitMQ's x-delivery-count.
-    scenarios.assert_the_killed_share_came_back_once(logs)
 
 
 async def test_raw_amqp_publishers_are_read(shared: str, topic: str) -> None:

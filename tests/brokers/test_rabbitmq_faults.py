@@ -12,8 +12,6 @@ import asyncio
 import datetime
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,21 +21,10 @@ from millstream import Message, Millstream, Retry
 from millstream.brokers.rabbitmq.broker import RabbitMqBroker
 from millstream.errors import RetryableError
 from millstream.runtime import ConsumerState
-from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED, delete_names
+from tests.brokers.rabbitmq_admin import HOST, PORT, SHARED
 from tests.brokers.rabbitmq_raw import publish_frames, publish_malformed
-from tests.brokers.scenarios import events, fetch_n, numbers
-from tests.conftest import require_service
 from tests.proxy import TcpProxy
-from tests.support import until
-
-
-@pytest.fixture
-async def topic() -> AsyncIterator[str]:
-    """A topic no other test uses; its exchanges and queues are deleted afterwards."""
-    require_service("RabbitMQ", HOST, PORT)
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    await delete_names(name, ["billing"])
+from tests.support import events, fetch_n, numbers, until
 
 
 async def opened(url: str = SHARED) -> RabbitMqBroker:

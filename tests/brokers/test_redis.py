@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,14 @@ from redis.asyncio.connection import SSLConnection
 
 from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
-from millstream.brokers.base import Subscription
 from millstream.brokers.redis.broker import RedisBroker
 from millstream.brokers.redis.connection import open_pool
 from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
 from millstream.runtime import ConsumerState
-from tests.brokers import scenarios
-from tests.brokers.redis_server import RedisServer, free_port
-from tests.brokers.scenarios import (
+from tests.brokers.redis_server import RedisServer, delete_keys, free_port
+from tests.procs.group import ends, ready, spawn, stop
+from tests.proxy import TcpProxy
+from tests.support import (
     at_least,
     consumer_lag,
     drain,
@@ -37,53 +35,15 @@ from tests.brokers.scenarios import (
     fetch_n,
     numbers,
     total_lag,
+    until,
+    until_equal,
 )
-from tests.conftest import require_service
-from tests.procs.group import ends, ready, spawn, stop
-from tests.proxy import TcpProxy
-from tests.support import until, until_equal
-
-SHARED = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def shared() -> str:
-    require_service("Redis", "127.0.0.1", 6379)
-    return SHARED
-
-
-@pytest.fixture
-async def topic(shared: str) -> AsyncIterator[str]:
-    """A topic no other test uses; every key under it is deleted afterwards."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    await delete_keys(shared, name)
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    with TcpProxy("127.0.0.1", 6379) as running:
-        yield running
-
-
-async def delete_keys(url: str, prefix: str) -> None:
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 async def opened(url: str) -> RedisBroker:
     broker = RedisBroker.from_url(url)
     await broker.connect()
     return broker
-
-
-async def fetch_ten(subscription: Subscription, count: int) -> list[Message]:
-    return await subscription.fetch(10, 1.0)
 
 
 # -- URL and connection -------------------------------------------------------
@@ -232,42 +192,6 @@ async def test_dead_letters_of_any_shape_are_listed(shared: str, topic: str) -> 
         await broker.close()
 
 
-async def test_a_foreign_message_keeps_its_id_through_retry_release_and_dead_letter(
-    shared: str, topic: str
-) -> None:
-    broker = await opened(shared)
-    admin = redis.asyncio.Redis.from_url(shared)
-    try:
-        entry = (await admin.xadd(topic, {"payload": b'{"n": 0}'})).decode()  # no id field
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        [first] = await sub.fetch(10, 1.0)
-        assert (first.id, first.attempt) == (entry, 1)
-        await sub.settle([], [(first, 0.0)], [])
-        [retried] = await fetch_n(sub, 1)
-        assert (retried.id, retried.attempt) == (entry, 2)
-
-        await sub.close()  # released into the retry stream, uncounted
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        [released] = await sub.fetch(10, 1.0)
-        assert (released.id, released.attempt) == (entry, 2)
-        await sub.settle([], [], [(released, "FatalError: no")])
-        dlq = await broker.dead_letters(topic, "billing")
-        [letter] = await dlq.list()
-        assert (letter.message_id, letter.attempts) == (entry, 2)
-
-        assert await dlq.replay() == 1
-        [replayed] = await fetch_n(sub, 1)
-        assert (replayed.id, replayed.attempt) == (entry, 1)
-        await sub.settle([replayed], [], [])
-    finally:
-        await admin.aclose()
-        await broker.close()
-
-
-async def test_keepalive_fetch_takes_nothing_and_does_not_wait(shared: str, topic: str) -> None:
-    await scenarios.keepalive_fetch_takes_nothing_and_does_not_wait(shared, topic, opened)
-
-
 async def test_waiting_on_an_idle_topic_stays_within_the_socket_timeout(
     shared: str, topic: str
 ) -> None:
@@ -281,30 +205,6 @@ async def test_waiting_on_an_idle_topic_stays_within_the_socket_timeout(
         assert numbers(await sub.fetch(10, 1.0)) == [0]
     finally:
         await broker.close()
-
-
-async def test_a_retry_goes_back_to_the_failing_group_only(shared: str, topic: str) -> None:
-    broker = await opened(shared)
-    try:
-        billing = await broker.subscribe(topic, "billing", prefetch=10)
-        shipping = await broker.subscribe(topic, "shipping", prefetch=10)
-        await broker.publish(topic, events(1))
-        [failed] = await billing.fetch(10, 1.0)
-        [shipped] = await shipping.fetch(10, 1.0)
-        await billing.settle([], [(failed, 0.1)], [])
-        await shipping.settle([shipped], [], [])
-
-        [again] = await billing.fetch(10, 2.0)
-        assert (again.id, again.attempt) == (failed.id, 2)
-        assert await shipping.fetch(10, 0.5) == [], "the other group got the retry too"
-        await billing.settle([again], [], [])
-        assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
-    finally:
-        await broker.close()
-
-
-async def test_a_slow_member_keeps_its_messages_past_the_lease(shared: str, topic: str) -> None:
-    await scenarios.a_slow_member_keeps_its_messages_past_the_lease(shared, topic, opened)
 
 
 async def test_a_delivery_whose_reply_was_lost_comes_back_after_the_lease(
@@ -400,36 +300,7 @@ async def test_trimming_drops_only_what_every_group_acked(shared: str, topic: st
         await broker.close()
 
 
-# -- dead letters through the command line --------------------------------------
-
-
-def test_dead_letters_round_trip_through_the_cli(shared: str) -> None:
-    topic = f"test-{uuid.uuid4().hex[:12]}"
-    try:
-        letters = scenarios.dead_letters_round_trip_through_the_cli(
-            shared, topic, opened, fetch_ten
-        )
-        assert letters[1]["payload_encoding"] == "base64"
-    finally:
-        asyncio.run(delete_keys(shared, topic))
-
-
 # -- the running consumer -----------------------------------------------------------
-
-
-async def test_lag_is_reported_in_the_consumer_health(shared: str, topic: str) -> None:
-    await scenarios.lag_is_reported_in_the_consumer_health(shared, topic)
-
-
-async def test_a_cut_connection_mid_stream_loses_nothing(
-    shared: str, topic: str, proxy: TcpProxy
-) -> None:
-    url = f"redis://127.0.0.1:{proxy.port}/0?lease=1"
-    ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
-    publisher = await opened(shared)  # not through the proxy: publishing goes on
-    handled, _ = await scenarios.cut_connection_mid_stream(ms, publisher, topic, proxy)
-    # Handlers in flight finish and settle over a fresh connection: few run twice.
-    assert len(handled) - 1000 <= 4 * 256
 
 
 async def test_a_silent_partition_is_noticed_within_ten_seconds_and_loses_nothing(
@@ -661,17 +532,6 @@ async def test_an_acl_user_needs_only_the_commands_the_error_names(tmp_path: Pat
             await limited.close()
 
 
-async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(tmp_path: Path) -> None:
-    with (
-        RedisServer(tmp_path / "redis", password="right") as server,
-        TcpProxy("127.0.0.1", server.port) as proxy,
-    ):
-        url = f"redis://:wrong@127.0.0.1:{proxy.port}/0"
-        await scenarios.a_wrong_password_fails_the_consumer_without_a_retry_storm(
-            url, proxy, "redis://:***@"
-        )
-
-
 async def test_a_changed_password_stops_a_running_consumer(tmp_path: Path) -> None:
     with (
         RedisServer(tmp_path / "redis", password="old") as server,
@@ -722,20 +582,3 @@ async def test_three_processes_share_a_group_and_handle_each_message_once(
     handled = [n for log in logs for n, _ in ends(log)]
     assert sorted(handled) == list(range(3000)), "a message was lost or handled twice"
     assert all(ends(log) for log in logs), "a process got no work"
-
-
-@pytest.mark.slow
-async def test_sigkill_of_one_of_three_processes_the_others_finish_everything(
-    shared: str, topic: str, tmp_path: Path
-) -> None:
-    publisher = await opened(shared)
-    try:
-        logs = await scenarios.sigkill_one_of_three(
-            f"{shared}?lease=1", topic, tmp_path, publisher, events(3000), joined=0.5
-        )
-    finally:
-        await publisher.close()
-
-    assert 0 < len(ends(logs[0])) < 3000
-    # What the killed process had was taken over after the lease: its second delivery.
-    scenarios.assert_the_killed_share_came_back_once(logs)

@@ -1,27 +1,36 @@
-"""The Kafka adapter in the contract suite, against the session's Tansu broker.
+"""The Kafka adapter in the conformance suite, against the session's Tansu broker.
 
 Each connection goes through its own TCP proxy (crash = pause + cut, cut =
 cut), with the adapter's ``route`` sending the advertised address to that
 proxy. Topics have one partition: the suite expects a fetch to return
 keyless messages of several publish calls, and messages of several keys, in
-publish order, which Kafka promises within a partition only. Malformed and
-foreign records are written with aiokafka's own producer
-(tests/brokers/kafka_raw.py).
+publish order, which Kafka promises within a partition only. Member
+processes sharing a group get six partitions, so each has a share. Malformed
+and foreign records are written with aiokafka's own producer
+(tests/brokers/kafka_raw.py); the wrong password is refused by a private
+Tansu with SCRAM.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from millstream.brokers.base import Broker
 from millstream.brokers.kafka.broker import KafkaBroker
+from millstream.brokers.kafka.offsets import GroupOffsets
 from tests.brokers import kafka_raw
-from tests.brokers.tansu import QUIRKS, shared_tansu, via
-from tests.conformance.conftest import BrokerFactory, Malformed, proxied
+from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
+from tests.conformance.factory import BrokerFactory, Malformed, Refusing, proxied
 from tests.proxy import TcpProxy
 
 # The session timeout, then a rebalance: when a crashed member's partitions move.
 REDELIVERY = 2.5
+MEMBER_PARTITIONS = 6
 
 
 def factory(tmp_path: Path) -> BrokerFactory:
@@ -41,14 +50,49 @@ def factory(tmp_path: Path) -> BrokerFactory:
     async def publish_raw(topic: str, payload: bytes) -> None:
         await kafka_raw.publish_raw(tansu.address, topic, payload)
 
+    async def group_lag(publisher: Broker, topic: str, group: str) -> int:
+        # Read from outside the group: Tansu can take long to let a new member
+        # into a group whose member was killed.
+        assert isinstance(publisher, KafkaBroker)
+        partitions = [TopicPartition(topic, p) for p in range(MEMBER_PARTITIONS)]
+        committed = await GroupOffsets(publisher.producer().client, group).fetch(partitions)
+        reader = AIOKafkaConsumer(bootstrap_servers=tansu.address)
+        await reader.start()
+        try:
+            last = await reader.end_offsets(partitions)
+        finally:
+            await reader.stop()
+        return sum(last[p] - committed.get(p, 0) for p in partitions)
+
+    @contextmanager
+    def refusing(directory: Path) -> Iterator[Refusing]:
+        # Tansu refuses SCRAM credentials it does not know inside the exchange.
+        with Tansu(authentication=True) as server:
+            yield Refusing(
+                server.port,
+                lambda port: f"kafka://alice:wrong@127.0.0.1:{port}?{QUIRKS}",
+                "kafka://alice:***@",
+            )
+
     built = proxied(
         "kafka",
         ("127.0.0.1", tansu.port),
         make,
         drop,
+        KafkaBroker.capabilities,
         redelivery_after_crash=REDELIVERY,
-        process_url=url,
     )
     built.publish_malformed = publish_malformed
     built.publish_raw = publish_raw
+    built.process_url = url
+    built.group_url = tansu.url(f"partitions={MEMBER_PARTITIONS}&{QUIRKS}")
+    built.members_join = 4.0  # all three joined and rebalanced
+    built.survivors_keep_their_share = False
+    built.group_lag = group_lag
+    built.back_after_cut = 10.0
+    built.refusing = refusing
+    built.lacks = {
+        "durable_server": "Tansu, the Kafka the tests run, keeps data in memory only in this "
+        "build: a kill -9 loses it by design"
+    }
     return built

@@ -1,22 +1,23 @@
-"""The NATS JetStream adapter in the contract suite: the shared server at 127.0.0.1:4222.
+"""The NATS JetStream adapter in the conformance suite: the shared server at 127.0.0.1:4222.
 
 Each connection goes through its own TCP proxy, so one can be cut (a network
 drop), crashed (cut and never let back in) or blackholed (a silent partition)
 while the others carry on. The consumers' ``ack_wait`` is the suite's lease,
 so a crashed member's messages come back after it. Malformed and foreign
 messages are published with the NATS protocol itself (tests/brokers/nats_server.py),
-bytes that are not UTF-8 included; the durable server is a private
-``nats-server -js`` with its file store in the test's directory.
+bytes that are not UTF-8 included; private servers (durable, or with users)
+are ``nats-server -js`` processes in the test's directory.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from millstream.brokers.base import Broker
 from tests.brokers.server_process import ServerProcess
-from tests.conformance.conftest import LEASE, BrokerFactory, Malformed, proxied
+from tests.conformance.factory import LEASE, BrokerFactory, Malformed, Refusing, proxied
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -47,11 +48,19 @@ def factory(tmp_path: Path) -> BrokerFactory:
         server = nats_server.NatsServer(directory / "nats")
         return server, f"{server.url()}?lease={LEASE:g}"
 
-    base = proxied("nats", (HOST, PORT), make, drop, redelivery_after_crash=LEASE)
-    return replace(
-        base,
-        publish_malformed=publish_malformed,
-        publish_raw=publish_raw,
-        process_url=URL,
-        durable_server=durable_server,
-    )
+    @contextmanager
+    def refusing(directory: Path) -> Iterator[Refusing]:
+        users = [{"user": "app", "password": "right"}]
+        with nats_server.NatsServer(directory / "nats", users=users) as server:
+            yield Refusing(
+                server.port, lambda port: f"nats://app:wrong@127.0.0.1:{port}", "nats://app:***@"
+            )
+
+    built = proxied("nats", (HOST, PORT), make, drop, NatsBroker.capabilities)
+    built.publish_malformed = publish_malformed
+    built.publish_raw = publish_raw
+    built.process_url = URL
+    built.group_url = f"{URL}?lease={LEASE:g}"
+    built.durable_server = durable_server
+    built.refusing = refusing
+    return built

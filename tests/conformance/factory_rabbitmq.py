@@ -1,19 +1,20 @@
-"""RabbitMQ in the contract suite: the shared node at 127.0.0.1:5672, one proxy per connection.
+"""RabbitMQ in the conformance suite: the shared node at 127.0.0.1:5672, one proxy per connection.
 
 Crash: the proxy stops letting anyone in and kills the connection, so the
 member never releases anything; RabbitMQ returns its unacked deliveries at
 once (counted). Cut: the proxy kills the connection; the supervisor
-reconnects through it.
-Malformed and foreign messages are written frame by frame
-(tests/brokers/rabbitmq_raw.py).
+reconnects through it. Malformed and foreign messages are written frame by
+frame (tests/brokers/rabbitmq_raw.py). The node is shared, so nothing here
+restarts it; the wrong password is refused by the node itself.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.conftest import BrokerFactory, Malformed, proxied
+from tests.conformance.factory import GROUP, BrokerFactory, Malformed, Refusing, group_of, proxied
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -33,7 +34,8 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     async def drop(topic: str) -> None:
         await delete_declared(opened)
-        await delete_names(topic, [])  # what a raw publisher declared
+        # What raw publishers, child processes and the command line declared.
+        await delete_names(topic, [GROUP, group_of(topic)])
 
     async def publish_malformed(topic: str) -> list[Malformed]:
         return [Malformed(*sent) for sent in await rabbitmq_raw.publish_malformed(SHARED, topic)]
@@ -41,14 +43,23 @@ def factory(tmp_path: Path) -> BrokerFactory:
     async def publish_raw(topic: str, payload: bytes) -> None:
         await rabbitmq_raw.publish_raw(SHARED, topic, payload)
 
+    refused = Refusing(
+        5672, lambda port: f"amqp://guest:wrong@127.0.0.1:{port}/", "amqp://guest:***@"
+    )
     built = proxied(
         "rabbitmq",
         ("127.0.0.1", 5672),
         make,
         drop,
+        RabbitMqBroker.capabilities,
         redelivery_after_crash=1.0,
-        process_url=SHARED,
     )
     built.publish_malformed = publish_malformed
     built.publish_raw = publish_raw
+    built.process_url = built.group_url = SHARED
+    built.members_join = 1.0
+    built.refusing = lambda directory: nullcontext(refused)
+    built.lacks = {
+        "durable_server": "the tests share one RabbitMQ node, which none may kill under the others"
+    }
     return built

@@ -1,4 +1,4 @@
-"""The broker contract of DESIGN.md, run against every adapter unchanged."""
+"""The broker contract (``millstream.brokers.base``), run against every adapter unchanged."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ from collections import defaultdict
 from millstream import Message, Millstream, OutgoingMessage, Retry
 from millstream.brokers.base import Broker, Subscription
 from millstream.runtime import ConsumerState
-from tests.support import until, until_equal
-
-from .conftest import LEASE, BrokerFactory
-
-GROUP = "g"
+from tests.conformance.factory import GROUP, LEASE, BrokerFactory, group_of, needs
+from tests.support import total_lag, until, until_equal
 
 
 async def fetch_n(sub: Subscription, count: int, within: float = 5.0) -> list[Message]:
@@ -210,12 +207,41 @@ async def test_dead_letters_keep_the_reason_and_can_be_replayed_and_purged(
     assert await sub.fetch(10, timeout=0.3) == []
 
 
+async def test_retries_and_dead_letters_stay_in_their_group(
+    brokers: BrokerFactory, topic: str
+) -> None:
+    billing_group, shipping_group = group_of(topic, "billing"), group_of(topic, "shipping")
+    broker = await brokers.connect()
+    billing = await broker.subscribe(topic, billing_group, prefetch=10)
+    shipping = await broker.subscribe(topic, shipping_group, prefetch=10)
+    await broker.publish(topic, [out(0), out(1)])
+    failed, poison = await fetch_n(billing, 2)
+    shipped = await fetch_n(shipping, 2)
+    assert [m.payload for m in shipped] == [out(0).payload, out(1).payload]
+    await shipping.settle(shipped, [], [])
+    await billing.settle([], [(failed, 0.1)], [(poison, "FatalError: no")])
+
+    [again] = await fetch_n(billing, 1, within=2.0)
+    assert (again.id, again.attempt) == (failed.id, 2)
+    await billing.settle([again], [], [])
+    assert await (await broker.dead_letters(topic, shipping_group)).count() == 0
+    dlq = await broker.dead_letters(topic, billing_group)
+    assert await dlq.count() == 1
+    assert await dlq.replay() == 1
+    [replayed] = await fetch_n(billing, 1, within=2.0)
+    assert (replayed.id, replayed.attempt) == (poison.id, 1)
+    await billing.settle([replayed], [], [])
+
+    assert await shipping.fetch(10, 0.5) == [], "the other group got a retry or a replay"
+    assert await (await broker.dead_letters(topic, shipping_group)).count() == 0
+    assert (await total_lag(billing), await total_lag(shipping)) == (0, 0)
+
+
 async def test_lag_counts_what_the_group_has_not_acked(brokers: BrokerFactory, topic: str) -> None:
+    needs(brokers, "lag", "a lag check")
     broker = await brokers.connect()
     sub = await broker.subscribe(topic, GROUP, prefetch=8)
     await broker.publish(topic, [out(i) for i in range(10)])
-    if not broker.capabilities.lag:
-        return
     lag = await sub.lag()
     assert lag is not None and lag.total == 10
 

@@ -1,6 +1,6 @@
 """The faults a production service meets, run against every broker that can take them.
 
-Each test needs one of the factory's fault hooks (see ``conftest.py``); a broker
+Each test needs one of the factory's fault hooks (see ``factory.py``); a broker
 without it skips, saying so. Every test records its figures (published,
 handled, lost, duplicates, seconds), printed in the run's "fault figures"
 section.
@@ -23,18 +23,12 @@ from millstream.brokers import connect
 from millstream.brokers.base import Broker
 from millstream.message import OutgoingMessage
 from millstream.runtime import ConsumerRuntime, ConsumerState
+from tests.conformance.factory import BrokerFactory, group_of, needs
 from tests.conftest import report
 from tests.procs.group import ends, spawn, starts, stop
-from tests.support import until
-
-from .conftest import BrokerFactory
+from tests.support import consumer_lag, fetch_n, until, until_equal
 
 pytestmark = pytest.mark.slow
-
-
-def _needs(hook: object, brokers: BrokerFactory, what: str) -> None:
-    if hook is None:
-        pytest.skip(f"the {brokers.name} broker cannot take {what}")
 
 
 def _app(broker: Broker, **settings: object) -> Millstream:
@@ -54,13 +48,13 @@ async def _dead_letters(ms: Millstream, topic: str, group: str) -> list[str]:
 async def test_malformed_metadata_from_another_producer_never_stops_the_consumer(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    _needs(brokers.publish_malformed, brokers, "malformed metadata from a raw client")
+    needs(brokers, "publish_malformed", "malformed metadata from a raw client")
     assert brokers.publish_malformed is not None
     ms = _app(await brokers.connect())
     seen: list[bytes] = []
     numbers: set[int] = set()
 
-    @ms.consumer(topic, group=_group(topic))
+    @ms.consumer(topic, group=group_of(topic))
     async def handle(payload: bytes) -> None:
         seen.append(payload)
         if payload.startswith(b'{"n":'):
@@ -75,7 +69,7 @@ async def test_malformed_metadata_from_another_producer_never_stops_the_consumer
         letters: list[str] = []
 
         async def accounted() -> bool:
-            letters[:] = await _dead_letters(ms, topic, _group(topic))
+            letters[:] = await _dead_letters(ms, topic, group_of(topic))
             return len(wanted & set(seen)) + len(letters) >= len(malformed)
 
         for _ in range(200):
@@ -108,7 +102,7 @@ async def test_repeated_short_cuts_dead_letter_nothing(brokers: BrokerFactory, t
     ms = _app(broker, prefetch=32)
     handled: list[int] = []
 
-    @ms.consumer(topic, group=_group(topic), concurrency=4, retry=Retry(attempts=2, backoff=0.05))
+    @ms.consumer(topic, group=group_of(topic), concurrency=4, retry=Retry(attempts=2, backoff=0.05))
     async def handle(event: dict[str, int]) -> None:
         await asyncio.sleep(0.01)
         handled.append(event["n"])
@@ -122,7 +116,7 @@ async def test_repeated_short_cuts_dead_letter_nothing(brokers: BrokerFactory, t
             await until(_holding(consumer, reconnects=cut), within=30)
             brokers.cut(broker)
         await until(lambda: set(handled) == set(range(published)), within=60)
-        letters = await _dead_letters(ms, topic, _group(topic))
+        letters = await _dead_letters(ms, topic, group_of(topic))
 
     assert letters == []
     assert consumer.stats.dead == 0 and consumer.stats.reconnects == cuts
@@ -141,14 +135,14 @@ async def test_repeated_short_cuts_dead_letter_nothing(brokers: BrokerFactory, t
 async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    _needs(brokers.blackhole, brokers, "a silent partition (it runs in this process)")
+    needs(brokers, "blackhole", "a silent partition")
     assert brokers.blackhole is not None and brokers.heal is not None
     broker = await brokers.connect()
     publisher = await brokers.connect()
     ms = _app(broker)
     handled: list[int] = []
 
-    @ms.consumer(topic, group=_group(topic))
+    @ms.consumer(topic, group=group_of(topic))
     async def handle(event: dict[str, int]) -> None:
         handled.append(event["n"])
 
@@ -181,14 +175,14 @@ async def test_a_silent_partition_is_noticed_within_10s_and_loses_nothing(
 async def test_the_broker_killed_and_restarted_loses_nothing(
     brokers: BrokerFactory, topic: str, tmp_path: Path
 ) -> None:
-    _needs(brokers.durable_server, brokers, "a kill -9 of its server (none of its own here)")
+    needs(brokers, "durable_server", "a kill -9 of its server")
     assert brokers.durable_server is not None
     server, url = brokers.durable_server(tmp_path)
     with server:
         ms = Millstream(url, reconnect_backoff=0.05, poll_timeout=0.2)
         handled: list[int] = []
 
-        @ms.consumer(topic, group=_group(topic), concurrency=4)
+        @ms.consumer(topic, group=group_of(topic), concurrency=4)
         async def handle(event: dict[str, int]) -> None:
             await asyncio.sleep(0.003)
             handled.append(event["n"])
@@ -201,13 +195,17 @@ async def test_the_broker_killed_and_restarted_loses_nothing(
                 consumer = ms.consumers["handle"]
                 await until(lambda: len(set(handled)) >= 200, within=20)
                 killed = time.monotonic()
-                server.restart(kill=True, down_for=0.5)
+                server.restart(kill=True, down_for=0.5)  # the durable storage must carry it
+                await until(lambda: consumer.stats.reconnects >= 1, within=15)
                 await until(lambda: consumer.state is ConsumerState.RUNNING, within=20)
                 back = time.monotonic() - killed
                 await _publish_retrying(publisher, topic, _payloads(100, 600))
                 await until(lambda: set(handled) == set(range(700)), within=40)
+                await until_equal(lambda: consumer_lag(ms), 0)
         finally:
             await publisher.close()
+
+    assert consumer.stats.reconnects >= 1
 
     report(
         f"broker kill -9 [{brokers.name}]",
@@ -222,7 +220,7 @@ async def test_the_broker_killed_and_restarted_loses_nothing(
 async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
     brokers: BrokerFactory, topic: str, tmp_path: Path
 ) -> None:
-    _needs(brokers.process_url, brokers, "a member in another process")
+    needs(brokers, "process_url", "a member in another process")
     assert brokers.process_url is not None
     log = tmp_path / "member.log"
     # Its own directory of member slots: the restarted process must find its old
@@ -230,7 +228,7 @@ async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
     env = {"TMPDIR": str(tmp_path)}
     publisher = connect(brokers.process_url)
     await publisher.connect()
-    member = spawn(brokers.process_url, topic, log, 0.05, env, _group(topic))
+    member = spawn(brokers.process_url, topic, log, 0.05, env, group_of(topic))
     try:
         await publisher.publish(topic, [_out(p) for p in _payloads(60)])
         await until(lambda: len(starts(log)) >= 4, within=30)
@@ -238,7 +236,7 @@ async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
         member.wait(timeout=10)
         before = {n for n, _ in ends(log)}
         restarted_at = time.monotonic()
-        member = spawn(brokers.process_url, topic, log, 0.05, env, _group(topic))
+        member = spawn(brokers.process_url, topic, log, 0.05, env, group_of(topic))
         await until(lambda: {n for n, _ in ends(log)} == set(range(60)), within=60)
         recovery = time.monotonic() - restarted_at
     finally:
@@ -263,19 +261,19 @@ async def test_a_member_killed_and_restarted_gets_its_messages_back_at_once(
 async def test_a_foreign_message_keeps_its_id_through_retries_and_dead_letters(
     brokers: BrokerFactory, topic: str
 ) -> None:
-    _needs(brokers.publish_raw, brokers, "a message from a producer that is not millstream")
+    needs(brokers, "publish_raw", "a message from a producer that is not millstream")
     assert brokers.publish_raw is not None
     ms = _app(await brokers.connect())
     ids: list[str] = []
 
-    @ms.consumer(topic, group=_group(topic), retry=Retry(attempts=3, backoff=0.05, jitter=0))
+    @ms.consumer(topic, group=group_of(topic), retry=Retry(attempts=3, backoff=0.05, jitter=0))
     async def handle(payload: bytes, msg: Message) -> None:
         ids.append(msg.id)
         raise RuntimeError("the payment service is down")
 
     async with ms:
         await brokers.publish_raw(topic, b'{"order": 1}')
-        dlq = await ms.dead_letters(topic, _group(topic))
+        dlq = await ms.dead_letters(topic, group_of(topic))
         await until(lambda: len(ids) == 3, within=30)
         for _ in range(200):
             letters = await dlq.list()
@@ -287,10 +285,34 @@ async def test_a_foreign_message_keeps_its_id_through_retries_and_dead_letters(
     assert [letter.message_id for letter in letters] == ids[:1]
 
 
-def _group(topic: str) -> str:
-    """A group of the test's own: a broker may keep a group's members across topics (Kafka),
-    and a member killed by another test must not hold up this one's join."""
-    return f"{topic}-g"
+async def test_a_foreign_message_keeps_its_id_through_retry_release_and_dead_letter(
+    brokers: BrokerFactory, topic: str
+) -> None:
+    needs(brokers, "publish_raw", "a message from a producer that is not millstream")
+    assert brokers.publish_raw is not None
+    group = group_of(topic)
+    broker = await brokers.connect()
+    sub = await broker.subscribe(topic, group, prefetch=10)
+    await brokers.publish_raw(topic, b'{"n": 0}')
+    [first] = await fetch_n(sub, 1)
+    assert first.id and first.attempt == 1
+    await sub.settle([], [(first, 0.0)], [])
+    [retried] = await fetch_n(sub, 1)
+    assert (retried.id, retried.attempt) == (first.id, 2)
+
+    await sub.close()  # released, uncounted
+    sub = await broker.subscribe(topic, group, prefetch=10)
+    [released] = await fetch_n(sub, 1)
+    assert (released.id, released.attempt) == (first.id, 2)
+    await sub.settle([], [], [(released, "FatalError: no")])
+    dlq = await broker.dead_letters(topic, group)
+    [letter] = await dlq.list()
+    assert (letter.message_id, letter.attempts) == (first.id, 2)
+
+    assert await dlq.replay() == 1
+    [replayed] = await fetch_n(sub, 1)
+    assert (replayed.id, replayed.attempt) == (first.id, 1)
+    await sub.settle([replayed], [], [])
 
 
 def _holding(consumer: ConsumerRuntime, reconnects: int) -> Callable[[], bool]:

@@ -1,0 +1,55 @@
+"""The memory broker in the conformance suite: one hub per test, in this process.
+
+A crash abandons the connection (nothing is released, the lease runs out);
+a cut makes it fail until the supervisor connects again. A memory broker
+lives in one process, so nothing that needs another process or a URL of its
+own (the command line, member processes, raw producers, servers) applies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from millstream.brokers.base import Broker
+from millstream.brokers.memory.broker import MemoryBroker, MemoryHub
+from tests.conformance.factory import LEASE, BrokerFactory
+
+DEFECTS = {
+    "test_a_fetch_of_nothing_does_not_wait_its_timeout": (
+        "MemoryBroker's subscription fetch(0, timeout) waits the whole timeout for a first "
+        "message it may not take, instead of returning at once"
+    ),
+}
+
+ONE_PROCESS = "a memory broker lives in one process, out of reach of any other"
+LACKS = {
+    "process_url": ONE_PROCESS,
+    "group_url": ONE_PROCESS,
+    "publish_malformed": "its messages are Python objects, with no metadata to get wrong",
+    "publish_raw": "its messages are Python objects that only millstream publishes",
+    "blackhole": "it has no network connection to go silent",
+    "durable_server": "it has no server to kill, and keeps nothing past its process",
+    "refusing": "it has no credentials to refuse",
+}
+
+
+def factory(tmp_path: Path) -> BrokerFactory:
+    hub = MemoryHub(lease=LEASE)
+
+    def crash(broker: Broker) -> None:
+        assert isinstance(broker, MemoryBroker)
+        broker.abandon()
+
+    def cut(broker: Broker) -> None:
+        assert isinstance(broker, MemoryBroker)
+        broker.cut()
+
+    return BrokerFactory(
+        "memory",
+        lambda: MemoryBroker(hub),
+        crash,
+        cut,
+        MemoryBroker.capabilities,
+        lacks=LACKS,
+        defects=DEFECTS,
+    )

@@ -1,0 +1,60 @@
+"""The SQLite broker in the conformance suite: one file in the test's directory.
+
+A crash and a cut both close the connection under the broker (SQLite has no
+server to lose; what a dead member held waits out its lease). Child
+processes and the command line open the same file; malformed and foreign
+rows are written with the sqlite3 module (tests/brokers/sqlite_raw.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from millstream.brokers.base import Broker
+from millstream.brokers.sqlite.broker import SqliteBroker
+from tests.brokers import sqlite_raw
+from tests.conformance.factory import LEASE, BrokerFactory, Malformed
+
+DEFECTS = {
+    "test_a_fetch_of_nothing_does_not_wait_its_timeout": (
+        "SqliteBroker's subscription fetch(0, timeout) waits the whole timeout for a first "
+        "message it may not take, instead of returning at once"
+    ),
+}
+
+LACKS = {
+    "blackhole": "it has no network connection to go silent (each connection opens the file)",
+    "durable_server": "it has no server to kill (each connection opens the file itself)",
+    "refusing": "it has no credentials to refuse (the file's permissions guard it)",
+}
+
+
+def factory(tmp_path: Path) -> BrokerFactory:
+    path = tmp_path / "broker.db"
+    url = f"sqlite:///{path}?lease={LEASE:g}"
+
+    async def publish_malformed(topic: str) -> list[Malformed]:
+        sent = await asyncio.to_thread(sqlite_raw.malformed, path, topic)
+        return [Malformed(case.field, case.shown, payload) for case, payload in sent]
+
+    async def publish_raw(topic: str, payload: bytes) -> None:
+        await asyncio.to_thread(sqlite_raw.foreign, path, topic, payload)
+
+    def cut(broker: Broker) -> None:
+        assert isinstance(broker, SqliteBroker)
+        broker.cut()
+
+    return BrokerFactory(
+        "sqlite",
+        lambda: SqliteBroker.from_url(url),
+        cut,
+        cut,
+        SqliteBroker.capabilities,
+        publish_malformed=publish_malformed,
+        publish_raw=publish_raw,
+        process_url=f"sqlite:///{path}",
+        group_url=url,
+        lacks=LACKS,
+        defects=DEFECTS,
+    )
