@@ -353,6 +353,8 @@ async def test_a_broker_restart_is_survived_but_memory_storage_forgets(tmp_path:
             broker_process.restart(down_for=0.3)
             await until(lambda: consumer.state is ConsumerState.RECONNECTING, within=10)
             await until(lambda: consumer.state is ConsumerState.RUNNING, within=20)
-            ms.broker._known.clear()  # type: ignore[attr-defined]  # the topics went too
+            broker = ms.broker
+            assert isinstance(broker, KafkaBroker)
+            broker.connection.topics.clear()  # the topics went with the server
             await ms.publish_batch("payments", [{"n": i} for i in range(100, 200)])
             await until(lambda: set(range(100, 200)) <= set(handled), within=20)

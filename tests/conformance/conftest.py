@@ -33,9 +33,6 @@ async def brokers(
     request: pytest.FixtureRequest, tmp_path: Path, topic: str
 ) -> AsyncIterator[BrokerFactory]:
     factory = FACTORIES[request.param](tmp_path)
-    defect = factory.defects.get(request.node.originalname)
-    if defect is not None:
-        request.node.add_marker(pytest.mark.xfail(reason=defect, strict=True))
     yield factory
     for broker in factory.opened:
         # A crashed or cut connection may refuse to close cleanly.

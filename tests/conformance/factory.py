@@ -15,8 +15,7 @@ message with no millstream metadata), ``process_url`` (a URL other processes
 and the command line open), ``group_url`` (where three member processes of one
 group each get a share), ``durable_server`` (a private server with durable
 storage that a test may kill -9 and restart) and ``refusing`` (a server that
-refuses a wrong password). ``defects`` names the tests a known adapter defect
-fails.
+refuses a wrong password).
 """
 
 from __future__ import annotations
@@ -117,9 +116,6 @@ class BrokerFactory:
     """A server that refuses a wrong password, for as long as the context lasts."""
     lacks: dict[str, str] = field(default_factory=dict)
     """Why the broker lacks a capability flag, by the flag's name: the skip says so."""
-    defects: dict[str, str] = field(default_factory=dict)
-    """Known adapter defects: test name -> the defect. Such a test runs as a strict
-    xfail, so the day the adapter is fixed it fails until the entry goes."""
 
     async def connect(self) -> Broker:
         broker = self.open()

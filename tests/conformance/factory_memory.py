@@ -14,13 +14,6 @@ from millstream.brokers.base import Broker
 from millstream.brokers.memory.broker import MemoryBroker, MemoryHub
 from tests.conformance.factory import LEASE, BrokerFactory
 
-DEFECTS = {
-    "test_a_fetch_of_nothing_does_not_wait_its_timeout": (
-        "MemoryBroker's subscription fetch(0, timeout) waits the whole timeout for a first "
-        "message it may not take, instead of returning at once"
-    ),
-}
-
 ONE_PROCESS = "a memory broker lives in one process, out of reach of any other"
 LACKS = {
     "process_url": ONE_PROCESS,
@@ -51,5 +44,4 @@ def factory(tmp_path: Path) -> BrokerFactory:
         cut,
         MemoryBroker.capabilities,
         lacks=LACKS,
-        defects=DEFECTS,
     )

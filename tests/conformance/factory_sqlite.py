@@ -16,13 +16,6 @@ from millstream.brokers.sqlite.broker import SqliteBroker
 from tests.brokers import sqlite_raw
 from tests.conformance.factory import LEASE, BrokerFactory, Malformed
 
-DEFECTS = {
-    "test_a_fetch_of_nothing_does_not_wait_its_timeout": (
-        "SqliteBroker's subscription fetch(0, timeout) waits the whole timeout for a first "
-        "message it may not take, instead of returning at once"
-    ),
-}
-
 LACKS = {
     "blackhole": "it has no network connection to go silent (each connection opens the file)",
     "durable_server": "it has no server to kill (each connection opens the file itself)",
@@ -56,5 +49,4 @@ def factory(tmp_path: Path) -> BrokerFactory:
         process_url=f"sqlite:///{path}",
         group_url=url,
         lacks=LACKS,
-        defects=DEFECTS,
     )

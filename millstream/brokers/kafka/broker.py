@@ -72,8 +72,6 @@ class KafkaBroker:
         self.url = url
         self.options = options if options is not None else parse_url(url)
         self.connection = KafkaConnection(url, self.options, route)
-        # The topics known to exist: clearing it makes the next use look them up again.
-        self._known = self.connection.topics
         self._subscriptions: list[KafkaSubscription] = []
 
     @classmethod

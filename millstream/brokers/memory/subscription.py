@@ -46,8 +46,8 @@ class MemorySubscription:
             )
             self.taken_over += expired
             remaining = deadline - loop.time()
-            if messages or remaining <= 0:
-                return messages
+            if messages or remaining <= 0 or max_messages <= 0:
+                return messages  # fetch(0, _) only extends the leases: nothing to wait for
             if next_due is not None:
                 remaining = min(remaining, max(0.0, next_due - time.monotonic()))
             # Look again within half a lease: each take extends what this member holds.

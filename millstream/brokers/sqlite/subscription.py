@@ -84,8 +84,8 @@ class SqliteSubscription:
             if taken.taken_over:
                 self._took_over(taken.taken_over)
             remaining = deadline - loop.time()
-            if taken.messages or remaining <= 0:
-                return taken.messages
+            if taken.messages or remaining <= 0 or max_messages <= 0:
+                return taken.messages  # fetch(0, _) only extends the leases
             await self._live.wait(self.topic, min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
 
