@@ -2,9 +2,10 @@
 
 The app ties four parts, each in a module of its own: the ``Registry`` of
 consumers and handler links, the ``Publisher`` and its chain, the ``State``
-(store, outbox relay, caches) and the instruments: tracing and metrics,
-installed here once, outermost in both chains, whatever face runs the app
-(HTTP, ``serve()``, ``async with``).
+(store, outbox relay, caches) and the instruments, installed here once
+whatever face runs the app (HTTP, ``serve()``, ``async with``): tracing,
+outermost in both chains, and metrics, which time publishes and read the
+handler durations the consumers keep.
 
 The lifecycle is this module's own: ``start`` opens the state, connects the
 broker, then starts every consumer; ``stop`` drains the consumers, closes

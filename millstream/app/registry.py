@@ -1,9 +1,9 @@
 """``Registry``: the consumers an app declares and the links around every handler.
 
 Consumers are registered before the start; at the start each spec gets the
-app's links in front of its own: the instruments (tracing, then metrics),
-then the user's (``add_link``), then the consumer's (its transaction). The
-runtime adds the timeout innermost (see ``runtime/chains.py``).
+app's links in front of its own: tracing, then the user's (``add_link``),
+then the consumer's (its transaction). The runtime adds the timeout
+innermost (see ``runtime/chains.py``).
 """
 
 from __future__ import annotations
