@@ -1,4 +1,4 @@
-"""The app layer: consumers registered, chains built once, state opened and closed, publishing.
+"""The app layer: consumers registered, their links assembled, state opened and closed, publishing.
 
 :class:`App` (``lifecycle.py``) ties the parts: the :class:`Registry` of
 consumers and handler links (``registry.py``), the :class:`Publisher` and

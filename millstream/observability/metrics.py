@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from millstream.message import OutgoingMessage
-from millstream.runtime.chains import Publish, PublishLink
+from millstream.runtime.chains import Publish
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
 from millstream.runtime.stats import DURATION_BOUNDS, Durations
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from millstream.observability.health import ConsumerReport, StoreReport
     from millstream.store.outbox import OutboxRelay
 
-__all__ = ["Instrumentable", "Metrics", "Observed"]
+__all__ = ["Metrics", "Observed"]
 
 
 class Observed(Protocol):
@@ -49,12 +49,6 @@ class Observed(Protocol):
 
     @property
     def caches(self) -> Mapping[str, Cache[Any]]: ...
-
-
-class Instrumentable(Observed, Protocol):
-    """An app whose publishes can be wrapped in links."""
-
-    def add_publish_link(self, link: PublishLink) -> None: ...
 
 
 class Metrics:
@@ -92,15 +86,6 @@ class Metrics:
     def observe(self, app: Observed) -> None:
         """Read ``app``'s consumers, relay and caches at every scrape."""
         self._observed = app
-
-    def instrument(self, app: Instrumentable) -> None:
-        """Observe ``app`` and time its handlers and publishes, in a registry of these metrics.
-
-        An app already has metrics of its own (``ms.metrics``); this serves a
-        second registry.
-        """
-        self.observe(app)
-        app.add_publish_link(self.publish_link)
 
     def remember(self, reports: Sequence[ConsumerReport], store: StoreReport | None = None) -> None:
         """Keep the latest lag and outbox readings for the next scrape."""

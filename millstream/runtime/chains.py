@@ -4,13 +4,13 @@ A handled message runs the *handler chain*: the consumer's links around the
 handler's ``Invoke`` (decode, then call). A published message runs the
 *publish chain*: links around the broker's ``publish``. Both follow one
 rule: **the first link is the outermost**. It sees the call first and the
-outcome last, so a link added for tracing before one for metrics has the
-metrics link's time inside its span.
+outcome last, so tracing, placed first, has every other link's time inside
+its span.
 
-The app assembles the link lists (its own links, then each consumer's, then
-the consumer's timeout, which must be innermost so a link's own work is not
-cut short) and calls these functions once per consumer and once for
-publishing, at start.
+The app assembles the link lists: for a handler its own links, then the
+consumer's, then the timeout (innermost, so no link's own work is cut
+short), built when the consumer starts; for publishing tracing, metrics,
+then the user's, built when the app is made and again when a link is added.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import gc
 
 __all__ = ["freeze", "thaw"]
 
+# Module state on purpose: the frozen generation belongs to the process, not to an
+# app, so only a process-wide count knows when the last app using it has stopped.
 _running = 0
 
 

@@ -293,7 +293,6 @@ async def test_lag_per_partition_is_in_health_and_metrics(tansu: Tansu, topic: s
     from prometheus_client.parser import text_string_to_metric_families
 
     from millstream.observability import health
-    from millstream.observability.metrics import Metrics
 
     ms = Millstream(url(tansu, partitions=3), poll_timeout=0.2)
 
@@ -316,8 +315,7 @@ async def test_lag_per_partition_is_in_health_and_metrics(tansu: Tansu, topic: s
         assert (details["lag"], details["partitionCount"]) == (30, 3)
         assert sum(details["partitions"].values()) == 30
 
-        metrics = Metrics()
-        metrics.instrument(ms)
+        metrics = ms.metrics
         metrics.remember([report])
         lags = {
             sample.labels["partition"]: sample.value

@@ -44,7 +44,7 @@ from millstream.message import OutgoingMessage
 
 __all__ = ["KafkaBroker", "KafkaDeadLetters", "KafkaSubscription"]
 
-log = logging.getLogger("millstream.brokers.kafka.broker")
+log = logging.getLogger("millstream.brokers")
 
 
 class KafkaBroker:

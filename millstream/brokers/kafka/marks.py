@@ -31,7 +31,7 @@ from millstream.brokers.kafka.offsets import GroupOffsets
 
 __all__ = ["DeliveryMarks", "retrieve"]
 
-log = logging.getLogger("millstream.brokers.kafka.broker")
+log = logging.getLogger("millstream.brokers")
 
 
 class DeliveryMarks:

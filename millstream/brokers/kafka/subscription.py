@@ -63,7 +63,7 @@ from millstream.urls import redact
 
 __all__ = ["KafkaSubscription"]
 
-log = logging.getLogger("millstream.brokers.kafka.broker")
+log = logging.getLogger("millstream.brokers")
 
 
 _NOWHERE = TopicPartition("", -1)  # assigned to no one: polling it takes nothing

@@ -52,7 +52,7 @@ Headers = list[tuple[str, bytes]]
 Record = tuple[bytes | None, bytes, Headers, int]
 """A record to send: (key, value, headers, timestamp in milliseconds)."""
 
-log = logging.getLogger("millstream.brokers.kafka.broker")
+log = logging.getLogger("millstream.brokers")
 
 HEADER_DUE = "ms-due"
 HEADER_GROUP = "ms-group"

@@ -32,7 +32,7 @@ def nak(delay: float) -> bytes:
 def acknowledgements(
     held: dict[str, Message],
     acks: Sequence[Message],
-    retries: Sequence[tuple[Message, float]],
+    requeues: Sequence[tuple[Message, float]],
     deads: Sequence[tuple[Message, str]],
 ) -> tuple[list[tuple[str, bytes]], list[str]]:
     """The (subject, acknowledgement) of each outcome whose delivery is in ``held``, taken
@@ -42,7 +42,7 @@ def acknowledgements(
         if held.pop(m.receipt, None) is not None:
             found.append((m.receipt, TERM))
     retried: list[str] = []
-    for m, delay in retries:
+    for m, delay in requeues:
         if held.pop(m.receipt, None) is not None:
             found.append((m.receipt, nak(delay)))
             retried.append(m.receipt)

@@ -60,7 +60,7 @@ __all__ = [
     "returns_of",
 ]
 
-log = logging.getLogger("millstream.brokers.rabbitmq.broker")
+log = logging.getLogger("millstream.brokers")
 
 _NOT_THEIRS = OWN_HEADERS | BROKER_HEADERS
 # Millstream's headers that say nothing about the delivery itself.

@@ -30,7 +30,7 @@ from millstream.urls import redact
 
 __all__ = ["RabbitMqSubscription", "prefetch_window"]
 
-log = logging.getLogger("millstream.brokers.rabbitmq.broker")
+log = logging.getLogger("millstream.brokers")
 
 
 def prefetch_window(prefetch: int) -> int:

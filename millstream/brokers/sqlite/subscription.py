@@ -167,14 +167,14 @@ class SqliteSubscription:
         self,
         conn: sqlite3.Connection,
         acks: list[tuple[int, int]],
-        retries: list[tuple[int, int, float]],
+        requeues: list[tuple[int, int, float]],
         deads: list[tuple[int, int, str]],
         extend: bool,
     ) -> None:
         now = time.time()
         until = now + self._live.lease if extend else None
         gid, owner = self.member
-        schema.settle(conn, self.topic, gid, owner, acks, retries, deads, now, until)
+        schema.settle(conn, self.topic, gid, owner, acks, requeues, deads, now, until)
 
 
 def _receipt(message: Message) -> tuple[int, int] | None:
