@@ -1,7 +1,7 @@
 """Fixtures the broker test files share: the shared server, a fresh topic, a proxy to it.
 
 Each fixture serves the broker its test file is named after
-(``test_<broker>.py`` and ``test_<broker>_faults.py``):
+(``test_<broker>.py`` and ``test_<broker>_<concern>.py``, such as ``test_redis_members.py``):
 
 - ``shared``: the URL of that broker's shared server; the test skips when the
   server does not answer (fails, with ``MILLSTREAM_REQUIRE_BROKERS=1``).
@@ -35,10 +35,10 @@ SHARED = {
 
 def broker_of(request: pytest.FixtureRequest) -> str:
     """The broker the requesting test file is named after."""
-    broker = request.path.stem.removeprefix("test_").removesuffix("_faults")
+    broker = request.path.stem.removeprefix("test_").split("_")[0]
     if broker not in {*SHARED, "kafka"}:
         raise LookupError(
-            f"{request.path.name} is not named test_<broker>[_faults].py for a broker "
+            f"{request.path.name} is not named test_<broker>[_<concern>].py for a broker "
             f"with a shared server ({', '.join([*SHARED, 'kafka'])}): "
             "the shared, topic and proxy fixtures do not know which server to use"
         )
