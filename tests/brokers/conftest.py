@@ -9,10 +9,12 @@ Each fixture serves the broker its test file is named after
 - ``topic``: a topic no other test uses; what the test left under it is
   deleted afterwards (keys, streams, exchanges and queues, topics).
 - ``proxy``: a TCP proxy to the shared server, closed afterwards.
+- ``warnings``: ``caplog``, recording the brokers' warnings and above.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -50,6 +52,12 @@ def tansu() -> Tansu:
     from tests.brokers.tansu import shared_tansu
 
     return shared_tansu()
+
+
+@pytest.fixture
+def warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="millstream.brokers")
+    return caplog
 
 
 @pytest.fixture
