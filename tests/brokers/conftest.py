@@ -1,7 +1,7 @@
 """Fixtures the broker test files share: the shared server, a fresh topic, a proxy to it.
 
 Each fixture serves the broker its test file is named after
-(``test_<broker>.py`` and ``test_<broker>_faults.py``):
+(``test_<broker>.py`` and ``test_<broker>_<concern>.py``, such as ``test_redis_members.py``):
 
 - ``shared``: the URL of that broker's shared server; the test skips when the
   server does not answer (fails, with ``MILLSTREAM_REQUIRE_BROKERS=1``).
@@ -9,10 +9,12 @@ Each fixture serves the broker its test file is named after
 - ``topic``: a topic no other test uses; what the test left under it is
   deleted afterwards (keys, streams, exchanges and queues, topics).
 - ``proxy``: a TCP proxy to the shared server, closed afterwards.
+- ``warnings``: ``caplog``, recording the brokers' warnings and above.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -35,10 +37,10 @@ SHARED = {
 
 def broker_of(request: pytest.FixtureRequest) -> str:
     """The broker the requesting test file is named after."""
-    broker = request.path.stem.removeprefix("test_").removesuffix("_faults")
+    broker = request.path.stem.removeprefix("test_").split("_")[0]
     if broker not in {*SHARED, "kafka"}:
         raise LookupError(
-            f"{request.path.name} is not named test_<broker>[_faults].py for a broker "
+            f"{request.path.name} is not named test_<broker>[_<concern>].py for a broker "
             f"with a shared server ({', '.join([*SHARED, 'kafka'])}): "
             "the shared, topic and proxy fixtures do not know which server to use"
         )
@@ -50,6 +52,12 @@ def tansu() -> Tansu:
     from tests.brokers.tansu import shared_tansu
 
     return shared_tansu()
+
+
+@pytest.fixture
+def warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="millstream.brokers")
+    return caplog
 
 
 @pytest.fixture

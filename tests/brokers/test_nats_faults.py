@@ -1,14 +1,8 @@
-"""The NATS JetStream broker under faults: bad headers, foreign messages, partitions, crashes.
-
-Against the shared NATS at 127.0.0.1:4222, each test on a topic of its own
-whose streams it deletes afterwards; a TCP proxy stands in for the network
-where a test breaks it (a crash is the proxy cut and closed to the member).
-"""
+"""The NATS JetStream broker under faults: silent partitions, crashed members, lost connections."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,26 +11,14 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
-from millstream import Message, Millstream
-from millstream.brokers.nats.broker import NatsBroker, NatsSubscription
+from millstream import Millstream
+from millstream.brokers.nats.broker import NatsBroker
 from millstream.brokers.nats.names import Names
 from millstream.errors import BrokerUnavailable
 from millstream.runtime import ConsumerState
-from tests.brokers.nats_server import publish_malformed, publish_raw
+from tests.brokers.nats_support import fetch_until, opened
 from tests.proxy import TcpProxy
 from tests.support import consumer_lag, drain, events, numbers, until, until_equal
-
-
-@pytest.fixture
-def warnings(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.WARNING, logger="millstream.brokers")
-    return caplog
-
-
-async def opened(url: str) -> NatsBroker:
-    broker = NatsBroker.from_url(url)
-    await broker.connect()
-    return broker
 
 
 def crash(proxy: TcpProxy) -> None:
@@ -45,120 +27,8 @@ def crash(proxy: TcpProxy) -> None:
     proxy.cut()
 
 
-async def fetch_until(sub: NatsSubscription, count: int, within: float) -> list[Message]:
-    taken: list[Message] = []
-    deadline = time.monotonic() + within
-    while len(taken) < count and time.monotonic() < deadline:
-        taken += await sub.fetch(100, 0.2)
-    return taken
-
-
 def took_over(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
-
-
-# -- another producer's headers -------------------------------------------------------
-
-
-async def test_malformed_headers_are_read_with_defaults_and_the_consumer_goes_on(
-    shared: str, topic: str, warnings: pytest.LogCaptureFixture
-) -> None:
-    ms = Millstream(f"{shared}?lease=1", poll_timeout=0.2)
-    seen: list[Message] = []
-
-    @ms.consumer(topic, group="billing")
-    async def handle(message: Message) -> None:
-        seen.append(message)
-
-    sent = await publish_malformed(shared, topic)
-    publisher = await opened(shared)
-    try:
-        async with ms:
-            await publisher.publish(topic, events(100))
-            await until(lambda: len(seen) >= len(sent) + 100, within=10)
-            await until_equal(lambda: consumer_lag(ms), 0)
-            assert ms.consumers["handle"].state is ConsumerState.RUNNING
-    finally:
-        await publisher.close()
-
-    by_payload = {m.payload: m for m in seen}
-    assert len(seen) == len(sent) + 100, "a message came back: it was never acknowledged"
-    assert all(payload in by_payload for _, _, payload in sent)
-    for field, value, payload in sent:
-        message = by_payload[payload]
-        assert message.attempt == 1 and abs(message.published_at - time.time()) < 30, field
-        if field in ("ms-attempt", "ms-published-at"):
-            logged = [r.getMessage() for r in warnings.records]
-            assert any(topic in line and field in line and repr(value) in line for line in logged)
-    # Bytes that are not UTF-8 stay distinct (and readable) in the id and the key.
-    assert by_payload[sent[3][2]].id == "id-\\xff\\xfe"
-    assert by_payload[sent[4][2]].id == "id-\\xfe\\xff"
-    assert by_payload[sent[5][2]].key == "key-\\xff"
-
-
-async def test_foreign_and_undecodable_ids_stay_the_same_through_retry_release_and_dead_letters(
-    shared: str, topic: str
-) -> None:
-    broker = await opened(shared)
-    client = await nats.connect(shared)
-    try:
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        await client.jetstream().publish(topic, b'{"n": 0}')  # no headers at all
-        await publish_raw(shared, topic, b'{"n": 1}', [(b"ms-id", b"\xff"), (b"h", b"\xc3\xbc")])
-        await publish_raw(shared, topic, b'{"n": 2}', [(b"ms-id", b"\xfe")])
-        first = await fetch_until(sub, 3, within=3)
-        ids = [m.id for m in first]
-        assert ids == [f"{Names(topic, '').stream}:1", "\\xff", "\\xfe"]
-        assert first[1].headers == {"h": "\u00fc"}
-
-        await sub.settle([], [(first[0], 0.0)], [(first[1], "FatalError: no")])
-        retried = await fetch_until(sub, 1, within=3)
-        assert [(m.id, m.attempt) for m in retried] == [(ids[0], 2)]
-        await sub.close()  # releases the retried one and the third
-
-        sub = await broker.subscribe(topic, "billing", prefetch=10)
-        released = await fetch_until(sub, 2, within=3)
-        assert sorted((m.id, m.attempt) for m in released) == [(ids[0], 2), (ids[2], 1)]
-        await sub.settle(released, [], [])
-
-        dead = await broker.dead_letters(topic, "billing")
-        [letter] = await dead.list()
-        assert (letter.message_id, letter.headers, letter.attempts) == (ids[1], {"h": "\u00fc"}, 1)
-        assert await dead.replay() == 1
-        [replayed] = await fetch_until(sub, 1, within=3)
-        assert (replayed.id, replayed.attempt, dict(replayed.headers)) == (ids[1], 1, {"h": "ü"})
-    finally:
-        await client.close()
-        await broker.close()
-
-
-async def test_dead_letters_another_tool_wrote_are_listed_with_defaults(
-    shared: str, topic: str
-) -> None:
-    broker = await opened(shared)
-    names = Names(topic, "billing")
-    try:
-        await broker.ensure_dead_stream(names)
-        await publish_raw(
-            shared,
-            names.dead,
-            b"{}",
-            [
-                (b"ms-attempt", b"abc"),
-                (b"ms-error", b"not json"),
-                (b"ms-failed-at", b"yesterday"),
-                (b"ms-id", b"id-\xff"),
-                (b"h", b"\xc3\xbc"),
-            ],
-        )
-        [letter] = await (await broker.dead_letters(topic, "billing")).list()
-        assert (letter.message_id, letter.attempts, letter.error) == ("id-\\xff", 0, "not json")
-        assert (letter.failed_at, letter.headers) == (0.0, {"h": "\u00fc"})
-    finally:
-        await broker.close()
-
-
-# -- a silent partition ----------------------------------------------------------------
 
 
 async def test_a_silent_partition_is_noticed_within_seconds_and_nothing_is_lost(
@@ -211,9 +81,6 @@ async def test_an_idle_connection_cut_off_silently_is_found_dead_by_its_pings(
         await until(lost, within=10)
     finally:
         await broker.close()
-
-
-# -- members that crash and come back ----------------------------------------------------
 
 
 async def test_a_member_back_under_its_name_takes_back_at_once_what_it_held(
@@ -274,9 +141,6 @@ async def test_what_an_expired_lease_gives_another_member_counts_and_a_retry_doe
     finally:
         await other.close()
         await crashed.close()
-
-
-# -- connections lost in this process ----------------------------------------------------
 
 
 def waiting_on(client: NatsClient) -> Callable[[Names], Awaitable[int]]:
