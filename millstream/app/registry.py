@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from millstream.errors import ConfigError
-from millstream.runtime.handler import HandlerLink
+from millstream.runtime.handler import Handler, HandlerLink
 from millstream.runtime.spec import ConsumerSpec
 
 __all__ = ["Registry"]
@@ -24,6 +24,7 @@ class Registry:
         self.specs: dict[str, ConsumerSpec] = {}
         self._instruments = tuple(instruments)
         self._links: list[HandlerLink] = []
+        self._runs: dict[str, Handler] = {}  # the handler the runtime calls, where it differs
         self.closed = False
 
     def check(self, name: str) -> None:
@@ -38,9 +39,24 @@ class Registry:
                 f"a consumer named {name!r} is already registered; give this one a different name= "
             )
 
-    def add(self, spec: ConsumerSpec) -> None:
+    def clash(self, spec: ConsumerSpec) -> str | None:
+        """What stops ``spec`` from joining the consumers here, named with both parties."""
+        known = self.specs.get(spec.name)
+        if known is None:
+            return None
+        return (
+            f"consumer {spec.name!r} (topic {spec.topic!r}, handler {_named(spec.handler)}) has "
+            f"the name of consumer {known.name!r} (topic {known.topic!r}, handler "
+            f"{_named(known.handler)}) already in the app; names are unique in an app: "
+            "give one of them a different name="
+        )
+
+    def add(self, spec: ConsumerSpec, runs: Handler | None = None) -> None:
+        """Add ``spec``; the runtime calls ``runs`` (which wraps its handler) if given."""
         self.check(spec.name)
         self.specs[spec.name] = spec
+        if runs is not None:
+            self._runs[spec.name] = runs
 
     def add_link(self, link: HandlerLink) -> None:
         """Wrap every handler in ``link``, inside the links already added."""
@@ -50,4 +66,10 @@ class Registry:
         """Every spec with the app's links in front of its own, as the runtime runs it."""
         links = (*self._instruments, *self._links)
         for spec in self.specs.values():
-            yield ConsumerSpec(**{**spec.__dict__, "links": (*links, *spec.links)})
+            handler = self._runs.get(spec.name, spec.handler)
+            linked = {"handler": handler, "links": (*links, *spec.links)}
+            yield ConsumerSpec(**{**spec.__dict__, **linked})
+
+
+def _named(handler: Handler) -> str:
+    return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)}"
