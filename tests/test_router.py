@@ -189,3 +189,18 @@ def test_declarations_after_the_include_are_not_added() -> None:
         pass
 
     assert "late" not in ms.specs
+
+
+def test_a_router_publisher_of_another_model_than_the_apps_fails_the_include() -> None:
+    router = Router()
+    router.publisher("receipts", model=dict)
+
+    @router.consumer("payments")
+    async def on_payment(event: dict[str, int]) -> None:
+        pass
+
+    ms = app()
+    ms.publisher("receipts", model=Payment)
+    with pytest.raises(ConfigError, match=r"'receipts' already has a publisher of Payment"):
+        ms.include_router(router)
+    assert "on_payment" not in ms.specs

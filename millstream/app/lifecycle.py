@@ -102,10 +102,7 @@ class App(DeclaresConsumers):
     def _declare(self, consumer: Declared, links: Sequence[HandlerLink] = ()) -> None:
         """Register ``consumer`` with ``links`` (a router's), its transaction, its publishing."""
         spec = consumer.spec
-        clash = self._registry.clash(spec)
-        if clash is not None:
-            raise ConfigError(clash)
-        self._registry.check(spec.name)
+        self._registry.check(spec)
         transaction = self._state.handler_links(spec.handler, idempotent=consumer.idempotent)
         own = (*links, *transaction)
         runs = None
@@ -136,15 +133,20 @@ class App(DeclaresConsumers):
                 "clash: include a router once per app"
             )
         consumers = [declared.prefixed(prefix) for declared in router.consumers]
-        clashes = [c for c in map(self._registry.clash, (d.spec for d in consumers)) if c]
-        if clashes:
-            raise ConfigError(clashes[0])
+        publishers = [(prefix + each.topic, each) for each in router.publishers]
+        problems = [
+            *(self._registry.clash(declared.spec) for declared in consumers),
+            *(self._publications.conflict(topic, each.model) for topic, each in publishers),
+        ]
+        for problem in problems:
+            if problem is not None:
+                raise ConfigError(problem)  # before anything is added
         self._routers.append(router)
         for declared in consumers:
             self._declare(declared, router.links)
-        for publisher in router.publishers:
-            publisher.bind(prefix + publisher.topic, self._publisher.publish)
-            self._publications.include(publisher, prefix + publisher.topic)
+        for topic, publisher in publishers:
+            publisher.bind(topic, self._publisher.publish)
+            self._publications.include(publisher, topic)
 
     def publisher(self, topic: str, *, model: type[M] | None = None) -> TopicPublisher[M]:
         """Declare a topic this service sends ``model`` values to, outside handlers.

@@ -88,18 +88,26 @@ class Publications:
         self, topic: str, model: type[M] | None, publish: PublishValue
     ) -> TopicPublisher[M]:
         """The app's publisher of ``topic``: the one declared before if its model is the same."""
+        problem = self.conflict(topic, model)
+        if problem is not None:
+            raise ConfigError(problem)
         known = self._publishers.get(topic)
         if known is not None:
-            if known.model is not model:
-                raise ConfigError(
-                    f"topic {topic!r} already has a publisher of {_name(known.model)}; "
-                    f"declare it once, with one model (here: {_name(model)})"
-                )
             return known
         made = TopicPublisher(topic, model)
         made.bind(topic, publish)
         self.include(made, topic)
         return made
+
+    def conflict(self, topic: str, model: Any) -> str | None:
+        """Why a publisher of ``model`` cannot be declared for ``topic``, if it cannot."""
+        known = self._publishers.get(topic)
+        if known is None or known.model is model:
+            return None
+        return (
+            f"topic {topic!r} already has a publisher of {_name(known.model)}; "
+            f"declare it once, with one model (here: {_name(model)})"
+        )
 
     def include(self, publisher: TopicPublisher[Any], topic: str) -> None:
         """Record ``publisher`` (bound to this app) as sending to ``topic``."""

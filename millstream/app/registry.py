@@ -27,17 +27,16 @@ class Registry:
         self._runs: dict[str, Handler] = {}  # the handler the runtime calls, where it differs
         self.closed = False
 
-    def check(self, name: str) -> None:
-        """Raise ``ConfigError`` if a consumer called ``name`` cannot be registered now."""
+    def check(self, spec: ConsumerSpec) -> None:
+        """Raise ``ConfigError`` if ``spec`` cannot be registered now."""
         if self.closed:
             raise ConfigError(
-                f"consumer {name!r} was registered after start(); "
+                f"consumer {spec.name!r} was registered after start(); "
                 "register every consumer before starting the app"
             )
-        if name in self.specs:
-            raise ConfigError(
-                f"a consumer named {name!r} is already registered; give this one a different name= "
-            )
+        clash = self.clash(spec)
+        if clash is not None:
+            raise ConfigError(clash)
 
     def clash(self, spec: ConsumerSpec) -> str | None:
         """What stops ``spec`` from joining the consumers here, named with both parties."""
@@ -53,7 +52,7 @@ class Registry:
 
     def add(self, spec: ConsumerSpec, runs: Handler | None = None) -> None:
         """Add ``spec``; the runtime calls ``runs`` (which wraps its handler) if given."""
-        self.check(spec.name)
+        self.check(spec)
         self.specs[spec.name] = spec
         if runs is not None:
             self._runs[spec.name] = runs
