@@ -204,3 +204,17 @@ def test_a_router_publisher_of_another_model_than_the_apps_fails_the_include() -
     with pytest.raises(ConfigError, match=r"'receipts' already has a publisher of Payment"):
         ms.include_router(router)
     assert "on_payment" not in ms.specs
+
+
+def test_a_name_declared_twice_on_the_app_is_reported_with_both_consumers() -> None:
+    ms = app()
+
+    @ms.consumer("a", name="same")
+    async def first(event: dict[str, int]) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match=r"consumer 'same' \(topic 'b'.*second\).*topic 'a'"):
+
+        @ms.consumer("b", name="same")
+        async def second(event: dict[str, int]) -> None:
+            pass
