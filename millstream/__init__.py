@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from millstream.app.router import Router
 from millstream.brokers import connect
 from millstream.brokers.base import Broker, Capabilities, DeadLetter, Lag, Subscription
 from millstream.errors import (
@@ -43,6 +44,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "RetryableError",
+    "Router",
     "Settings",
     "Store",
     "StoreError",

@@ -26,6 +26,7 @@ def test_public_names() -> None:
         "Retry",
         "RetryPolicy",
         "RetryableError",
+        "Router",
         "Settings",
         "Store",
         "StoreError",

@@ -2,9 +2,10 @@
 
 - ``POST /api/v1/orders`` writes an order and its ``orders.created`` event
   in one transaction (the event goes out through the outbox);
-- the ``payments`` consumer moves orders through their states and
-  publishes ``orders.status-changed``;
-- the ``notifications`` consumer writes a customer notification per change;
+- the ``payments`` consumer (``payments.py``, a router) moves orders
+  through their states and publishes ``orders.status-changed``;
+- the ``notifications`` consumer (``notifications.py``, a router) writes a
+  customer notification per change;
 - ``GET /api/v1/orders/{id}``, ``GET /api/v1/orders?ids=a,b,c`` and
   ``GET /api/v1/orders/{id}/notifications`` read, through a cache
   invalidated on every instance.

@@ -1,4 +1,4 @@
-"""The order service: its routes, its consumers, and the app ``millstream run`` serves.
+"""The order service: its routes, its consumers' routers, and the app ``millstream run`` serves.
 
 ``build()`` makes one instance (tests make several, with their own
 settings); the module-level ``app`` is the one ``millstream run
@@ -13,16 +13,11 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from examples.orders import notifications
 from examples.orders import store as orders
-from examples.orders.models import (
-    NewOrder,
-    Notification,
-    Order,
-    OrderList,
-    PaymentEvent,
-    StatusChanged,
-)
-from millstream import Millstream, Retry, Transaction
+from examples.orders.models import NewOrder, Notification, Order, OrderList
+from examples.orders.payments import payments_router
+from millstream import Millstream
 from millstream.cache import Cache
 from millstream.web import api_group
 
@@ -44,21 +39,8 @@ def build(**settings: Any) -> OrderService:
     ms.store.schema(orders.SCHEMA)
     cache: Cache[Order] = ms.cache("orders", ttl=30.0, max_entries=50_000)
 
-    @ms.consumer(
-        "payments",
-        group="orders",
-        key="order_id",
-        idempotent=True,
-        retry=Retry(attempts=4, backoff=0.5),
-    )
-    async def payments(event: PaymentEvent, tx: Transaction) -> None:
-        """Move the order; an illegal move is fatal and dead-lettered with the reason."""
-        await orders.apply_payment(tx, event)
-        tx.invalidate(cache, event.order_id)
-
-    @ms.consumer("orders.status-changed", group="notifications", key="order_id", idempotent=True)
-    async def notifications(change: StatusChanged, tx: Transaction) -> None:
-        await orders.record_notification(tx, change)
+    ms.include_router(payments_router(cache))
+    ms.include_router(notifications.router)
 
     api = api_group(ms, 1, auth=True, tags=["orders"])
     not_found: dict[int | str, dict[str, Any]] = {404: {"description": "No such order"}}

@@ -17,25 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from millstream.app.declarations import Declared, DeclaresConsumers
+from millstream.app.publications import HandlerPublishing, Publication, Publications, TopicPublisher
 from millstream.app.publisher import KeyBy, Publisher
 from millstream.app.registry import Registry
+from millstream.app.router import Router
 from millstream.app.state import State
 from millstream.brokers import connect
 from millstream.brokers.base import Broker, DeadLetterQueue
 from millstream.errors import BrokerUnavailable, ConfigError
 from millstream.observability.metrics import Metrics
 from millstream.observability.tracing import tracing_links
-from millstream.retry import RetryPolicy
 from millstream.runtime import heap
 from millstream.runtime.chains import PublishLink
 from millstream.runtime.consumer import ConsumerRuntime
-from millstream.runtime.handler import Handler, HandlerLink
+from millstream.runtime.handler import HandlerLink
 from millstream.runtime.member import MemberName, claim_member, member_name
-from millstream.runtime.spec import ConsumerSpec, KeySpec
+from millstream.runtime.spec import ConsumerSpec
 from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
 from millstream.store import Store
@@ -50,10 +53,10 @@ __all__ = ["App"]
 
 log = logging.getLogger("millstream")
 
-H = TypeVar("H", bound=Handler)
+M = TypeVar("M")
 
 
-class App:
+class App(DeclaresConsumers):
     """A service's consumers and publisher over one broker connection.
 
     ``broker_url`` (or ``MILLSTREAM_BROKER_URL``) chooses the broker; other
@@ -87,6 +90,8 @@ class App:
             self.broker, [traced.publish, self.metrics.publish_link], lambda: self._started
         )
         self._state = State(self.settings, self._publisher.send, self.broker.connect)
+        self._publications = Publications()
+        self._routers: list[Router] = []
         self._consumers: dict[str, ConsumerRuntime] = {}
         self._started = False
         self._frozen = False  # this app's share of heap.freeze()
@@ -94,57 +99,69 @@ class App:
 
     # -- declaring consumers -------------------------------------------------
 
-    def consumer(
-        self,
-        topic: str,
-        *,
-        group: str | None = None,
-        name: str | None = None,
-        concurrency: int = 1,
-        key: KeySpec = None,
-        retry: RetryPolicy | None = None,
-        retry_on: Sequence[type[BaseException]] = (),
-        dead_on: Sequence[type[BaseException]] = (),
-        timeout: float | None = None,
-        prefetch: int | None = None,
-        max_inflight: int | None = None,
-        idempotent: bool = False,
-    ) -> Callable[[H], H]:
-        """Register the decorated function as the handler of ``topic`` in ``group``.
-
-        ``group`` defaults to the consumer's ``name``, which defaults to the
-        function's name. ``key`` orders messages: a payload field name, a
-        callable taking the ``Message``, or ``None`` for the key given to
-        ``publish``. The handler's signature is checked here, not at the
-        first message.
-
-        A handler with a ``tx: Transaction`` parameter runs inside a store
-        transaction that commits when it returns. ``idempotent=True`` also
-        records the message id in that transaction, so a redelivered
-        message (a crash after the commit, before the ack) has no second
-        effect.
-        """
-
-        def register(handler: H) -> H:
-            consumer_name = name or getattr(handler, "__name__", None) or topic
-            self._registry.check(consumer_name)
-            spec = ConsumerSpec(
-                name=consumer_name,
-                topic=topic,
-                group=group or consumer_name,
-                handler=handler,
-                concurrency=concurrency,
-                key=key,
-                retry=(retry or RetryPolicy()).with_errors(retry_on, dead_on),
-                timeout=timeout,
-                prefetch=prefetch,
-                max_inflight=max_inflight,
-                links=self._state.handler_links(handler, idempotent=idempotent),
+    def _declare(self, consumer: Declared, links: Sequence[HandlerLink] = ()) -> None:
+        """Register ``consumer`` with ``links`` (a router's), its transaction, its publishing."""
+        spec = consumer.spec
+        self._registry.check(spec)
+        transaction = self._state.handler_links(spec.handler, idempotent=consumer.idempotent)
+        own = (*links, *transaction)
+        runs = None
+        if consumer.publishes is not None:
+            publishing = HandlerPublishing(
+                consumer.publishes, self._publisher.send, transactional=bool(transaction)
             )
-            self._registry.add(spec)
-            return handler
+            own, runs = (*own, publishing.link), publishing.wrap(spec.handler)
+            self._publications.add(Publication(consumer.publishes, consumer.returns, spec.name))
+        self._registry.add(replace(spec, links=own), runs)
 
-        return register
+    def include_router(self, router: Router, *, prefix: str = "") -> None:
+        """Add ``router``'s consumers and publishers, ``prefix`` in front of their topics.
+
+        What the router holds now is added (later declarations on it are
+        not). Consumer names stay as declared and must be unique in the
+        app; a clash fails here, naming both, and adds nothing. A router
+        may be included in several apps: each makes its own consumers.
+        """
+        if self._started:
+            raise ConfigError(
+                "include_router() was called after start(); include every router before "
+                "starting the app"
+            )
+        if any(included is router for included in self._routers):
+            raise ConfigError(
+                "this router is already included in this app; its consumers' names would "
+                "clash: include a router once per app"
+            )
+        consumers = [declared.prefixed(prefix) for declared in router.consumers]
+        publishers = [(prefix + each.topic, each) for each in router.publishers]
+        problems = [
+            *(self._registry.clash(declared.spec) for declared in consumers),
+            *(self._publications.conflict(topic, each.model) for topic, each in publishers),
+        ]
+        for problem in problems:
+            if problem is not None:
+                raise ConfigError(problem)  # before anything is added
+        self._routers.append(router)
+        for declared in consumers:
+            self._declare(declared, router.links)
+        for topic, publisher in publishers:
+            publisher.bind(topic, self._publisher.publish)
+            self._publications.include(publisher, topic)
+
+    def publisher(self, topic: str, *, model: type[M] | None = None) -> TopicPublisher[M]:
+        """Declare a topic this service sends ``model`` values to, outside handlers.
+
+        ``await pub.publish(value, key=..., headers=...)`` checks the value
+        is a ``model`` (a dict is validated into one) and publishes it like
+        ``ms.publish``. The topic and model are listed in ``publications``.
+        """
+        return self._publications.publisher(topic, model, self._publisher.publish)
+
+    @property
+    def publications(self) -> Mapping[str, tuple[Publication, ...]]:
+        """The topics this app declares it sends to, each with who declares it and the
+        payload type: consumers' ``publishes=`` and ``publisher(...)``, routers' included."""
+        return self._publications.by_topic
 
     def add_link(self, link: HandlerLink) -> None:
         """Wrap every handler in ``link``; the first added is the outermost. Takes effect

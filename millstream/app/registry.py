@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from millstream.errors import ConfigError
-from millstream.runtime.handler import HandlerLink
+from millstream.runtime.handler import Handler, HandlerLink
 from millstream.runtime.spec import ConsumerSpec
 
 __all__ = ["Registry"]
@@ -24,23 +24,38 @@ class Registry:
         self.specs: dict[str, ConsumerSpec] = {}
         self._instruments = tuple(instruments)
         self._links: list[HandlerLink] = []
+        self._runs: dict[str, Handler] = {}  # the handler the runtime calls, where it differs
         self.closed = False
 
-    def check(self, name: str) -> None:
-        """Raise ``ConfigError`` if a consumer called ``name`` cannot be registered now."""
+    def check(self, spec: ConsumerSpec) -> None:
+        """Raise ``ConfigError`` if ``spec`` cannot be registered now."""
         if self.closed:
             raise ConfigError(
-                f"consumer {name!r} was registered after start(); "
+                f"consumer {spec.name!r} was registered after start(); "
                 "register every consumer before starting the app"
             )
-        if name in self.specs:
-            raise ConfigError(
-                f"a consumer named {name!r} is already registered; give this one a different name= "
-            )
+        clash = self.clash(spec)
+        if clash is not None:
+            raise ConfigError(clash)
 
-    def add(self, spec: ConsumerSpec) -> None:
-        self.check(spec.name)
+    def clash(self, spec: ConsumerSpec) -> str | None:
+        """What stops ``spec`` from joining the consumers here, named with both parties."""
+        known = self.specs.get(spec.name)
+        if known is None:
+            return None
+        return (
+            f"consumer {spec.name!r} (topic {spec.topic!r}, handler {_named(spec.handler)}) has "
+            f"the name of consumer {known.name!r} (topic {known.topic!r}, handler "
+            f"{_named(known.handler)}) already in the app; names are unique in an app: "
+            "give one of them a different name="
+        )
+
+    def add(self, spec: ConsumerSpec, runs: Handler | None = None) -> None:
+        """Add ``spec``; the runtime calls ``runs`` (which wraps its handler) if given."""
+        self.check(spec)
         self.specs[spec.name] = spec
+        if runs is not None:
+            self._runs[spec.name] = runs
 
     def add_link(self, link: HandlerLink) -> None:
         """Wrap every handler in ``link``, inside the links already added."""
@@ -50,4 +65,10 @@ class Registry:
         """Every spec with the app's links in front of its own, as the runtime runs it."""
         links = (*self._instruments, *self._links)
         for spec in self.specs.values():
-            yield ConsumerSpec(**{**spec.__dict__, "links": (*links, *spec.links)})
+            handler = self._runs.get(spec.name, spec.handler)
+            linked = {"handler": handler, "links": (*links, *spec.links)}
+            yield ConsumerSpec(**{**spec.__dict__, **linked})
+
+
+def _named(handler: Handler) -> str:
+    return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)}"
