@@ -19,7 +19,7 @@ from millstream import Message, Millstream, OutgoingMessage
 from millstream.brokers import connect
 from millstream.brokers.base import Subscription
 from millstream.brokers.kafka.broker import KafkaBroker
-from millstream.errors import AuthenticationError, BrokerUnavailable, ConfigError
+from millstream.errors import AuthenticationError, ConfigError
 from millstream.runtime import ConsumerRuntime, ConsumerState
 from tests import support
 from tests.brokers.redis_server import free_port
@@ -79,13 +79,8 @@ def test_url_parameters_are_read_and_mistakes_name_the_fix() -> None:
         assert "s3cret" not in str(caught.value)
 
 
-async def test_a_wrong_address_is_unavailable_and_retried_with_backoff_not_a_storm() -> None:
+async def test_a_consumer_of_a_wrong_address_retries_with_backoff_not_a_storm() -> None:
     port = free_port()
-    broker = KafkaBroker.from_url(f"kafka://127.0.0.1:{port}?{QUIRKS}")
-    with pytest.raises(BrokerUnavailable, match=rf"kafka://127\.0\.0\.1:{port}.*unreachable"):
-        await broker.connect()
-    await broker.close()
-
     with TcpProxy("127.0.0.1", port) as nowhere:
         ms = Millstream(f"kafka://127.0.0.1:{nowhere.port}?{QUIRKS}", reconnect_backoff=0.2)
 

@@ -14,8 +14,11 @@ producer's bad metadata, through the raw client), ``publish_raw`` (a foreign
 message with no millstream metadata), ``process_url`` (a URL other processes
 and the command line open), ``group_url`` (where three member processes of one
 group each get a share), ``durable_server`` (a private server with durable
-storage that a test may kill -9 and restart) and ``refusing`` (a server that
-refuses a wrong password).
+storage that a test may kill -9 and restart), ``refusing`` (a server that
+refuses a wrong password), ``leased`` (connections with a lease of the test's
+choosing) and ``unreachable`` (a URL where nothing answers). Some flags say how
+the broker tells of a takeover (``back_logged_once``, ``expired_logged_once``,
+``says_back``, ``says_expired``) or what it holds for a crashed member (``crash_holds``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,15 @@ class Refusing:
     redacted: str
 
 
+@dataclass(frozen=True)
+class Unreachable:
+    """A URL, with a password, to a port where nothing listens, and how an error shows it
+    (the password hidden)."""
+
+    url: str
+    shown: str
+
+
 @dataclass
 class BrokerFactory:
     """One broker as the suite sees it: how to open, crash and cut a connection to it,
@@ -114,11 +126,41 @@ class BrokerFactory:
     """Seconds a consumer may take to run again after its connection was cut."""
     refusing: Callable[[Path], AbstractContextManager[Refusing]] | None = None
     """A server that refuses a wrong password, for as long as the context lasts."""
+    leased: Callable[[float], Broker] | None = None
+    """Open a connection like ``open`` (crashed and cut alike), to the same broker, but
+    whose members' leases last the seconds given: how long a crashed member's messages
+    stay held from other members. ``None``: the broker has no leases."""
+    back_within: float = 1.0
+    """Seconds a member subscribing under a crashed member's name may take (its subscribe
+    included) to have back what that one held: far less than the lease it waits without."""
+    crash_holds: bool = True
+    """What a crashed member held stays held from other members until its lease runs out."""
+    back_logged_once: bool = True
+    """What a member takes back under its name is one warning."""
+    expired_logged_once: bool = True
+    """What a member takes over once a crashed member's lease ran out is one warning."""
+    says_back: Callable[[str, str], str] | None = None
+    """What the broker's warning of a member taking back under its name what it held says
+    besides "member <name> took <over|back> <n> message(s) of <topic>/<group>", given
+    (the name, the topic); ``None``: nothing more is checked."""
+    says_expired: Callable[[str, str], str] | None = None
+    """What the broker's warning of a takeover after a lease says besides that common part,
+    given (the name of the member taken from, the topic): the holder's name where the
+    broker knows it, else why the messages came back."""
+    unreachable: Callable[[int], Unreachable] | None = None
+    """The broker's URL, with a password, at a loopback port where nothing listens."""
     lacks: dict[str, str] = field(default_factory=dict)
     """Why the broker lacks a capability flag, by the flag's name: the skip says so."""
 
     async def connect(self) -> Broker:
-        broker = self.open()
+        return await self._connected(self.open())
+
+    async def connect_leased(self, seconds: float) -> Broker:
+        """A connection whose members hold what they fetch for ``seconds`` (``leased``), or
+        an ordinary one where the broker has no leases."""
+        return await self._connected(self.open() if self.leased is None else self.leased(seconds))
+
+    async def _connected(self, broker: Broker) -> Broker:
         await broker.connect()
         self.opened.append(broker)
         return broker
@@ -152,21 +194,30 @@ def proxied(
     capabilities: Capabilities,
     *,
     redelivery_after_crash: float = LEASE,
+    leased: Callable[[TcpProxy, float], Broker] | None = None,
 ) -> BrokerFactory:
     """A factory whose every connection goes through a TCP proxy of its own to ``address``.
 
-    ``make(proxy)`` builds a broker that connects through ``proxy``.
+    ``make(proxy)`` builds a broker that connects through ``proxy``;
+    ``leased(proxy, seconds)``, one whose leases last ``seconds``.
     So one connection can be cut (a network drop), crashed (cut and never
     let back in) or blackholed while the others carry on. Cleanup closes the
     proxies, then ``drop(topic)`` removes what the test left on the broker.
     """
     proxies: dict[int, TcpProxy] = {}
 
-    def open_() -> Broker:
+    def through(build: Callable[[TcpProxy], Broker]) -> Broker:
         proxy = TcpProxy(*address).start()
-        broker = make(proxy)
+        broker = build(proxy)
         proxies[id(broker)] = proxy
         return broker
+
+    def open_() -> Broker:
+        return through(make)
+
+    def open_leased(seconds: float) -> Broker:
+        assert leased is not None
+        return through(lambda proxy: leased(proxy, seconds))
 
     def crash(broker: Broker) -> None:
         proxies[id(broker)].pause()
@@ -196,4 +247,5 @@ def proxied(
         cleanup=cleanup,
         blackhole=blackhole,
         heal=heal,
+        leased=None if leased is None else open_leased,
     )

@@ -25,7 +25,7 @@ from millstream.brokers.kafka.broker import KafkaBroker
 from millstream.brokers.kafka.offsets import GroupOffsets
 from tests.brokers import kafka_raw
 from tests.brokers.tansu import QUIRKS, Tansu, shared_tansu, via
-from tests.conformance.factory import BrokerFactory, Malformed, Refusing, proxied
+from tests.conformance.factory import BrokerFactory, Malformed, Refusing, Unreachable, proxied
 from tests.proxy import TcpProxy
 
 # The session timeout, then a rebalance: when a crashed member's partitions move.
@@ -39,6 +39,15 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     def make(proxy: TcpProxy) -> Broker:
         return KafkaBroker(url, route=via(proxy))
+
+    def leased(proxy: TcpProxy, seconds: float) -> Broker:
+        # A crashed member's partitions stay its own until its session times out.
+        return KafkaBroker(f"{url}&session_timeout={seconds:g}", route=via(proxy))
+
+    def unreachable(port: int) -> Unreachable:
+        return Unreachable(
+            f"kafka://u:pw@127.0.0.1:{port}?{QUIRKS}", f"kafka://u:***@127.0.0.1:{port}"
+        )
 
     async def drop(topic: str) -> None:
         await kafka_raw.drop_topics(tansu.address, topic)
@@ -81,6 +90,7 @@ def factory(tmp_path: Path) -> BrokerFactory:
         drop,
         KafkaBroker.capabilities,
         redelivery_after_crash=REDELIVERY,
+        leased=leased,
     )
     built.publish_malformed = publish_malformed
     built.publish_raw = publish_raw
@@ -91,6 +101,16 @@ def factory(tmp_path: Path) -> BrokerFactory:
     built.group_lag = group_lag
     built.back_after_cut = 10.0
     built.refusing = refusing
+    # Measured: the member back under its name has its partitions after about half
+    # the session timeout (5s of 10s), the time Tansu takes to let it in.
+    built.back_within = 8.0
+    # A member joining the group moves the partitions at once: the crashed member,
+    # silent, is left out of the rebalance.
+    built.crash_holds = False
+    built.says_back = built.says_expired = lambda name, topic: (
+        f"({topic}[0] offsets "  # the partition and offsets it took
+    )
+    built.unreachable = unreachable
     built.lacks = {
         "durable_server": "Tansu, the Kafka the tests run, keeps data in memory only in this "
         "build: a kill -9 loses it by design"

@@ -23,11 +23,17 @@ LACKS = {
     "blackhole": "it has no network connection to go silent",
     "durable_server": "it has no server to kill, and keeps nothing past its process",
     "refusing": "it has no credentials to refuse",
+    "unreachable": "it has no server to be out of reach",
 }
 
 
 def factory(tmp_path: Path) -> BrokerFactory:
     hub = MemoryHub(lease=LEASE)
+    # A hub's lease is every member's: connections with another lease share a hub of theirs.
+    hubs = {LEASE: hub}
+
+    def leased(seconds: float) -> Broker:
+        return MemoryBroker(hubs.setdefault(seconds, MemoryHub(lease=seconds)))
 
     def crash(broker: Broker) -> None:
         assert isinstance(broker, MemoryBroker)
@@ -43,5 +49,8 @@ def factory(tmp_path: Path) -> BrokerFactory:
         crash,
         cut,
         MemoryBroker.capabilities,
+        leased=leased,
+        says_back=lambda name, topic: "that it held before it stopped without releasing them",
+        says_expired=lambda name, topic: f"held by {name}, whose lease of {LEASE:g}s ran out",
         lacks=LACKS,
     )

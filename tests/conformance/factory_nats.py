@@ -17,7 +17,14 @@ from pathlib import Path
 
 from millstream.brokers.base import Broker
 from tests.brokers.server_process import ServerProcess
-from tests.conformance.factory import LEASE, BrokerFactory, Malformed, Refusing, proxied
+from tests.conformance.factory import (
+    LEASE,
+    BrokerFactory,
+    Malformed,
+    Refusing,
+    Unreachable,
+    proxied,
+)
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -30,8 +37,11 @@ def factory(tmp_path: Path) -> BrokerFactory:
     from millstream.brokers.nats.broker import NatsBroker
     from tests.brokers import nats_server
 
+    def leased(proxy: TcpProxy, seconds: float) -> Broker:
+        return NatsBroker.from_url(f"nats://127.0.0.1:{proxy.port}?lease={seconds:g}")
+
     def make(proxy: TcpProxy) -> Broker:
-        return NatsBroker.from_url(f"nats://127.0.0.1:{proxy.port}?lease={LEASE:g}")
+        return leased(proxy, LEASE)
 
     async def drop(topic: str) -> None:
         await nats_server.delete_streams(URL, topic)
@@ -56,11 +66,24 @@ def factory(tmp_path: Path) -> BrokerFactory:
                 server.port, lambda port: f"nats://app:wrong@127.0.0.1:{port}", "nats://app:***@"
             )
 
-    built = proxied("nats", (HOST, PORT), make, drop, NatsBroker.capabilities)
+    def unreachable(port: int) -> Unreachable:
+        return Unreachable(f"nats://u:pw@127.0.0.1:{port}", f"nats://u:***@127.0.0.1:{port}")
+
+    built = proxied("nats", (HOST, PORT), make, drop, NatsBroker.capabilities, leased=leased)
     built.publish_malformed = publish_malformed
     built.publish_raw = publish_raw
     built.process_url = URL
     built.group_url = f"{URL}?lease={LEASE:g}"
     built.durable_server = durable_server
     built.refusing = refusing
+    built.back_within = 3.0
+    built.says_back = lambda name, topic: (
+        f"held by {name} (its predecessor under this name), which stopped calling"
+    )
+    built.says_expired = lambda name, topic: (
+        f"held by member(s) whose lease (ack_wait {LEASE:g}s) ran out"
+    )
+    # The server redelivers each message as its ack_wait runs out.
+    built.expired_logged_once = False
+    built.unreachable = unreachable
     return built

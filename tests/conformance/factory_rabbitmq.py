@@ -2,7 +2,7 @@
 
 Crash: the proxy stops letting anyone in and kills the connection, so the
 member never releases anything; RabbitMQ returns its unacked deliveries at
-once (counted). Cut: the proxy kills the connection; the supervisor
+once (counted): it has no leases. Cut: the proxy kills the connection; the supervisor
 reconnects through it. Malformed and foreign messages are written frame by
 frame (tests/brokers/rabbitmq_raw.py). The node is shared, so nothing here
 restarts it; the wrong password is refused by the node itself.
@@ -14,7 +14,15 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from millstream.brokers.base import Broker
-from tests.conformance.factory import GROUP, BrokerFactory, Malformed, Refusing, group_of, proxied
+from tests.conformance.factory import (
+    GROUP,
+    BrokerFactory,
+    Malformed,
+    Refusing,
+    Unreachable,
+    group_of,
+    proxied,
+)
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -59,6 +67,15 @@ def factory(tmp_path: Path) -> BrokerFactory:
     built.process_url = built.group_url = SHARED
     built.members_join = 1.0
     built.refusing = lambda directory: nullcontext(refused)
+    # The node returns what a member held when its connection goes, as deliveries that
+    # reach members a fetch at a time, each fetch warning for its own.
+    built.crash_holds = built.back_logged_once = built.expired_logged_once = False
+    built.says_back = built.says_expired = lambda name, topic: (
+        "that RabbitMQ returned from a member that went without acking them"
+    )
+    built.unreachable = lambda port: Unreachable(
+        f"amqp://guest:pw@127.0.0.1:{port}/", f"amqp://guest:***@127.0.0.1:{port}/"
+    )
     built.lacks = {
         "durable_server": "the tests share one RabbitMQ node, which none may kill under the others"
     }

@@ -18,7 +18,14 @@ from pathlib import Path
 from millstream.brokers.base import Broker
 from tests.brokers.redis_server import RedisServer, delete_keys
 from tests.brokers.server_process import ServerProcess
-from tests.conformance.factory import LEASE, BrokerFactory, Malformed, Refusing, proxied
+from tests.conformance.factory import (
+    LEASE,
+    BrokerFactory,
+    Malformed,
+    Refusing,
+    Unreachable,
+    proxied,
+)
 from tests.conftest import require_service
 from tests.proxy import TcpProxy
 
@@ -42,8 +49,11 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     from millstream.brokers.redis.broker import RedisBroker
 
+    def leased(proxy: TcpProxy, seconds: float) -> Broker:
+        return RedisBroker.from_url(f"redis://127.0.0.1:{proxy.port}/0?lease={seconds:g}")
+
     def make(proxy: TcpProxy) -> Broker:
-        return RedisBroker.from_url(f"redis://127.0.0.1:{proxy.port}/0?lease={LEASE:g}")
+        return leased(proxy, LEASE)
 
     async def drop(topic: str) -> None:
         await delete_keys(URL, topic)
@@ -82,11 +92,20 @@ def factory(tmp_path: Path) -> BrokerFactory:
                 server.port, lambda port: f"redis://:wrong@127.0.0.1:{port}/0", "redis://:***@"
             )
 
-    built = proxied("redis", ("127.0.0.1", 6379), make, drop, RedisBroker.capabilities)
+    def unreachable(port: int) -> Unreachable:
+        return Unreachable(f"redis://:pw@127.0.0.1:{port}/0", f"redis://:***@127.0.0.1:{port}/0")
+
+    built = proxied(
+        "redis", ("127.0.0.1", 6379), make, drop, RedisBroker.capabilities, leased=leased
+    )
     built.publish_malformed = publish_malformed
     built.publish_raw = publish_raw
     built.process_url = URL
     built.group_url = f"{URL}?lease={LEASE:g}"
     built.durable_server = durable_server
     built.refusing = refusing
+    built.says_back = built.says_expired = lambda name, topic: (
+        f"held by {name}, which stopped calling "
+    )
+    built.unreachable = unreachable
     return built

@@ -20,6 +20,7 @@ LACKS = {
     "blackhole": "it has no network connection to go silent (each connection opens the file)",
     "durable_server": "it has no server to kill (each connection opens the file itself)",
     "refusing": "it has no credentials to refuse (the file's permissions guard it)",
+    "unreachable": "it has no server to be out of reach (connect creates the file if need be)",
 }
 
 
@@ -33,6 +34,9 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     async def publish_raw(topic: str, payload: bytes) -> None:
         await asyncio.to_thread(sqlite_raw.foreign, path, topic, payload)
+
+    def leased(seconds: float) -> Broker:
+        return SqliteBroker.from_url(f"sqlite:///{path}?lease={seconds:g}")
 
     def cut(broker: Broker) -> None:
         assert isinstance(broker, SqliteBroker)
@@ -48,5 +52,10 @@ def factory(tmp_path: Path) -> BrokerFactory:
         publish_raw=publish_raw,
         process_url=f"sqlite:///{path}",
         group_url=url,
+        leased=leased,
+        says_back=lambda name, topic: f"held by {name}, which stopped without releasing them",
+        says_expired=lambda name, topic: (
+            f"held by {name}, which stopped without releasing them (its lease of {LEASE:g}s"
+        ),
         lacks=LACKS,
     )
