@@ -83,37 +83,6 @@ async def test_an_idle_connection_cut_off_silently_is_found_dead_by_its_pings(
         await broker.close()
 
 
-async def test_a_member_back_under_its_name_takes_back_at_once_what_it_held(
-    shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
-) -> None:
-    crashed = await opened(f"nats://127.0.0.1:{proxy.port}?lease=30")
-    publisher = await opened(shared)
-    back = await opened(f"{shared}?lease=30")
-    try:
-        sub = await crashed.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
-        await publisher.publish(topic, events(20))
-        held = await fetch_until(sub, 20, within=3)
-        # Settled before the crash: five done, one to retry in 30s (no longer held).
-        await sub.settle(held[:5], [(held[5], 30.0)], [])
-        crash(proxy)
-
-        started = time.monotonic()
-        again = await back.subscribe(topic, "billing", prefetch=20, member="web-1.charge")
-        taken = await fetch_until(again, 14, within=3)
-        took = time.monotonic() - started
-        assert sorted(numbers(taken)) == list(range(6, 20)), "not taken back within 3s"
-        assert {m.attempt for m in taken} == {2}, "a crash counts an attempt"
-        assert again.taken_over == 14
-        [line] = took_over(warnings)
-        assert "web-1.charge" in line and " 14 message(s)" in line and f"{topic}/billing" in line
-        await again.settle(taken, [], [])
-        assert await fetch_until(again, 1, within=0.5) == [], "the retry came back early"
-    finally:
-        for broker in (back, publisher, crashed):
-            await broker.close()
-    print(f"taken back after {took:.2f}s (lease 30s)")
-
-
 async def test_what_an_expired_lease_gives_another_member_counts_and_a_retry_does_not(
     shared: str, topic: str, proxy: TcpProxy, warnings: pytest.LogCaptureFixture
 ) -> None:

@@ -1,10 +1,9 @@
-"""Redis group members: takeovers by name or after the lease, and processes sharing a group."""
+"""Redis members: what one only buffered comes back under its name; processes sharing a group."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -17,72 +16,8 @@ from tests.support import (
     events,
     fetch_n,
     numbers,
-    total_lag,
     until,
 )
-
-
-def took_over(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
-
-
-async def test_a_member_back_under_its_name_takes_back_at_once_what_it_held(
-    shared: str, topic: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
-) -> None:
-    gone = await opened(f"redis://127.0.0.1:{proxy.port}/0?lease=30")
-    back = await opened(f"{shared}?lease=30")
-    try:
-        crashed = await gone.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
-        await back.publish(topic, events(8))
-        assert numbers(await crashed.fetch(5, 1.0)) == [0, 1, 2, 3, 4]
-        proxy.pause()
-        proxy.cut()  # the process died: nothing released, the lease is 30s
-
-        started = time.monotonic()
-        again = await back.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
-        got = await fetch_n(again, 8, within=1.0)
-        took = time.monotonic() - started
-        assert sorted(numbers(got)) == list(range(8)), f"{len(got)} back within {took:.2f}s"
-        assert {n: m.attempt for n, m in zip(numbers(got), got, strict=True)} == {
-            0: 2, 1: 2, 2: 2, 3: 2, 4: 2, 5: 1, 6: 1, 7: 1  # a crash counts
-        }  # fmt: skip
-        assert took < 1.0 and again.taken_over == 5
-        [line] = took_over(caplog)
-        assert f"member web-1.charge took over 5 message(s) of {topic}/billing held by " in line
-        assert "web-1.charge, which stopped calling" in line
-        await again.settle(got, [], [])
-        assert await total_lag(again) == 0
-    finally:
-        await back.close()
-        await gone.close()
-
-
-async def test_a_takeover_after_the_lease_is_counted_and_logged_once(
-    shared: str, topic: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
-) -> None:
-    gone = await opened(f"redis://127.0.0.1:{proxy.port}/0?lease=1")
-    alive = await opened(f"{shared}?lease=1")
-    try:
-        crashed = await gone.subscribe(topic, "billing", prefetch=10, member="web-3.charge")
-        other = await alive.subscribe(topic, "billing", prefetch=10, member="web-1.charge")
-        await alive.publish(topic, events(6))
-        assert numbers(await crashed.fetch(10, 1.0)) == list(range(6))
-        proxy.pause()
-        proxy.cut()
-
-        got = await fetch_n(other, 6, within=5)
-        assert sorted(numbers(got)) == list(range(6)) and {m.attempt for m in got} == {2}
-        assert other.taken_over == 6
-        [line] = took_over(caplog)
-        assert (
-            f"member web-1.charge took over 6 message(s) of {topic}/billing held by "
-            "web-3.charge, which stopped calling " in line
-        )
-        await other.settle(got, [], [])
-        assert await fetch_n(other, 1, within=1.5) == [] and other.taken_over == 6
-    finally:
-        await alive.close()
-        await gone.close()
 
 
 async def test_what_a_member_only_buffered_comes_back_uncounted_under_its_name(

@@ -86,38 +86,6 @@ async def test_lease_is_extended_while_the_member_keeps_fetching(
         assert (await slow.lag()).total == 0
 
 
-async def test_a_member_subscribing_under_a_crashed_members_name_takes_its_messages_at_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    url = url_of(tmp_path / "broker.db")  # the default lease: 30 s
-    async with opened(url) as crashed, opened(url) as restarted:
-        before = await crashed.subscribe(TOPIC, "billing", prefetch=10, member="web-1.charge")
-        await crashed.publish(TOPIC, outgoing("a", "b", "c"))
-        assert payloads(await before.fetch(10, 1.0)) == ["a", "b", "c"]
-        crashed.cut()  # the process died: nothing released
-        unnamed = await restarted.subscribe(TOPIC, "billing", prefetch=10)
-        assert await unnamed.fetch(10, 0.2) == []  # held until the lease runs out
-        await unnamed.close()
-
-        started = time.monotonic()
-        after = await restarted.subscribe(TOPIC, "billing", prefetch=10, member="web-1.charge")
-        back = await after.fetch(10, 1.0)
-        seconds = time.monotonic() - started
-
-        print(f"sqlite takeover by name: {len(back)} message(s) in {seconds:.3f}s (lease 30s)")
-        assert [(m.payload, m.attempt) for m in back] == [(b"a", 2), (b"b", 2), (b"c", 2)]
-        assert seconds < 1.0
-        assert after.taken_over == 3
-        lines = [r.getMessage() for r in caplog.records if "took over" in r.getMessage()]
-        assert lines == [
-            f"sqlite: member web-1.charge took over 3 message(s) of {TOPIC}/billing held by "
-            "web-1.charge, which stopped without releasing them (its lease of 30s ran out, or "
-            "its name subscribed again)"
-        ]
-        await after.settle(back, [], [])
-        assert (await after.lag()).total == 0
-
-
 async def test_messages_of_an_expired_lease_count_as_taken_over_once_per_fetch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
