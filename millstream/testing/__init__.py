@@ -1,11 +1,17 @@
-"""Testing a millstream service: a clock the test moves, for the memory broker.
+"""Testing a millstream service: ``async with TestApp(ms) as t``, then publish, drain, assert.
 
-``MemoryHub(clock=ManualClock())`` measures retry delays and leases on a
-clock that moves only when the test says so.
+The app runs unchanged on the memory broker (whose retries wait on a clock
+the harness moves) and a throw-away store; ``t.drain()`` returns once
+nothing is left in flight, ready or due; ``t.handled``, ``t.calls``,
+``t.published``, ``t.dead_letters`` and ``t.stats`` say what happened.
+See ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
 from millstream.testing.clock import ManualClock
+from millstream.testing.drain import DrainTimeout
+from millstream.testing.harness import TestApp
+from millstream.testing.recorder import Published
 
-__all__ = ["ManualClock"]
+__all__ = ["DrainTimeout", "ManualClock", "Published", "TestApp"]
