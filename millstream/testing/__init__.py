@@ -4,7 +4,8 @@ The app runs unchanged on the memory broker (whose retries wait on a clock
 the harness moves) and a throw-away store; ``t.drain()`` returns once
 nothing is left in flight, ready or due; ``t.handled``, ``t.calls``,
 ``t.published``, ``t.dead_letters`` and ``t.stats`` say what happened.
-See ``docs/testing.md``.
+The pytest plugin (``millstream.testing.plugin``, loaded by entry point)
+adds the ``millstream_test`` fixture. See ``docs/testing.md``.
 """
 
 from __future__ import annotations
