@@ -138,3 +138,15 @@ async def test_a_started_app_is_refused_and_another_app_is_no_matter() -> None:
         with pytest.raises(ConfigError, match=r"running_on\(\) was called on a started app"):
             async with TestApp(ms):
                 pass
+
+
+def test_public_names() -> None:
+    import millstream.testing
+
+    assert sorted(millstream.testing.__all__) == [
+        "DrainTimeout",
+        "ManualClock",
+        "Published",
+        "TestApp",
+    ]
+    assert issubclass(millstream.testing.DrainTimeout, AssertionError)
