@@ -86,7 +86,7 @@ class App(DeclaresConsumers):
         self.metrics.observe(self)
         # Tracing outermost in both chains, so its spans hold the time metrics measure.
         # (Handler durations need no link: the dispatcher times them into the stats.)
-        traced = tracing_links(self.broker.url, tracer_provider)
+        traced = tracing_links(lambda: self.broker.url, tracer_provider)  # running_on swaps it
         self._registry = Registry([traced.handler])
         self._publisher = Publisher(
             self.broker, [traced.publish, self.metrics.publish_link], lambda: self._started

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from millstream import ConfigError, Message, Millstream, OutgoingMessage, Transaction
 from millstream.brokers.memory.broker import MemoryBroker
@@ -128,3 +131,22 @@ async def test_links_taken_out_no_longer_run() -> None:
 
 def _same_id() -> OutgoingMessage:
     return OutgoingMessage(b'{"n": 1}', id="one-message")
+
+
+async def test_spans_name_the_broker_the_app_runs_on(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ms = Millstream(f"sqlite:///{tmp_path}/broker.db", tracer_provider=provider)
+
+    @ms.consumer("in", group="g")
+    async def handle(event: dict[str, int]) -> None:
+        pass
+
+    with ms.running_on(MemoryBroker()):
+        async with ms:
+            await ms.publish("in", {"n": 1})
+            await until(lambda: ms.consumers["handle"].stats.acked == 1)
+    spans = exporter.get_finished_spans()
+    systems = {span.name: (span.attributes or {}).get("messaging.system") for span in spans}
+    assert systems == {"send in": "memory", "process in": "memory"}
