@@ -113,7 +113,9 @@ class Drain:
                 look.next_due = due
             return
         lag = await self._app.consumers[name].lag()
-        if lag is not None and lag.total:
+        if lag is None:  # not connected: what its group holds is unknown, so not settled
+            look.left.append(f"{where} cannot tell its lag {on}: it is not connected")
+        elif lag.total:
             look.left.append(f"{where} has a lag of {lag.total} message(s) {on}")
 
     def _stuck(self, look: _Look, timeout: float) -> str:

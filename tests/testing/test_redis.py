@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from millstream import Millstream, Retry, Transaction
-from millstream.testing import TestApp
+from millstream.testing import DrainTimeout, TestApp
 from tests.conftest import require_service
 
 URL = "redis://127.0.0.1:6379/0"
@@ -63,3 +63,19 @@ async def test_retries_dead_letters_and_the_outbox_on_redis(topic: str) -> None:
         [letter] = t.dead_letters(topic, group="orders")
         assert letter.error == "attempts exhausted (3 of 3): ValueError: cannot apply broken"
     assert ms.broker.url == "memory://"
+
+
+async def test_a_consumer_that_cannot_connect_is_not_settled() -> None:
+    ms = Millstream("memory://", reconnect_backoff=0.05)
+
+    @ms.consumer("payments", group="orders")
+    async def on_payment(payment: dict[str, str]) -> None:
+        pass
+
+    # Nothing listens on port 1: the broker refuses every connection.
+    async with TestApp(ms, broker_url="redis://127.0.0.1:1/0") as t:
+        with pytest.raises(DrainTimeout) as failure:
+            await t.drain(timeout=0.2)
+    assert "consumer 'on_payment' (RECONNECTING) cannot tell its lag on topic 'payments'" in (
+        str(failure.value)
+    )
