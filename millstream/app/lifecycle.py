@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -43,6 +44,7 @@ from millstream.settings import Settings, load_settings
 from millstream.signals import stop_on_signals
 from millstream.store import Store
 from millstream.store.outbox import OutboxRelay
+from millstream.urls import redact
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -84,12 +86,13 @@ class App(DeclaresConsumers):
         self.metrics.observe(self)
         # Tracing outermost in both chains, so its spans hold the time metrics measure.
         # (Handler durations need no link: the dispatcher times them into the stats.)
-        traced = tracing_links(self.broker.url, tracer_provider)
+        traced = tracing_links(lambda: self.broker.url, tracer_provider)  # running_on swaps it
         self._registry = Registry([traced.handler])
         self._publisher = Publisher(
             self.broker, [traced.publish, self.metrics.publish_link], lambda: self._started
         )
-        self._state = State(self.settings, self._publisher.send, self.broker.connect)
+        # The broker looked up at each reconnect: running_on() may replace it.
+        self._state = State(self.settings, self._publisher.send, lambda: self.broker.connect())
         self._publications = Publications()
         self._routers: list[Router] = []
         self._consumers: dict[str, ConsumerRuntime] = {}
@@ -163,14 +166,28 @@ class App(DeclaresConsumers):
         payload type: consumers' ``publishes=`` and ``publisher(...)``, routers' included."""
         return self._publications.by_topic
 
-    def add_link(self, link: HandlerLink) -> None:
+    def add_link(self, link: HandlerLink, *, innermost: bool = False) -> None:
         """Wrap every handler in ``link``; the first added is the outermost. Takes effect
-        at start."""
-        self._registry.add_link(link)
+        at start.
+
+        A link goes outside each consumer's own links (its transaction, its
+        idempotency ledger); ``innermost=True`` puts it inside them, next to
+        the handler: it runs in the transaction, and not for a duplicate the
+        ledger acks without calling the handler.
+        """
+        self._registry.add_link(link, innermost=innermost)
+
+    def remove_link(self, link: HandlerLink) -> None:
+        """Take out a link ``add_link`` added; takes effect at the next start."""
+        self._registry.remove_link(link)
 
     def add_publish_link(self, link: PublishLink) -> None:
         """Wrap every publish in ``link``; the first added is the outermost."""
         self._publisher.add_link(link)
+
+    def remove_publish_link(self, link: PublishLink) -> None:
+        """Take out a link ``add_publish_link`` added; takes effect at once."""
+        self._publisher.remove_link(link)
 
     @property
     def specs(self) -> Mapping[str, ConsumerSpec]:
@@ -207,6 +224,42 @@ class App(DeclaresConsumers):
         return self._state.relay
 
     # -- lifecycle ---------------------------------------------------------
+
+    @contextmanager
+    def running_on(self, broker: Broker, **settings: Any) -> Iterator[None]:
+        """Run on ``broker``, with ``settings`` (``store_url``, say) over the app's own,
+        until the block ends: the seam through which tests run an app unchanged.
+
+        Consumers, links, routers, the store's schema and routes all stay;
+        a store already made is replaced by one for the new ``store_url``.
+        Call it before ``start()`` and stop the app inside the block: then
+        the block's end puts back the app's broker, settings and store,
+        untouched, and the app can be started again.
+        """
+        if self._started:
+            raise ConfigError(
+                "running_on() was called on a started app; call it before start() "
+                "(after stop()) to run the app on another broker"
+            )
+        overrides = {**self.settings.model_dump(), **settings, "broker_url": broker.url}
+        previous = (self.broker, self.settings)
+        undo_state = self._state.use(load_settings(**overrides))
+        self._use(broker, self._state.settings)
+        try:
+            yield
+        finally:
+            if self._started:
+                raise ConfigError(
+                    f"the app is still started on {redact(broker.url)} at the end of "
+                    "running_on(); stop() it inside the block"
+                )
+            undo_state()
+            self._use(*previous)
+
+    def _use(self, broker: Broker, settings: Settings) -> None:
+        self.broker = broker
+        self.settings = settings
+        self._publisher.use(broker)
 
     @property
     def started(self) -> bool:

@@ -35,6 +35,18 @@ class Publisher:
         self._links.append(link)
         self._chain = publish_chain(self.broker.publish, self._links)
 
+    def remove_link(self, link: PublishLink) -> None:
+        """Take ``link`` out of the chain; raises ``ValueError`` if it was never added."""
+        if link not in self._links:
+            raise ValueError(f"publish link {link!r} was never added")
+        self._links.remove(link)
+        self._chain = publish_chain(self.broker.publish, self._links)
+
+    def use(self, broker: Broker) -> None:
+        """Publish over ``broker`` from now on, through the same links."""
+        self.broker = broker
+        self._chain = publish_chain(broker.publish, self._links)
+
     async def send(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
         """Run ``messages`` through the publish chain as they are (the outbox relay's way in)."""
         await self._chain(topic, messages)

@@ -2,8 +2,9 @@
 
 Consumers are registered before the start; at the start each spec gets the
 app's links in front of its own: tracing, then the user's (``add_link``),
-then the consumer's (its transaction). The runtime adds the timeout
-innermost (see ``runtime/chains.py``).
+then the consumer's (its transaction), then the user's innermost
+(``add_link(..., innermost=True)``). The runtime adds the timeout innermost
+of all (see ``runtime/chains.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Registry:
         self.specs: dict[str, ConsumerSpec] = {}
         self._instruments = tuple(instruments)
         self._links: list[HandlerLink] = []
+        self._inner: list[HandlerLink] = []  # inside each consumer's own links
         self._runs: dict[str, Handler] = {}  # the handler the runtime calls, where it differs
         self.closed = False
 
@@ -57,16 +59,25 @@ class Registry:
         if runs is not None:
             self._runs[spec.name] = runs
 
-    def add_link(self, link: HandlerLink) -> None:
-        """Wrap every handler in ``link``, inside the links already added."""
-        self._links.append(link)
+    def add_link(self, link: HandlerLink, *, innermost: bool = False) -> None:
+        """Wrap every handler in ``link``, inside the links already added (``innermost``:
+        inside each consumer's own links too)."""
+        (self._inner if innermost else self._links).append(link)
+
+    def remove_link(self, link: HandlerLink) -> None:
+        """Take ``link`` out of the links every handler gets; raises ``ValueError`` if absent."""
+        for links in (self._links, self._inner):
+            if link in links:
+                links.remove(link)
+                return
+        raise ValueError(f"handler link {link!r} was never added")
 
     def linked(self) -> Iterator[ConsumerSpec]:
-        """Every spec with the app's links in front of its own, as the runtime runs it."""
-        links = (*self._instruments, *self._links)
+        """Every spec with the app's links around its own, as the runtime runs it."""
+        links, inner = (*self._instruments, *self._links), tuple(self._inner)
         for spec in self.specs.values():
             handler = self._runs.get(spec.name, spec.handler)
-            linked = {"handler": handler, "links": (*links, *spec.links)}
+            linked = {"handler": handler, "links": (*links, *spec.links, *inner)}
             yield ConsumerSpec(**{**spec.__dict__, **linked})
 
 

@@ -93,8 +93,27 @@ class State:
     def handler_links(self, handler: Handler, *, idempotent: bool) -> tuple[HandlerLink, ...]:
         """The link running ``handler`` in a store transaction, if it takes one or is idempotent."""
         if idempotent or Transaction in injected_types(handler):
-            return (in_transaction(self.store, idempotent=idempotent),)
+            return (in_transaction(lambda: self.store, idempotent=idempotent),)
         return ()
+
+    def use(self, settings: Settings) -> Callable[[], None]:
+        """Run on ``settings`` (its ``store_url``) until the returned undo is called.
+
+        Before the state opens only. A store already made is replaced by a
+        new one for the new ``store_url``, with the same schema, so the
+        app's own store is left as it was; the undo puts it back.
+        """
+        previous = (self.settings, self._store)
+        self.settings = settings
+        if self._store is not None:
+            store = open_store(settings.store_url)
+            store.adopt_schema(self._store)
+            self._store = store
+
+        def undo() -> None:
+            self.settings, self._store = previous
+
+        return undo
 
     # -- opening and closing -----------------------------------------------------
 

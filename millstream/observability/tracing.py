@@ -15,7 +15,7 @@ context through to what the handler publishes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
@@ -68,19 +68,25 @@ class TracingLinks(NamedTuple):
     publish: PublishLink
 
 
-def tracing_links(broker_url: str, tracer_provider: TracerProvider | None = None) -> TracingLinks:
+def tracing_links(
+    broker_url: str | Callable[[], str], tracer_provider: TracerProvider | None = None
+) -> TracingLinks:
     """Links tracing every handled message and every publish over the broker at ``broker_url``.
 
+    ``broker_url`` may be a function giving the URL, asked each time a
+    chain is built (an app may be run on another broker before it starts).
     Spans come from ``tracer_provider``, or the global provider when it is
     ``None``, looked up when each consumer starts (so an SDK set up after
     the app is made, before it starts, is used). The app installs these
     once, outermost in both chains.
     """
     tracer = trace.get_tracer("millstream", __version__, tracer_provider)
-    broker = _broker_attributes(broker_url)
-    return TracingLinks(
-        _handler_link(tracer, broker, tracer_provider), _publish_link(tracer, broker)
-    )
+    url = broker_url if callable(broker_url) else _constant(broker_url)
+    return TracingLinks(_handler_link(tracer, url, tracer_provider), _publish_link(tracer, url))
+
+
+def _constant(value: str) -> Callable[[], str]:
+    return lambda: value
 
 
 def _broker_attributes(url: str) -> Attributes:
@@ -99,10 +105,11 @@ def _broker_attributes(url: str) -> Attributes:
     return attributes
 
 
-def _publish_link(tracer: Tracer, broker: Attributes) -> PublishLink:
-    base: Attributes = {**broker, OPERATION_TYPE: "send", OPERATION_NAME: "send"}
-
+def _publish_link(tracer: Tracer, broker_url: Callable[[], str]) -> PublishLink:
     def link(inner: Publish) -> Publish:
+        broker = _broker_attributes(broker_url())
+        base: Attributes = {**broker, OPERATION_TYPE: "send", OPERATION_NAME: "send"}
+
         async def publish(topic: str, messages: Sequence[OutgoingMessage]) -> None:
             span = tracer.start_span(
                 f"send {topic}",
@@ -146,14 +153,14 @@ def _send_attributes(
 
 
 def _handler_link(
-    tracer: Tracer, broker: Attributes, provider: TracerProvider | None
+    tracer: Tracer, broker_url: Callable[[], str], provider: TracerProvider | None
 ) -> HandlerLink:
     def link(consumer: ConsumerSpec, inner: Invoke) -> Invoke:
         if not _recording(provider):
             return _forwarding(inner)
         name = f"process {consumer.topic}"
         base: Attributes = {
-            **broker,
+            **_broker_attributes(broker_url()),
             DESTINATION_NAME: consumer.topic,
             CONSUMER_GROUP_NAME: consumer.group,
             OPERATION_TYPE: "process",

@@ -33,6 +33,7 @@ __all__ = [
     "Invoke",
     "bind_handler",
     "injected_types",
+    "payload_decoder",
     "with_timeout",
 ]
 
@@ -248,6 +249,11 @@ def check_handler(handler: Handler) -> None:
 def injected_types(handler: Handler) -> frozenset[type[Injected]]:
     """The ``Injected`` types ``handler`` takes (a ``Transaction``: it runs inside one)."""
     return _inspect(handler).injected
+
+
+def payload_decoder(handler: Handler) -> Decoder:
+    """How the runtime decodes a message's payload for ``handler``: by its type hint."""
+    return _inspect(handler).decoder
 
 
 def bind_handler(

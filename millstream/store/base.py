@@ -71,6 +71,10 @@ class Store(Reads):
                 )
         self._schema.append(ddl)
 
+    def adopt_schema(self, other: Store) -> None:
+        """Register the DDL registered on ``other`` too (the same service on another database)."""
+        self._schema.extend(other._schema)
+
     def _scripts(self) -> list[str]:
         scripts = [MILLSTREAM_SCHEMA[self.dialect]]
         for ddl in self._schema:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from millstream.message import Message
 from millstream.runtime.handler import HandlerLink, Invoke
@@ -23,11 +24,13 @@ __all__ = ["in_transaction"]
 log = logging.getLogger("millstream.store")
 
 
-def in_transaction(store: Store, *, idempotent: bool) -> HandlerLink:
-    """A link running the handler in ``store.transaction()``, recording ids if ``idempotent``."""
+def in_transaction(store_of: Callable[[], Store], *, idempotent: bool) -> HandlerLink:
+    """A link running the handler in a transaction of the store ``store_of()`` gives when
+    the consumer starts, recording ids if ``idempotent``."""
 
     def link(consumer: ConsumerSpec, inner: Invoke) -> Invoke:
         group = consumer.group
+        store = store_of()  # at start, not at declaration: the app may run on another store
 
         async def invoke(message: Message) -> None:
             async with store.transaction() as tx:

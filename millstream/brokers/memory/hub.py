@@ -17,13 +17,13 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from millstream.brokers.base import DeadLetter
 from millstream.message import NO_HEADERS, Message, OutgoingMessage
 
-__all__ = ["DEFAULT_LEASE", "MemoryHub"]
+__all__ = ["DEFAULT_LEASE", "Backlog", "MemoryHub"]
 
 log = logging.getLogger("millstream.brokers")
 
@@ -60,6 +60,27 @@ class _Group:
     extended_at: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a group of a topic has yet to settle, split by why it waits."""
+
+    unread: int = 0
+    """Published and not yet fetched by the group."""
+    ready: int = 0
+    """Back for another delivery now: released, replayed, or a retry that is due."""
+    leased: int = 0
+    """Fetched by a member and not yet settled."""
+    delayed: int = 0
+    """Retries not yet due."""
+    next_due: float | None = None
+    """When the first of the delayed retries is due, on the hub's clock."""
+
+    @property
+    def active(self) -> int:
+        """Messages that need no clock to move: unread, ready or leased."""
+        return self.unread + self.ready + self.leased
+
+
 @dataclass
 class _Topic:
     log: deque[_Record] = field(default_factory=deque)
@@ -75,10 +96,19 @@ class _Topic:
 
 
 class MemoryHub:
-    """The broker state shared by every :class:`MemoryBroker` connected to it."""
+    """The broker state shared by every :class:`MemoryBroker` connected to it.
 
-    def __init__(self, lease: float = DEFAULT_LEASE) -> None:
+    ``clock`` tells the time leases and retry delays are measured on
+    (seconds, never going back). A test can give a clock it moves itself,
+    then ``wake()`` the waiting fetches, so a retry due in 30 s is due at
+    once.
+    """
+
+    def __init__(
+        self, lease: float = DEFAULT_LEASE, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.lease = lease
+        self.clock = clock
         self._topics: dict[str, _Topic] = {}
         self._receipts = itertools.count(1)
         self._sequence = itertools.count(1)
@@ -138,7 +168,7 @@ class MemoryHub:
         and how many deliveries whose lease ran out it put back for this take."""
         topic = self.topic(topic_name)
         group = self.group(topic_name, group_name)
-        now = time.monotonic()
+        now = self.clock()
         expired = 0
         if now >= group.next_lease_check and group.leases:
             expired = self._expire(topic_name, group_name, group, owner, now)
@@ -194,7 +224,7 @@ class MemoryHub:
             lease = leases.get(message.receipt)
             if lease is not None and lease.owner == owner:
                 del leases[message.receipt]
-        now = time.monotonic()
+        now = self.clock()
         for message, delay in retries:
             lease = leases.get(message.receipt)
             if lease is not None and lease.owner == owner:
@@ -229,6 +259,28 @@ class MemoryHub:
         group = self.group(topic_name, group_name)
         unread = topic.base + len(topic.log) - group.cursor
         return unread + len(group.ready) + len(group.delayed) + len(group.leases)
+
+    def backlog(self, topic_name: str, group_name: str) -> Backlog:
+        """What ``group_name`` of ``topic_name`` has yet to settle; nothing for an unknown one."""
+        topic = self._topics.get(topic_name)
+        group = topic.groups.get(group_name) if topic is not None else None
+        if topic is None or group is None:
+            return Backlog()
+        now = self.clock()
+        due = sum(1 for when, _, _ in group.delayed if when <= now)
+        later = [when for when, _, _ in group.delayed if when > now]
+        return Backlog(
+            unread=topic.base + len(topic.log) - group.cursor,
+            ready=len(group.ready) + due,
+            leased=len(group.leases),
+            delayed=len(later),
+            next_due=min(later, default=None),
+        )
+
+    def wake(self) -> None:
+        """Wake every waiting fetch to look again: the clock moved, retries may be due."""
+        for topic in self._topics.values():
+            topic.wake()
 
     def dead_letters(self, topic_name: str, group_name: str) -> dict[str, DeadLetter]:
         return self.group(topic_name, group_name).dead

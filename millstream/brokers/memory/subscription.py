@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 
 from millstream.brokers.base import Lag
@@ -49,7 +48,7 @@ class MemorySubscription:
             if messages or remaining <= 0 or max_messages <= 0:
                 return messages  # fetch(0, _) only extends the leases: nothing to wait for
             if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - time.monotonic()))
+                remaining = min(remaining, max(0.0, next_due - self._hub.clock()))
             # Look again within half a lease: each take extends what this member holds.
             remaining = min(remaining, self._hub.lease / 2)
             waiter: asyncio.Future[None] = loop.create_future()
