@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import pytest
 from fastapi import Depends as FastAPIDepends
 
-from millstream import Depends, Message, Retry, Settings, Transaction
+from millstream import Depends, Message, Retry, Router, Settings, Transaction
 from millstream.errors import HandlerSignatureError
 from tests.app.support import app
 from tests.support import until
@@ -269,9 +269,17 @@ async def test_providers_take_the_message_the_transaction_and_the_settings(
         if ledger.msg.attempt == 1:
             raise ValueError("rolled back")
 
+    shared: list[bool] = []
+
+    @ms.consumer("orders", name="both")
+    async def both(
+        event: dict[str, int], tx: Transaction, ledger: Annotated[Ledger, Depends(get_ledger)]
+    ) -> None:
+        shared.append(ledger.tx is tx)
+
     async with ms:
         message_id = await ms.publish("orders", {"n": 1})
-        await until(lambda: ms.consumers["handle"].stats.acked == 1)
+        await until(lambda: ms.consumers["handle"].stats.acked == 1 and shared == [True])
         rows = await ms.store.fetch("SELECT id, prefetch FROM entries")
     assert rows == [{"id": message_id, "prefetch": 17}]  # the failed attempt's row rolled back
 
@@ -298,6 +306,14 @@ async def text(msg: Message) -> str:
 
 async def shadowing(msg: Annotated[str, Depends(text)]) -> str:
     return msg
+
+
+class Maker:
+    async def __call__(self, db: Annotated[Db, Depends(get_db)]) -> str:
+        return "made"
+
+
+maker = Maker()
 
 
 def refused() -> list[tuple[Any, str]]:
@@ -333,6 +349,9 @@ def refused() -> list[tuple[Any, str]]:
     ) -> None:
         pass
 
+    async def from_an_object(event: dict[str, int], made: Annotated[str, Depends(maker)]) -> None:
+        pass
+
     async def positional(event: dict[str, int], db: Annotated[Db, Depends(get_db)], /) -> None:
         pass
 
@@ -356,6 +375,7 @@ def refused() -> list[tuple[Any, str]]:
         ),
         (positional, r"parameter 'db' has a Depends but is positional-only"),
         (cached_both_ways, r"fresh is required both cached and with use_cache=False"),
+        (from_an_object, r"cannot read the Depends of parameter 'db' of Maker, a callable object"),
     ]
 
 
@@ -389,3 +409,35 @@ async def test_an_override_the_consumer_cannot_run_fails_the_start_before_anythi
     with pytest.raises(HandlerSignatureError, match=r"needs_a_user .* parameter 'user_id'"):
         await ms.start()
     assert not ms.started
+
+
+class Service:
+    """A class as a provider: its ``__init__`` parameters are resolved like a function's."""
+
+    def __init__(self, db: Annotated[Db, Depends(get_db)], currency: str = "EUR") -> None:
+        self.db, self.currency = db, currency
+
+
+async def test_router_consumers_with_publishes_get_dependencies_and_the_apps_overrides() -> None:
+    router = Router()
+
+    @router.consumer("orders", publishes="receipts")
+    async def receipt(
+        event: dict[str, int], service: Annotated[Service, Depends(Service)]
+    ) -> dict[str, Any]:
+        return {"n": event["n"], "currency": service.currency, "fake_db": service.db is fake}
+
+    ms = app()
+    ms.include_router(router, prefix="shop.")
+    out: list[Message] = []
+
+    @ms.consumer("shop.receipts")
+    async def collect(message: Message) -> None:
+        out.append(message)
+
+    fake = Db()
+    ms.dependency_overrides[get_db] = lambda: fake
+    async with ms:
+        await ms.publish("shop.orders", {"n": 1})
+        await until(lambda: len(out) == 1)
+    assert out[0].payload == b'{"n":1,"currency":"EUR","fake_db":true}'

@@ -160,6 +160,10 @@ class _Tree:
     """The overrides this handler's dependencies use."""
     meanings: dict[str, tuple[Meaning, str]] = field(default_factory=dict)
     seen: list[Callable[..., Any]] = field(default_factory=list)
+    requires: list[tuple[Callable[..., Any], str]] = field(default_factory=list)
+    """(provider, parameter) for each parameter of a provider that has a ``Depends``."""
+    made: dict[int, Callable[..., Any]] = field(default_factory=dict)
+    """The function standing for each class provider (by the class's id), see _constructor."""
     caching: dict[Callable[..., Any], bool] = field(default_factory=dict)
     """Each provider's ``use_cache``."""
     generators: bool = False
@@ -189,24 +193,28 @@ class _Tree:
                 f"the uncached use a provider of its own (a function calling {_named(original)})"
             )
         call = self.overrides.get(original, original)
-        if call is not original:
-            if not callable(call):
-                raise HandlerSignatureError(
-                    f"dependency_overrides[{_named(original)}] = {call!r} is not callable; "
-                    "map a provider to the function or class that replaces it"
-                )
-            self.replaced[original] = call
+        if not callable(call):
+            raise HandlerSignatureError(
+                f"dependency_overrides[{_named(original)}] = {call!r} is not callable; "
+                "map a provider to the function or class that replaces it"
+            )
         if any(call is each for each in path):
             cycle = " -> ".join(_named(each) for each in (*path, call))
             raise HandlerSignatureError(
                 f"handler {self.handler}: its dependencies require each other in a circle "
                 f"({cycle}); break the circle"
             )
+        where = f"dependency {_named(call)} of handler {self.handler}"
+        if inspect.isclass(call):
+            if id(call) not in self.made:
+                self.made[id(call)] = _constructor(call, where)
+            self.replaced[original] = self.made[id(call)]
+        elif call is not original:
+            self.replaced[original] = call
         if any(call is each for each in self.seen):
             return
         self.seen.append(call)
         self.generators = self.generators or _is_generator(call)
-        where = f"dependency {_named(call)} of handler {self.handler}"
         for parameter in _parameters(call, where):
             self._parameter(call, parameter, where, (*path, call))
 
@@ -229,6 +237,7 @@ class _Tree:
             )
         if dependant is not None:
             self.claim(parameter.name, (_RESULT, dependant.dependency), where)
+            self.requires.append((call, parameter.name))
             self.visit(dependant, path)
         elif source is not None:
             if isinstance(source, type) and not _is_async(call):
@@ -358,14 +367,62 @@ class Dependencies:
         provider = Provider()
         try:
             for original, replacement in tree.replaced.items():
-                provider.override(original, replacement)
-            return build_call_model(
+                # As Provider.override does, but built for an async caller, as every
+                # dependency is here: a plain def replacement may require async ones.
+                provider.overrides[original] = build_call_model(
+                    replacement, dependency_provider=provider, is_sync=False, serializer_cls=None
+                )
+            model = build_call_model(
                 _collector(self.parameters), dependency_provider=provider, serializer_cls=None
             )
         except (AssertionError, NameError, TypeError, ValueError) as exc:
             raise HandlerSignatureError(
                 f"handler {self.handler}: its dependencies cannot be resolved ({exc})"
             ) from exc
+        self._agree(model, tree)
+        return model
+
+    def _agree(self, model: CallModel, tree: _Tree) -> None:
+        """Raise if fast-depends sees fewer ``Depends`` than the walk did.
+
+        It resolves string annotations (``from __future__ import annotations``)
+        in a function's module only (a class is handed over as a function);
+        those of a callable object it may not resolve, and would call it
+        without them.
+        """
+        get = model.dependency_provider.get_dependant
+        models, visited = [model], set()
+        found: set[tuple[int, str]] = set()
+        while models:
+            for key in models.pop().dependencies.values():
+                solved = get(key)
+                if id(solved) not in visited:
+                    visited.add(id(solved))
+                    found.update((id(solved.call), name) for name in solved.dependencies)
+                    models.append(solved)
+        for call, name in tree.requires:
+            if (id(tree.made.get(id(call), call)), name) not in found:
+                raise HandlerSignatureError(
+                    f"handler {self.handler}: the resolver cannot read the Depends of "
+                    f"parameter {name!r} of {_named(call)}, a callable object whose annotations "
+                    "are strings (from __future__ import annotations); provide its value with "
+                    "a function instead, e.g. `async def get_x(...) -> X: return await x(...)`"
+                )
+
+
+def _constructor(cls: type, where: str) -> Callable[..., Any]:
+    """A function making a ``cls`` from keyword arguments, with its evaluated signature.
+
+    fast-depends resolves string annotations in the module of a function only,
+    not in that of a class's ``__init__``; this function carries them resolved.
+    """
+
+    def construct(**values: Any) -> Any:
+        return cls(**values)
+
+    construct.__signature__ = inspect.Signature(_parameters(cls, where))  # type: ignore[attr-defined]
+    construct.__qualname__ = construct.__name__ = cls.__qualname__
+    return construct
 
 
 def _filled(source: Source, message: Message, settings: Settings | None) -> Any:
