@@ -410,6 +410,11 @@ async def test_an_override_the_consumer_cannot_run_fails_the_start_before_anythi
         await ms.start()
     assert not ms.started
 
+    ms.dependency_overrides[get_config] = {"currency": "EUR"}  # type: ignore[assignment]
+    with pytest.raises(HandlerSignatureError, match=r"\[get_config\] = .* is not callable"):
+        await ms.start()
+    assert not ms.started
+
 
 class Service:
     """A class as a provider: its ``__init__`` parameters are resolved like a function's."""
