@@ -19,6 +19,7 @@ from millstream.errors import (
 from millstream.message import Message, OutgoingMessage
 from millstream.retry import Retry, RetryPolicy
 from millstream.runtime import ConsumerRuntime, ConsumerState
+from millstream.runtime.dependencies import Depends
 from millstream.service import Millstream
 from millstream.settings import Settings
 from millstream.store import Store, Transaction
@@ -35,6 +36,7 @@ __all__ = [
     "ConsumerState",
     "DeadLetter",
     "DecodeError",
+    "Depends",
     "FatalError",
     "Lag",
     "Message",

@@ -17,6 +17,7 @@ def test_public_names() -> None:
         "ConsumerState",
         "DeadLetter",
         "DecodeError",
+        "Depends",
         "FatalError",
         "Lag",
         "Message",

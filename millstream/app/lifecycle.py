@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
@@ -37,7 +37,7 @@ from millstream.observability.tracing import tracing_links
 from millstream.runtime import heap
 from millstream.runtime.chains import PublishLink
 from millstream.runtime.consumer import ConsumerRuntime
-from millstream.runtime.handler import HandlerLink
+from millstream.runtime.handler import HandlerLink, check_handler
 from millstream.runtime.member import MemberName, claim_member, member_name
 from millstream.runtime.spec import ConsumerSpec
 from millstream.settings import Settings, load_settings
@@ -99,6 +99,9 @@ class App(DeclaresConsumers):
         self._started = False
         self._frozen = False  # this app's share of heap.freeze()
         self._member: MemberName | None = None
+        self.dependency_overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
+        """Providers replaced by others in handlers' dependencies, ``{original: replacement}``,
+        as in FastAPI; read at start, so a test sets them before ``async with ms``."""
 
     # -- declaring consumers -------------------------------------------------
 
@@ -280,10 +283,15 @@ class App(DeclaresConsumers):
 
         An unreachable broker does not stop the start: consumers keep
         reconnecting (state RECONNECTING) until it answers. Refused
-        credentials do, with ``AuthenticationError``.
+        credentials do, with ``AuthenticationError``, and a dependency
+        override a handler cannot run with, with ``HandlerSignatureError``.
         """
         if self._started:
             return
+        overrides = dict(self.dependency_overrides)
+        if overrides:  # checked before anything opens, so a bad one leaves nothing open
+            for spec in self._registry.specs.values():
+                check_handler(spec.handler, overrides)
         await self._state.open()
         try:
             await self.broker.connect()
@@ -299,7 +307,11 @@ class App(DeclaresConsumers):
         self._member = claim_member(self.settings.member)
         self._consumers = {
             spec.name: ConsumerRuntime(
-                spec, self.broker, self.settings, member=member_name(self._member.name, spec.name)
+                spec,
+                self.broker,
+                self.settings,
+                member=member_name(self._member.name, spec.name),
+                dependency_overrides=overrides,
             )
             for spec in self._registry.linked()
         }

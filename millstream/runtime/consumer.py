@@ -20,6 +20,7 @@ from millstream.errors import AuthenticationError, BrokerError, ConfigError
 from millstream.retry import RetryPolicy
 from millstream.runtime.attempts import UncountedDeliveries
 from millstream.runtime.chains import handler_chain
+from millstream.runtime.dependencies import Overrides
 from millstream.runtime.dispatcher import KeyOf
 from millstream.runtime.handler import Invoke, bind_handler, with_timeout
 from millstream.runtime.session import Limits, Session
@@ -43,7 +44,11 @@ class ConsumerState(enum.StrEnum):
 
 
 class ConsumerRuntime:
-    """Runs one :class:`ConsumerSpec` against a broker."""
+    """Runs one :class:`ConsumerSpec` against a broker.
+
+    ``dependency_overrides`` replaces providers of the handler's dependencies
+    (``ms.dependency_overrides``), for the life of this runtime.
+    """
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class ConsumerRuntime:
         settings: Settings,
         *,
         member: str | None = None,
+        dependency_overrides: Overrides | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -79,7 +85,13 @@ class ConsumerRuntime:
         self._executor: ThreadPoolExecutor | None = None
         self.invoke: Invoke = handler_chain(
             spec,
-            bind_handler(spec.handler, self._thread_pool, self._replace_thread_pool),
+            bind_handler(
+                spec.handler,
+                self._thread_pool,
+                self._replace_thread_pool,
+                settings=settings,
+                overrides=dependency_overrides,
+            ),
             (*spec.links, with_timeout(spec.timeout or settings.handler_timeout)),
         )
 

@@ -16,12 +16,15 @@ import typing
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Self, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import TypeAdapter, ValidationError
 
 from millstream.errors import DecodeError, HandlerSignatureError
 from millstream.message import Message
+from millstream.runtime.dependencies import Dependencies, Overrides, dependant_of
+from millstream.runtime.injected import Injected
+from millstream.settings import Settings
 
 if TYPE_CHECKING:
     from millstream.runtime.spec import ConsumerSpec
@@ -55,24 +58,6 @@ class HandlerLink(Protocol):
     def __call__(self, consumer: ConsumerSpec, inner: Invoke) -> Invoke: ...
 
 
-class Injected:
-    """A handler parameter type the runtime fills from context, not from the message.
-
-    The seam through which layers above the runtime hand a handler what it
-    needs: the store's ``Transaction`` subclasses it, and a handler taking a
-    ``tx: Transaction`` gets ``Transaction.current()`` on each call, in the
-    context its consumer's links set up. Only an ``async def`` handler may
-    take one (what it gives is used with ``await``).
-    """
-
-    __slots__ = ()
-
-    @classmethod
-    def current(cls) -> Self:
-        """The instance for the handler running now; raises if there is none."""
-        raise NotImplementedError
-
-
 # What fills a handler parameter, found by its type hint: the payload, the
 # envelope, or an ``Injected`` type's current instance.
 _PAYLOAD, _ENVELOPE = "payload", "envelope"
@@ -86,11 +71,14 @@ class _Signature:
     """What each leading positional parameter takes, in order."""
     keywords: tuple[tuple[str, Role], ...] = ()
     """(parameter name, what it takes) for the rest."""
+    dependencies: Dependencies | None = None
+    """The ``Depends`` parameters, passed by keyword, if there are any."""
 
     @property
     def injected(self) -> frozenset[type[Injected]]:
         roles = (*self.positional, *(role for _, role in self.keywords))
-        return frozenset(role for role in roles if isinstance(role, type))
+        own = frozenset(role for role in roles if isinstance(role, type))
+        return own if self.dependencies is None else own | self.dependencies.injected
 
 
 def _decode_bytes(message: Message) -> bytes:
@@ -138,11 +126,13 @@ def _decoder_for(hint: Any) -> Decoder:
 
 def _inspect(handler: Handler) -> _Signature:
     """Bind each parameter by its type hint, in any order: one takes the payload (decoded
-    by its hint), a ``Message`` one the envelope, an ``Injected`` one its current instance."""
+    by its hint), a ``Message`` one the envelope, an ``Injected`` one its current instance;
+    one with a ``Depends`` is left to its dependency."""
     name = getattr(handler, "__qualname__", repr(handler))
     try:
         parameters = list(inspect.signature(handler).parameters.values())
         hints = typing.get_type_hints(handler)
+        extras = typing.get_type_hints(handler, include_extras=True)
     except NameError as exc:
         raise HandlerSignatureError(
             f"handler {name}: cannot resolve its type hints ({exc}); define the types it "
@@ -156,7 +146,9 @@ def _inspect(handler: Handler) -> _Signature:
             f"handler {name} takes no parameters; give it one for the payload, "
             f"annotated with {_ACCEPTED}, e.g. `async def {name}(payment: Payment) -> None`"
         )
-    roles = _roles(name, fillable, hints)
+    dependencies = _dependencies(name, fillable, extras)
+    undepending = [p for p in fillable if dependencies is None or p.name not in dependencies.names]
+    roles = _roles(name, undepending, hints)
     injected = [role for role in roles.values() if isinstance(role, type)]
     if injected and not _is_async(handler):
         raise HandlerSignatureError(
@@ -175,7 +167,7 @@ def _inspect(handler: Handler) -> _Signature:
     for parameter in fillable:
         role = roles.get(parameter.name)
         if role is None:
-            continue  # it has a default and keeps it
+            continue  # it has a default and keeps it, or a dependency fills it
         if parameter.kind is parameter.KEYWORD_ONLY or len(positional) < fillable.index(parameter):
             if parameter.kind is parameter.POSITIONAL_ONLY:
                 raise HandlerSignatureError(
@@ -185,7 +177,26 @@ def _inspect(handler: Handler) -> _Signature:
             keywords.append((parameter.name, role))
         else:
             positional.append(role)
-    return _Signature(decoder, tuple(positional), tuple(keywords))
+    return _Signature(decoder, tuple(positional), tuple(keywords), dependencies)
+
+
+def _dependencies(
+    name: str, parameters: list[inspect.Parameter], hints: dict[str, Any]
+) -> Dependencies | None:
+    """The parameters with a ``Depends``, checked with their providers; None if none has."""
+    found = []
+    for parameter in parameters:
+        annotation = hints.get(parameter.name, parameter.annotation)
+        where = f"handler {name}: parameter {parameter.name!r}"
+        if dependant_of(annotation, parameter.default, where) is None:
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise HandlerSignatureError(
+                f"{where} has a Depends but is positional-only, and dependencies are passed "
+                "by name; drop the `/` before it"
+            )
+        found.append(parameter.replace(annotation=annotation))
+    return Dependencies(name, found) if found else None
 
 
 def _roles(
@@ -229,8 +240,8 @@ def _roles(
     if unfilled:
         raise HandlerSignatureError(
             f"handler {name} has required parameters {unfilled} the runtime cannot fill; a "
-            "handler takes the payload and, in any order, `msg: Message` and `tx: Transaction`"
-            " (others need a default)"
+            "handler takes the payload and, in any order, `msg: Message`, `tx: Transaction` "
+            "and dependencies, `x: Annotated[T, Depends(provider)]` (others need a default)"
         )
     return roles
 
@@ -241,13 +252,17 @@ def _is_async(handler: Handler) -> bool:
     )
 
 
-def check_handler(handler: Handler) -> None:
-    """Raise ``HandlerSignatureError`` now if the runtime could not call ``handler``."""
-    _inspect(handler)
+def check_handler(handler: Handler, overrides: Overrides | None = None) -> None:
+    """Raise ``HandlerSignatureError`` now if the runtime could not call ``handler`` (with
+    its dependencies replaced as ``overrides`` says)."""
+    signature = _inspect(handler)
+    if overrides and signature.dependencies is not None:
+        signature.dependencies.check(overrides)
 
 
 def injected_types(handler: Handler) -> frozenset[type[Injected]]:
-    """The ``Injected`` types ``handler`` takes (a ``Transaction``: it runs inside one)."""
+    """The ``Injected`` types ``handler`` or its dependencies take (a ``Transaction``: it
+    runs inside one)."""
     return _inspect(handler).injected
 
 
@@ -260,6 +275,9 @@ def bind_handler(
     handler: Handler,
     executor: Callable[[], Executor],
     on_abandoned: Callable[[], None] = lambda: None,
+    *,
+    settings: Settings | None = None,
+    overrides: Overrides | None = None,
 ) -> Invoke:
     """The innermost link: decode, then call ``handler``.
 
@@ -269,8 +287,17 @@ def bind_handler(
     runs on: ``on_abandoned`` is told, so the pool can be replaced rather
     than starve. A plain ``def`` that returns an awaitable (a sync decorator
     around an async function) has it awaited on the loop, never dropped.
+
+    A handler with dependencies has them resolved on the loop first, with
+    ``settings`` for those that take the ``Settings`` and the providers in
+    ``overrides`` replaced; a handler without pays nothing for them.
     """
     signature = _inspect(handler)
+    if signature.dependencies is not None:
+        call_with = _caller_with(handler, signature)
+        if not _is_async(handler):
+            call_with = _in_thread(call_with, executor, on_abandoned)
+        return signature.dependencies.bind(call_with, settings, overrides or {})
     decode = signature.decoder
     if _is_async(handler):
         # The handler's own coroutine is the invocation: no wrapper coroutine per
@@ -289,20 +316,26 @@ def bind_handler(
 
             return invoke_async_envelope
         return cast(Invoke, _caller(coroutine, signature))
-    call = _caller(handler, signature)
+    return cast(Invoke, _in_thread(_caller(handler, signature), executor, on_abandoned))
 
-    def run(message: Message, loop: asyncio.AbstractEventLoop) -> None:
-        result = call(message)
+
+def _in_thread(
+    call: Callable[..., Any], executor: Callable[[], Executor], on_abandoned: Callable[[], None]
+) -> Callable[..., Awaitable[None]]:
+    """``call`` run on ``executor()``; an awaitable it returns is awaited on the loop."""
+
+    def run(loop: asyncio.AbstractEventLoop, *args: Any) -> None:
+        result = call(*args)
         if inspect.isawaitable(result):
             asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
-    async def invoke_sync(message: Message) -> None:
+    async def invoke_sync(*args: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
             # The thread runs in a copy of this context, so trace spans and
             # other context variables reach a plain def handler too.
             context = contextvars.copy_context()
-            await loop.run_in_executor(executor(), context.run, run, message, loop)
+            await loop.run_in_executor(executor(), context.run, run, loop, *args)
         except asyncio.CancelledError:
             on_abandoned()
             raise
@@ -310,8 +343,7 @@ def bind_handler(
     return invoke_sync
 
 
-def _caller(handler: Handler, signature: _Signature) -> Callable[[Message], Any]:
-    """A call of ``handler`` with each parameter filled as ``signature`` binds it."""
+def _filler(signature: _Signature) -> Callable[[Role, Message], Any]:
     decode = signature.decoder
 
     def fill(role: Role, message: Message) -> Any:
@@ -322,12 +354,33 @@ def _caller(handler: Handler, signature: _Signature) -> Callable[[Message], Any]
         assert isinstance(role, type)
         return role.current()
 
+    return fill
+
+
+def _caller(handler: Handler, signature: _Signature) -> Callable[[Message], Any]:
+    """A call of ``handler`` with each parameter filled as ``signature`` binds it."""
+    fill = _filler(signature)
     positional, keywords = signature.positional, signature.keywords
 
     def call(message: Message) -> Any:
         args = [fill(role, message) for role in positional]
         kwargs = {name: fill(role, message) for name, role in keywords}
         return handler(*args, **kwargs)
+
+    return call
+
+
+def _caller_with(
+    handler: Handler, signature: _Signature
+) -> Callable[[Message, dict[str, Any]], Any]:
+    """Like ``_caller``, with the values of the dependency parameters passed by name."""
+    fill = _filler(signature)
+    positional, keywords = signature.positional, signature.keywords
+
+    def call(message: Message, values: dict[str, Any]) -> Any:
+        args = [fill(role, message) for role in positional]
+        values.update({name: fill(role, message) for name, role in keywords})
+        return handler(*args, **values)
 
     return call
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,21 @@ async def test_sync_handlers_run_off_the_event_loop() -> None:
 
     await bind_handler(handler, lambda: POOL)(msg(b"{}"))
     assert threads and threads[0] != threading.get_ident()
+
+
+async def test_a_handler_without_dependencies_is_called_directly() -> None:
+    """No wrapper coroutine per message: the invocation is the handler's own coroutine."""
+
+    async def plain(p: Payment) -> None:
+        pass
+
+    async def with_envelope(p: Payment, m: Message) -> None:
+        pass
+
+    for handler in (plain, with_envelope):
+        call = bind_handler(handler, lambda: POOL)(msg(b'{"order_id": "o-1", "amount": 5}'))
+        assert inspect.iscoroutine(call) and call.cr_code is handler.__code__
+        await call
 
 
 @pytest.mark.parametrize(
