@@ -18,10 +18,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from pydantic import TypeAdapter, ValidationError
-
-from millstream.errors import DecodeError, HandlerSignatureError
+from millstream.errors import HandlerSignatureError
 from millstream.message import Message
+from millstream.runtime.decoding import ACCEPTED, Decoder, decoder_for
 from millstream.runtime.dependencies import Dependencies, Overrides, dependant_of
 from millstream.runtime.injected import Injected
 from millstream.settings import Settings
@@ -42,9 +41,6 @@ __all__ = [
 
 Handler = Callable[..., Any]
 Invoke = Callable[[Message], Awaitable[None]]
-Decoder = Callable[[Message], Any]
-
-_ACCEPTED = "a pydantic model, dict, list, bytes, str or Message"
 
 
 class HandlerLink(Protocol):
@@ -81,49 +77,6 @@ class _Signature:
         return own if self.dependencies is None else own | self.dependencies.injected
 
 
-def _decode_bytes(message: Message) -> bytes:
-    return message.payload
-
-
-def _decode_str(message: Message) -> str:
-    try:
-        return message.payload.decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"payload is not UTF-8 text: {exc}") from None
-
-
-def _decode_envelope(message: Message) -> Message:
-    return message
-
-
-def _json_decoder(hint: Any) -> Decoder:
-    adapter: TypeAdapter[Any] = TypeAdapter(hint)
-    validate = adapter.validator.validate_json  # the core validator: no wrapper per message
-    name = getattr(hint, "__name__", repr(hint))
-
-    def decode(message: Message) -> Any:
-        try:
-            return validate(message.payload)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}"
-                for err in exc.errors(include_url=False)[:5]
-            )
-            raise DecodeError(f"payload does not validate as {name}: {problems}") from None
-
-    return decode
-
-
-def _decoder_for(hint: Any) -> Decoder:
-    if hint is bytes:
-        return _decode_bytes
-    if hint is str:
-        return _decode_str
-    if hint is Message:
-        return _decode_envelope
-    return _json_decoder(hint)
-
-
 def _inspect(handler: Handler) -> _Signature:
     """Bind each parameter by its type hint, in any order: one takes the payload (decoded
     by its hint), a ``Message`` one the envelope, an ``Injected`` one its current instance;
@@ -144,7 +97,7 @@ def _inspect(handler: Handler) -> _Signature:
     if not fillable:
         raise HandlerSignatureError(
             f"handler {name} takes no parameters; give it one for the payload, "
-            f"annotated with {_ACCEPTED}, e.g. `async def {name}(payment: Payment) -> None`"
+            f"annotated with {ACCEPTED}, e.g. `async def {name}(payment: Payment) -> None`"
         )
     dependencies = _dependencies(name, fillable, extras)
     undepending = [p for p in fillable if dependencies is None or p.name not in dependencies.names]
@@ -157,10 +110,10 @@ def _inspect(handler: Handler) -> _Signature:
         )
     payload = next(p for p in fillable if roles.get(p.name) == _PAYLOAD)
     try:
-        decoder = _decoder_for(hints[payload.name])
+        decoder = decoder_for(hints[payload.name])
     except Exception as exc:
         raise HandlerSignatureError(
-            f"handler {name}: cannot decode into {hints[payload.name]!r} ({exc}); use {_ACCEPTED}"
+            f"handler {name}: cannot decode into {hints[payload.name]!r} ({exc}); use {ACCEPTED}"
         ) from exc
     positional: list[Role] = []
     keywords: list[tuple[str, Role]] = []
@@ -224,7 +177,7 @@ def _roles(
         if payload.name not in hints:
             raise HandlerSignatureError(
                 f"handler {name}: parameter {payload.name!r} has no type hint; "
-                f"annotate it with {_ACCEPTED} so the payload can be decoded"
+                f"annotate it with {ACCEPTED} so the payload can be decoded"
             )
         roles[payload.name] = _PAYLOAD
         rest = rest[1:]
@@ -233,7 +186,7 @@ def _roles(
         if envelope is None:
             raise HandlerSignatureError(
                 f"handler {name} has no parameter for the payload; add one annotated with "
-                f"{_ACCEPTED}, e.g. `event: dict`"
+                f"{ACCEPTED}, e.g. `event: dict`"
             )
         roles[envelope] = _PAYLOAD
     unfilled = [p.name for p in rest if p.default is p.empty]
