@@ -34,6 +34,7 @@ __all__ = [
     "MillstreamError",
     "RetryableError",
     "StoreError",
+    "text_of",
 ]
 
 
@@ -85,3 +86,8 @@ class FatalError(HandlerError):
 
 class DecodeError(FatalError):
     """The payload could not be decoded into the type the handler asked for."""
+
+
+def text_of(exc: BaseException) -> str:
+    """What ``exc`` says, or its type's name when it says nothing (``TimeoutError()``)."""
+    return str(exc) or type(exc).__name__

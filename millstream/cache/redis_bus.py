@@ -36,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from millstream.cache.bus import check_cache_url, database_number
+from millstream.errors import text_of
 from millstream.urls import redact
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class RedisBus:
         try:
             await self._publish(cache, keys)
         except _Transport as exc:
-            self._keep_unsent(cache, keys, _text(exc))
+            self._keep_unsent(cache, keys, text_of(exc))
 
     # -- inside ----------------------------------------------------------------
 
@@ -195,7 +196,7 @@ class RedisBus:
 
     def _lost(self, exc: BaseException, delay: float) -> float:
         """Log a failed or lost subscription once per outage; returns the next delay."""
-        text = _text(exc)
+        text = text_of(exc)
         if self.connected:
             log.warning(
                 "cache bus %s lost its connection (%s): invalidations from other instances "
@@ -279,7 +280,3 @@ class RedisBus:
                 cache.clear()
             else:
                 cache.invalidate_local(key_list)
-
-
-def _text(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -35,7 +35,13 @@ from pamqp.commands import Basic
 from millstream.brokers.rabbitmq.frames import install as install_careful_reading
 from millstream.brokers.rabbitmq.returns import Returns
 from millstream.brokers.rabbitmq.wire import Names
-from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
+from millstream.errors import (
+    AuthenticationError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    text_of,
+)
 from millstream.urls import redact, refuse_unknown_hosts
 
 __all__ = [
@@ -265,17 +271,17 @@ def translated(url: str) -> Iterator[None]:
         raise _refused(url, exc) from exc
     except amqp_errors.ChannelAccessRefused as exc:
         raise AuthenticationError(
-            f"broker URL {redact(url)!r} refused an operation ({_text(exc)}); give the user "
+            f"broker URL {redact(url)!r} refused an operation ({text_of(exc)}); give the user "
             "configure, write and read permissions on the topic's names, e.g. "
             "rabbitmqctl set_permissions -p <vhost> <user> '.*' '.*' '.*'"
         ) from exc
     except amqp_errors.InvalidFrameError as exc:
         raise _invalid_frame(url, exc) from exc
     except amqp_errors.ChannelNotFoundEntity as exc:
-        raise NotFound(f"broker {redact(url)}: {_text(exc)}") from exc
+        raise NotFound(f"broker {redact(url)}: {text_of(exc)}") from exc
     except amqp_errors.ChannelPreconditionFailed as exc:
         raise BrokerError(
-            f"broker {redact(url)} refused a declaration ({_text(exc)}); a queue or exchange "
+            f"broker {redact(url)} refused a declaration ({text_of(exc)}); a queue or exchange "
             "of that name exists with other settings (e.g. another queue_type): delete it or "
             "use the settings it was made with"
         ) from exc
@@ -287,7 +293,7 @@ def translated(url: str) -> Iterator[None]:
         TimeoutError,
         EOFError,
     ) as exc:
-        raise BrokerUnavailable(f"broker {redact(url)} is unreachable: {_text(exc)}") from exc
+        raise BrokerUnavailable(f"broker {redact(url)} is unreachable: {text_of(exc)}") from exc
     except RuntimeError as exc:
         if "closed" in str(exc):  # aiormq: "<Connection ...> closed" when opening a channel
             raise BrokerUnavailable(f"broker {redact(url)}: connection closed") from exc
@@ -312,7 +318,7 @@ def translated(url: str) -> Iterator[None]:
 
 
 def _invalid_frame(url: str, exc: Exception) -> BrokerError:
-    if "Connection.OpenOk" in _text(exc):
+    if "Connection.OpenOk" in text_of(exc):
         # The server closed the connection at Connection.Open: the vhost.
         return AuthenticationError(
             f"broker URL {redact(url)!r}: the server refused the virtual host (it does "
@@ -320,7 +326,7 @@ def _invalid_frame(url: str, exc: Exception) -> BrokerError:
             "rabbitmqctl add_vhost <vhost>; rabbitmqctl set_permissions -p <vhost> <user> "
             "'.*' '.*' '.*'"
         )
-    return BrokerUnavailable(f"broker {redact(url)} failed: {_text(exc)}")
+    return BrokerUnavailable(f"broker {redact(url)} failed: {text_of(exc)}")
 
 
 def _refused(url: str, exc: Exception) -> AuthenticationError:
@@ -330,9 +336,5 @@ def _refused(url: str, exc: Exception) -> AuthenticationError:
     else:
         fix = "check the user and password in the URL (amqp://user:password@host:5672/vhost)"
     return AuthenticationError(
-        f"broker URL {shown!r} refused the credentials ({_text(exc)}); {fix}"
+        f"broker URL {shown!r} refused the credentials ({text_of(exc)}); {fix}"
     )
-
-
-def _text(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -25,7 +25,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from millstream.brokers.redis.wire import Keys
-from millstream.errors import AuthenticationError, BrokerError, BrokerUnavailable, ConfigError
+from millstream.errors import (
+    AuthenticationError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    text_of,
+)
 from millstream.urls import query_seconds, redact
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -296,14 +302,14 @@ def translated(url: str) -> Iterator[None]:
         raise _refused(url, exc) from exc
     except (redis_errors.TimeoutError, TimeoutError) as exc:
         raise Silent(
-            f"broker {redact(url)} stopped answering ({_text(exc)}); the network or the "
+            f"broker {redact(url)} stopped answering ({text_of(exc)}); the network or the "
             "server is down, or the server is slower than ?socket_timeout=SECONDS in the URL "
             f"allows (default {COMMAND_TIMEOUT:g})"
         ) from exc
     except (redis_errors.ConnectionError, OSError) as exc:
-        raise BrokerUnavailable(f"broker {redact(url)} is unreachable: {_text(exc)}") from exc
+        raise BrokerUnavailable(f"broker {redact(url)} is unreachable: {text_of(exc)}") from exc
     except redis_errors.RedisError as exc:
-        text = _text(exc)
+        text = text_of(exc)
         if text.startswith(_REFUSED):
             raise _refused(url, exc) from exc
         if text.startswith("NOGROUP"):
@@ -315,9 +321,9 @@ def translated(url: str) -> Iterator[None]:
 
 def _refused(url: str, exc: Exception) -> AuthenticationError:
     shown = redact(url)
-    if isinstance(exc, redis_errors.NoPermissionError) or _text(exc).startswith("NOPERM"):
+    if isinstance(exc, redis_errors.NoPermissionError) or text_of(exc).startswith("NOPERM"):
         return AuthenticationError(
-            f"broker URL {shown!r} refused a command ({_text(exc)}); let the user's ACL "
+            f"broker URL {shown!r} refused a command ({text_of(exc)}); let the user's ACL "
             "run what millstream needs: +@stream +@sortedset +@scripting +ping +time +del"
         )
     if urlsplit(url).password is None:
@@ -325,12 +331,8 @@ def _refused(url: str, exc: Exception) -> AuthenticationError:
     else:
         fix = "check the user and password in the URL (redis://user:password@host:6379)"
     return AuthenticationError(
-        f"broker URL {shown!r} refused the credentials ({_text(exc)}); {fix}"
+        f"broker URL {shown!r} refused the credentials ({text_of(exc)}); {fix}"
     )
-
-
-def _text(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
 
 
 async def server_version(client: Redis) -> str | None:
