@@ -82,7 +82,7 @@ def banner(console: Console, base: str, token: str) -> None:
     console.print(f"\n[bold]millstream demo[/]: the order service at [link={base}]{base}[/]\n")
     for label, path in (
         ("API docs", "/docs"),
-        ("orders API", "/api/v1/orders"),
+        ("orders API (POST an order, GET /api/v1/orders/{id})", "/api/v1/orders"),
         ("readiness", "/health/ready"),
         ("health details", "/actuator/health"),
         ("metrics", "/metrics"),

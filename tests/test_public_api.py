@@ -19,6 +19,7 @@ def test_public_names() -> None:
         "DecodeError",
         "Depends",
         "FatalError",
+        "HandlerSignatureError",
         "Lag",
         "Message",
         "Millstream",

@@ -134,15 +134,15 @@ def configure(
             "--log-level",
             envvar="MILLSTREAM_LOG_LEVEL",
             case_sensitive=False,
-            help="Log level of millstream's own logs (default: WARNING; the demo: off)",
+            help="Log level of millstream's own logs (default: WARNING)",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Run, feed and inspect millstream consumers."""
     ctx.obj = log_level
-    if ctx.invoked_subcommand == "run":
-        return  # a service logs through configure_logging, in text or JSON
+    if ctx.invoked_subcommand in ("run", "demo"):
+        return  # a service (the demo is one) logs through configure_logging, in text or JSON
     ctx.call_on_close(_log_to_stderr((log_level or LogLevel.WARNING).value))
 
 
