@@ -288,3 +288,20 @@ def test_dlq_replay_honours_the_replay_rate_and_answers_missing_ids_at_once(
     assert paced.exit_code == 0, paced.output
     assert "replayed 30 dead letter(s)" in paced.stdout
     assert elapsed >= 1.9, f"30 letters at 10/s went back in {elapsed:.2f}s"
+
+
+def test_dlq_list_shows_the_reason_on_an_80_column_terminal() -> None:
+    from rich.console import Console
+
+    from millstream.brokers.base import DeadLetter
+    from millstream.cli.dlq import _letters_table
+
+    letter = DeadLetter(
+        "1765130000000-0", "m-1", "payments", "orders",
+        b'{"order_id":"o-1","status":"BAD","amount":100}', None, {}, 1,
+        "IllegalTransition: order o-1 cannot go from CREATED to BAD", 1765130000.0,
+    )  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(_letters_table([letter], "dead letters", message_ids=False))
+    shown = " ".join(console.export_text().split())
+    assert "IllegalTransition:" in shown and "CREATED to BAD" in shown

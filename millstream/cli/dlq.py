@@ -61,9 +61,9 @@ def _letters_table(letters: list[DeadLetter], title: str, *, message_ids: bool) 
     if message_ids:
         table.add_column("message id", no_wrap=True, overflow="ellipsis", max_width=24)
     table.add_column("tries", justify="right", no_wrap=True, min_width=5)
-    table.add_column("error", overflow="fold", ratio=3, min_width=20)
+    table.add_column("error", overflow="fold", min_width=20)
     table.add_column("failed at", no_wrap=True, min_width=14)
-    table.add_column("payload", overflow="ellipsis", no_wrap=True, ratio=1, min_width=10)
+    table.add_column("payload", overflow="ellipsis", no_wrap=True, min_width=10, max_width=30)
     for letter in letters:
         failed_at = datetime.fromtimestamp(letter.failed_at).strftime("%m-%d %H:%M:%S")
         cells = [Text(letter.id), Text(letter.message_id)] if message_ids else [Text(letter.id)]
