@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from pydantic_core import to_json
 
 __all__ = [
     "HEADER_ATTEMPT",
+    "HEADER_DELIVER_AT",
     "HEADER_ERROR",
     "HEADER_ID",
     "HEADER_KEY",
@@ -21,6 +23,7 @@ __all__ = [
     "NO_HEADERS",
     "Message",
     "OutgoingMessage",
+    "deliver_at",
     "encode",
     "new_message_id",
 ]
@@ -31,6 +34,7 @@ HEADER_KEY = "ms-key"
 HEADER_ATTEMPT = "ms-attempt"
 HEADER_PUBLISHED_AT = "ms-published-at"
 HEADER_ERROR = "ms-error"
+HEADER_DELIVER_AT = "ms-deliver-at"
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 """The headers of a message that arrived without any: shared, read-only, free."""
@@ -71,6 +75,11 @@ class Message:
     partition: int | None = None
     offset: int | None = None
     receipt: Any = None
+    deliver_at: float = 0.0
+    """Not to be handled before this Unix time (a delayed publish); 0 for at once.
+
+    Set by the network adapters, whose subscriptions hold back (see
+    ``brokers.base.early``) a message delivered before it."""
 
 
 @dataclass(slots=True)
@@ -82,6 +91,26 @@ class OutgoingMessage:
     headers: dict[str, str] = field(default_factory=dict)
     id: str = field(default_factory=new_message_id)
     published_at: float = field(default_factory=time.time)
+    deliver_at: float | None = None
+    """Unix time before which no consumer gets it (``publish(..., delay=)``); ``None``: at once."""
+
+
+def deliver_at(delay: float | None, now: float | None = None) -> float | None:
+    """The Unix time a message published now with ``delay`` seconds is due; ``None`` for none.
+
+    Raises ``ValueError`` naming the value when ``delay`` is not a finite
+    number of seconds, 0 or more.
+    """
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
+        raise ValueError(
+            f"delay={delay!r}: expected a finite number of seconds, 0 or more "
+            "(e.g. delay=30 for half a minute)"
+        )
+    if delay == 0:
+        return None
+    return (time.time() if now is None else now) + delay
 
 
 def encode(value: Any) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +270,47 @@ async def test_a_publisher_checks_its_model_and_publishes_through_the_chain() ->
         ("o-2", 7),
     ]
     assert out[0].headers["h"] == "v" and seen == ["payments", "payments"]
+
+
+@pytest.mark.parametrize("delay", [-1, float("inf"), float("nan"), "5", True])
+async def test_a_delay_that_is_no_number_of_seconds_is_refused_naming_it(delay: Any) -> None:
+    ms = app()
+    with pytest.raises(ValueError, match=r"delay=.*expected a finite number of seconds"):
+        await ms.publish("payments", {"n": 1}, delay=delay)
+    with pytest.raises(ValueError, match=r"delay=.*expected a finite number of seconds"):
+        await ms.publish_batch("payments", [{"n": 1}], delay=delay)
+
+
+async def test_every_way_of_publishing_holds_a_delayed_message_back_for_every_group() -> None:
+    """``ms.publish``, ``ms.publish_batch``, a declared publisher and a handler's
+    ``OutgoingMessage`` with a ``deliver_at`` all wait on the broker, not in the caller."""
+    hub = MemoryHub()
+    ms = Millstream(broker=MemoryBroker(hub), poll_timeout=0.05)
+    receipts = ms.publisher("receipts", model=Receipt)
+    got: dict[str, list[int]] = {"audit": [], "mail": []}
+
+    @ms.consumer("payments", group="billing", publishes="receipts")
+    async def bill(payment: Payment) -> OutgoingMessage:
+        at = time.time() + 60
+        return OutgoingMessage(encode(Receipt(order_id="o", paid=payment.amount)), deliver_at=at)
+
+    def keeper(group: str) -> Callable[[Receipt], Awaitable[None]]:
+        async def keep(receipt: Receipt) -> None:
+            got[group].append(receipt.paid)
+
+        return keep
+
+    for group in got:
+        ms.consumer("receipts", group=group, name=group)(keeper(group))
+
+    async with ms:
+        await ms.publish("receipts", Receipt(order_id="o", paid=1), delay=60)
+        await ms.publish_batch("receipts", [Receipt(order_id="o", paid=2)], delay=60)
+        await receipts.publish(Receipt(order_id="o", paid=3), delay=60)
+        await ms.publish("payments", Payment(order_id="o", amount=4))
+        await ms.publish("receipts", Receipt(order_id="o", paid=5))
+        await until(lambda: got["audit"] == [5] and got["mail"] == [5])
+        await until(lambda: hub.backlog("receipts", "mail").delayed == 4)
+        await asyncio.sleep(0.2)
+        assert got == {"audit": [5], "mail": [5]}
+        assert hub.backlog("receipts", "audit").next_due is not None

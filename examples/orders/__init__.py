@@ -3,7 +3,8 @@
 - ``POST /api/v1/orders`` writes an order and its ``orders.created`` event
   in one transaction (the event goes out through the outbox);
 - the ``payments`` consumer (``payments.py``, a router) moves orders
-  through their states and publishes ``orders.status-changed``;
+  through their states and publishes ``orders.status-changed`` (the
+  change its handler returns, declared with ``publishes=``);
 - the ``notifications`` consumer (``notifications.py``, a router) writes a
   customer notification per change;
 - ``GET /api/v1/orders/{id}``, ``GET /api/v1/orders?ids=a,b,c`` and

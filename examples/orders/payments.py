@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from examples.orders import store as orders
-from examples.orders.models import Order, PaymentEvent
+from examples.orders.models import Order, PaymentEvent, StatusChanged
 from millstream import Retry, Router, Transaction
 from millstream.cache import Cache
 
@@ -20,10 +20,13 @@ def payments_router(cache: Cache[Order]) -> Router:
         key="order_id",
         idempotent=True,
         retry=Retry(attempts=4, backoff=0.5),
+        publishes="orders.status-changed",
     )
-    async def payments(event: PaymentEvent, tx: Transaction) -> None:
-        """Move the order; an illegal move is fatal and dead-lettered with the reason."""
-        await orders.apply_payment(tx, event)
+    async def payments(event: PaymentEvent, tx: Transaction) -> StatusChanged:
+        """Move the order and publish the change (through the outbox, keyed by the order:
+        the payment's key); an illegal move is fatal and dead-lettered with the reason."""
+        change = await orders.apply_payment(tx, event)
         tx.invalidate(cache, event.order_id)
+        return change
 
     return router

@@ -131,7 +131,7 @@ async def load_orders(store: Store, ids: Sequence[str]) -> dict[str, Order]:
 
 
 async def apply_payment(tx: Transaction, event: PaymentEvent) -> StatusChanged:
-    """Move the order as ``event`` says, or raise ``IllegalTransition``; publishes the change."""
+    """Move the order as ``event`` says, or raise ``IllegalTransition``; returns the change."""
     row = await tx.fetchrow(
         "SELECT id, customer_id, status, total_cents FROM orders WHERE id = $1", event.order_id
     )
@@ -157,11 +157,9 @@ async def apply_payment(tx: Transaction, event: PaymentEvent) -> StatusChanged:
     )
     if moved != 1:  # another instance moved it since we read it: read again on the retry
         raise RetryableError(f"order {event.order_id} changed while moving it from {old}")
-    change = StatusChanged(
+    return StatusChanged(
         order_id=event.order_id, customer_id=row["customer_id"], old=old, new=new, at=now
     )
-    tx.publish("orders.status-changed", change, key=event.order_id)
-    return change
 
 
 _MESSAGES = {

@@ -379,9 +379,13 @@ class App(DeclaresConsumers):
         *,
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
     ) -> str:
-        """Publish one message and wait for the broker's confirmation; returns its id."""
-        return await self._publisher.publish(topic, value, key=key, headers=headers)
+        """Publish one message and wait for the broker's confirmation; returns its id.
+
+        With ``delay`` (seconds) no consumer gets it before that time has passed.
+        """
+        return await self._publisher.publish(topic, value, key=key, headers=headers, delay=delay)
 
     async def publish_batch(
         self,
@@ -390,15 +394,19 @@ class App(DeclaresConsumers):
         *,
         key_by: KeyBy = None,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
     ) -> list[str]:
         """Publish many messages in as few confirmed round trips as the broker allows.
 
         ``key_by`` gives each message its key: a field name of the value
         (attribute or dict key) or a callable of the value. An
         ``OutgoingMessage`` among ``values`` is published as it is, with its
-        own key and headers.
+        own key, headers and ``deliver_at``. ``delay`` (seconds) holds the others back
+        from consumers for that long.
         """
-        return await self._publisher.publish_batch(topic, values, key_by=key_by, headers=headers)
+        return await self._publisher.publish_batch(
+            topic, values, key_by=key_by, headers=headers, delay=delay
+        )
 
     async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue:
         """The dead-letter queue of ``topic`` for ``group``; connects the broker if need be."""

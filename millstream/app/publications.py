@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import time
 import typing
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -48,7 +49,13 @@ class PublishValue(Protocol):
     """The app's ``publish``: encode, run the publish chain, wait for the confirmation."""
 
     def __call__(
-        self, topic: str, value: Any, *, key: str | None, headers: Mapping[str, str] | None
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        delay: float | None,
     ) -> Awaitable[str]: ...
 
 
@@ -139,9 +146,11 @@ class TopicPublisher(Generic[M]):
         *,
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
     ) -> str:
         """Publish ``value`` (a ``model`` instance, or a dict validated into one) and wait
-        for the broker's confirmation; returns the message id."""
+        for the broker's confirmation; returns the message id. With ``delay`` (seconds)
+        no consumer gets it before that time has passed."""
         if len(self._targets) != 1:
             where = "no app" if not self._targets else f"{len(self._targets)} apps"
             raise ConfigError(
@@ -150,7 +159,7 @@ class TopicPublisher(Generic[M]):
                 "app, or use that app's ms.publisher(...)"
             )
         topic, send = self._targets[0]
-        return await send(topic, self._checked(value), key=key, headers=headers)
+        return await send(topic, self._checked(value), key=key, headers=headers, delay=delay)
 
     def _checked(self, value: Any) -> Any:
         model = self.model
@@ -249,7 +258,11 @@ class HandlerPublishing:
         if self._transactional:
             tx = current_transaction()
             if isinstance(value, OutgoingMessage):
-                tx.publish(self.topic, value.payload, key=value.key, headers=value.headers)
+                at = value.deliver_at
+                delay = None if at is None else max(0.0, at - time.time())
+                tx.publish(
+                    self.topic, value.payload, key=value.key, headers=value.headers, delay=delay
+                )
             else:
                 tx.publish(self.topic, value, key=key)
             return

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from millstream.brokers.base import Broker
-from millstream.message import OutgoingMessage, encode
+from millstream.message import OutgoingMessage, deliver_at, encode
 from millstream.runtime.chains import Publish, PublishLink, publish_chain
 
 __all__ = ["KeyBy", "Publisher"]
@@ -52,10 +52,21 @@ class Publisher:
         await self._chain(topic, messages)
 
     async def publish(
-        self, topic: str, value: Any, *, key: str | None, headers: Mapping[str, str] | None
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        delay: float | None = None,
     ) -> str:
-        """Encode ``value``, publish it and wait for the broker's confirmation; returns its id."""
-        out = OutgoingMessage(encode(value), key=key, headers=dict(headers or {}))
+        """Encode ``value``, publish it and wait for the broker's confirmation; returns its id.
+
+        With ``delay`` (seconds) no consumer gets it before that time has passed.
+        """
+        out = OutgoingMessage(
+            encode(value), key=key, headers=dict(headers or {}), deliver_at=deliver_at(delay)
+        )
         if not self._connected():
             await self.broker.connect()  # a publisher needs no start(); connect is idempotent
         await self._chain(topic, [out])
@@ -68,14 +79,18 @@ class Publisher:
         *,
         key_by: KeyBy,
         headers: Mapping[str, str] | None,
+        delay: float | None = None,
     ) -> list[str]:
         """Publish ``values`` in as few confirmed round trips as the broker allows."""
         key_of = _key_reader(key_by)
         shared = dict(headers or {})
+        due = deliver_at(delay)
         batch = [
             value
             if isinstance(value, OutgoingMessage)
-            else OutgoingMessage(encode(value), key=key_of(value), headers=dict(shared))
+            else OutgoingMessage(
+                encode(value), key=key_of(value), headers=dict(shared), deliver_at=due
+            )
             for value in values
         ]
         if batch:

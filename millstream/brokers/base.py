@@ -7,6 +7,7 @@ into :mod:`millstream.errors` at their boundary.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ __all__ = [
     "DeadLetterQueue",
     "Lag",
     "Subscription",
+    "due_only",
+    "early",
 ]
 
 
@@ -148,7 +151,9 @@ class Broker(Protocol):
 
     ``connect`` is idempotent and is also how the supervisor reconnects after
     ``BrokerUnavailable``. ``publish`` returns once the broker has confirmed
-    every message (durably where the broker is durable).
+    every message (durably where the broker is durable). A message with a
+    ``deliver_at`` reaches no group before that time; waiting for it is no
+    attempt.
     """
 
     url: str
@@ -175,3 +180,38 @@ class Broker(Protocol):
         ...
 
     async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue: ...
+
+
+def early(messages: list[Message], now: float) -> tuple[list[Message], list[tuple[Message, float]]]:
+    """Split fetched ``messages`` into those due and those delivered before their ``deliver_at``.
+
+    Each early one comes with the seconds it has left and its ``attempt``
+    taken back by one: holding it back was no attempt, so a subscription
+    that requeues it with that attempt for the time left gets it back as
+    the attempt it is now. Network adapters whose broker cannot hold a
+    published message back apply this to every fetch.
+    """
+    for message in messages:
+        if message.deliver_at > now:
+            break
+    else:
+        return messages, []
+    due: list[Message] = []
+    held: list[tuple[Message, float]] = []
+    for message in messages:
+        if message.deliver_at > now:
+            message.attempt -= 1
+            held.append((message, message.deliver_at - now))
+        else:
+            due.append(message)
+    return due, held
+
+
+async def due_only(subscription: Subscription, messages: list[Message]) -> list[Message]:
+    """``messages`` less those delivered early, which go back to ``subscription``'s group
+    as retries for the time they have left, no attempt counted: how a broker with
+    delayed retries but no delayed publish holds a delayed message back."""
+    due, held = early(messages, time.time())
+    if held:
+        await subscription.settle((), held, ())
+    return due

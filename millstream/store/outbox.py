@@ -236,7 +236,13 @@ class OutboxRelay:
 
 
 def _outgoing(row: OutboxRow) -> OutgoingMessage:
-    return OutgoingMessage(row.payload, key=row.key, headers=dict(row.headers), id=row.message_id)
+    return OutgoingMessage(
+        row.payload,
+        key=row.key,
+        headers=dict(row.headers),
+        id=row.message_id,
+        deliver_at=row.deliver_at,
+    )
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -31,16 +31,26 @@ class OutboxRow:
     headers: dict[str, str]
     payload: bytes
     attempts: int = 0
+    deliver_at: float | None = None
+    """No consumer gets it before this Unix time (``tx.publish(..., delay=)``)."""
 
 
 async def write(tx: Transaction, rows: Sequence[OutboxRow], now: float) -> None:
     """Insert ``rows`` in ``tx``, due at once."""
     await tx.executemany(
         "INSERT INTO millstream_outbox "
-        "(topic, message_id, msg_key, headers, payload, created_at, due_at, attempts) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $6, 0)",
+        "(topic, message_id, msg_key, headers, payload, created_at, due_at, attempts, "
+        "deliver_at) VALUES ($1, $2, $3, $4, $5, $6, $6, 0, $7)",
         [
-            (r.topic, r.message_id, r.key, orjson.dumps(r.headers).decode(), r.payload, now)
+            (
+                r.topic,
+                r.message_id,
+                r.key,
+                orjson.dumps(r.headers).decode(),
+                r.payload,
+                now,
+                r.deliver_at,
+            )
             for r in rows
         ],
     )
@@ -66,7 +76,7 @@ async def claim(
             "AND p.topic = o.topic AND p.msg_key = o.msg_key AND p.id < o.id "
             "AND (p.due_at > $2 OR p.claimed_until >= $2)) "
             f"ORDER BY o.id LIMIT $3{skip_locked}) "
-            "RETURNING id, topic, message_id, msg_key, headers, payload, attempts",
+            "RETURNING id, topic, message_id, msg_key, headers, payload, attempts, deliver_at",
             now + lease,
             now,
             limit,
@@ -83,6 +93,7 @@ def _outbox_row(row: Row) -> OutboxRow:
         orjson.loads(row["headers"]),
         bytes(row["payload"]),
         int(row["attempts"]),
+        None if row["deliver_at"] is None else float(row["deliver_at"]),
     )
 
 

@@ -4,12 +4,19 @@
 per message a group has handled. ``millstream_outbox`` holds what
 transactions published (``outbox_table.py``) until the relay has sent it.
 Every statement is ``IF NOT EXISTS``: opening an existing store changes
-nothing.
+nothing, except that a column added since it was created is added
+(``UPGRADES``; SQLite has no ``ADD COLUMN IF NOT EXISTS``, so the store
+looks first).
 """
 
 from __future__ import annotations
 
-__all__ = ["MILLSTREAM_SCHEMA"]
+__all__ = ["MILLSTREAM_SCHEMA", "UPGRADES"]
+
+UPGRADES: tuple[tuple[str, str, str], ...] = (
+    # (table, column, its SQLite type): columns newer than the table's first release
+    ("millstream_outbox", "deliver_at", "REAL"),
+)
 
 MILLSTREAM_SCHEMA: dict[str, str] = {
     "sqlite": """
@@ -33,7 +40,8 @@ CREATE TABLE IF NOT EXISTS millstream_outbox (
     claimed_until REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    sent_at REAL
+    sent_at REAL,
+    deliver_at REAL
 );
 CREATE INDEX IF NOT EXISTS millstream_outbox_due ON millstream_outbox (due_at)
     WHERE sent_at IS NULL;
@@ -63,8 +71,10 @@ CREATE TABLE IF NOT EXISTS millstream_outbox (
     claimed_until DOUBLE PRECISION,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    sent_at DOUBLE PRECISION
+    sent_at DOUBLE PRECISION,
+    deliver_at DOUBLE PRECISION
 );
+ALTER TABLE millstream_outbox ADD COLUMN IF NOT EXISTS deliver_at DOUBLE PRECISION;
 CREATE INDEX IF NOT EXISTS millstream_outbox_due ON millstream_outbox (due_at)
     WHERE sent_at IS NULL;
 CREATE INDEX IF NOT EXISTS millstream_outbox_sent ON millstream_outbox (sent_at)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from millstream.errors import ConfigError, StoreError
 from millstream.store.base import Store
+from millstream.store.schema import UPGRADES
 from millstream.store.transaction import Row, Transaction
 
 __all__ = ["SqliteStore", "sqlite_sql"]
@@ -209,6 +210,7 @@ class SqliteStore(Store):
             try:
                 for script in scripts:
                     conn.executescript(script)
+                _upgrade(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -244,3 +246,11 @@ class SqliteStore(Store):
             return _rows(reader.conn.execute(sqlite_sql(sql), args))
 
         return await reader.run(run)
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Add the columns a store created by an older millstream lacks."""
+    for table, column, kind in UPGRADES:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")

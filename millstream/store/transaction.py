@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from millstream.errors import StoreError
-from millstream.message import encode, new_message_id
+from millstream.message import deliver_at, encode, new_message_id
 from millstream.runtime.handler import Injected
 from millstream.store import ledger
 from millstream.store.outbox_table import OutboxRow
@@ -163,18 +163,22 @@ class Transaction(Reads, Injected):
         *,
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
     ) -> str:
         """Publish ``value`` to ``topic`` if, and only if, this transaction commits.
 
         The message is written to the outbox table in this transaction and
         published by the relay after the commit; returns its id, which the
         consumers' idempotency ledger keys on, so a relay that publishes a
-        row twice still has one effect.
+        row twice still has one effect. With ``delay`` (seconds, counted from
+        this call) no consumer gets it before that time: the relay publishes
+        it at once, with the broker's own delay.
         """
         self._check_open()
         message_id = new_message_id()
+        due = deliver_at(delay)
         self._pending.outbox.append(
-            OutboxRow(topic, message_id, key, dict(headers or {}), encode(value))
+            OutboxRow(topic, message_id, key, dict(headers or {}), encode(value), deliver_at=due)
         )
         return message_id
 

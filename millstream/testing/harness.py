@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self
 from millstream.brokers import connect
 from millstream.brokers.base import Broker, DeadLetter
 from millstream.brokers.memory.broker import MemoryBroker, MemoryHub
-from millstream.message import OutgoingMessage, encode
+from millstream.message import OutgoingMessage, deliver_at, encode
 from millstream.runtime.stats import ConsumerStats
 from millstream.service import Millstream
 from millstream.testing.clock import ManualClock
@@ -136,12 +136,16 @@ class TestApp:
         *,
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
     ) -> str:
         """Publish ``value`` to ``topic`` as a producer outside the app would; returns its id.
 
         It goes through the app's publish chain, but is not listed in ``published``.
+        With ``delay``, ``drain`` moves the clock on to when it is due.
         """
-        out = OutgoingMessage(encode(value), key=key, headers=dict(headers or {}))
+        out = OutgoingMessage(
+            encode(value), key=key, headers=dict(headers or {}), deliver_at=deliver_at(delay)
+        )
         self._recorder.own.add(out.id)
         await self.ms.publish_batch(topic, [out])
         return out.id

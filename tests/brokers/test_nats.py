@@ -143,6 +143,42 @@ async def test_close_releases_what_was_delivered_but_not_yet_fetched(
         await broker.close()
 
 
+async def test_a_delayed_publish_counts_attempts_right_whenever_a_group_first_sees_it(
+    shared: str, topic: str
+) -> None:
+    """A group reading when it is published (its early delivery ``nak``-ed) and one that
+    subscribes only after it came due (its first delivery late): each hands it out as
+    attempt 1, never before its time, then as attempt 2 when retried."""
+    broker = await opened(shared)
+    try:
+        early = await broker.subscribe(topic, "early", prefetch=10)
+        due = time.time() + 1.0
+        await broker.publish(topic, [OutgoingMessage(b"later", deliver_at=due)])
+        assert await early.fetch(10, 0.3) == []
+        for name in ("early", "late"):
+            if name == "late":
+                await asyncio.sleep(max(0.0, due - time.time()) + 0.2)
+            sub = early if name == "early" else await broker.subscribe(topic, name, prefetch=10)
+            [first] = await gather_one(sub)
+            assert time.time() >= due and first.attempt == 1, name
+            await sub.settle([], [(first, 0.1)], [])
+            [again] = await gather_one(sub)
+            assert again.attempt == 2, name
+            await sub.settle([again], [], [])
+            assert await total_lag(sub) == 0, name
+    finally:
+        await broker.close()
+
+
+async def gather_one(subscription: NatsSubscription) -> list[Message]:
+    """The next message handed out, within five seconds."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if taken := await subscription.fetch(1, 0.5):
+            return taken
+    return []
+
+
 async def test_a_deleted_consumer_or_stream_is_recreated_and_consuming_goes_on(
     shared: str, topic: str
 ) -> None:

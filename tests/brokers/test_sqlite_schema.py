@@ -12,6 +12,7 @@ import pytest
 from millstream.brokers.sqlite.broker import SqliteBroker
 from millstream.brokers.sqlite.schema import SCHEMA_VERSION
 from millstream.errors import ConfigError
+from millstream.message import OutgoingMessage
 from tests.brokers import sqlite_raw
 from tests.brokers.sqlite_support import TOPIC, drain, opened, outgoing, payloads, url_of
 
@@ -67,6 +68,10 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert (await subscription.lag()).total == 1  # the retry, due in ten minutes
         letters = await (await broker.dead_letters(TOPIC, "billing")).list()
         assert [(d.payload, d.error, d.attempts) for d in letters] == [(b"dead", "poison", 3)]
+        # The upgraded file holds a delayed publish back, counted in the backlog.
+        await broker.publish(TOPIC, [OutgoingMessage(b"later", deliver_at=time.time() + 600)])
+        assert await subscription.fetch(10, 0.1) == []
+        assert (await subscription.lag()).total == 2
 
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -55,18 +55,15 @@ async def test_each_event_in_each_state(store: Store, status: Status, kind: str)
     order_id = await order_in(store, status)
     amount = Decimal("19.00") if kind == "paid" else None
     event = PaymentEvent(order_id=order_id, kind=kind, amount=amount)  # type: ignore[arg-type]
-    before = await store.outbox_pending()
     if (status, kind) in LEGAL:
         async with store.transaction() as tx:
             change = await orders.apply_payment(tx, event)
-        assert (change.old, change.new) == (status, EVENT_TARGET[kind])
-        assert await store.outbox_pending() == before + 1  # orders.status-changed
+        assert (change.order_id, change.old, change.new) == (order_id, status, EVENT_TARGET[kind])
         expected = EVENT_TARGET[kind]
     else:
         with pytest.raises(IllegalTransition, match=f"from {status} to {EVENT_TARGET[kind]}"):
             async with store.transaction() as tx:
                 await orders.apply_payment(tx, event)
-        assert await store.outbox_pending() == before
         expected = status
     assert await store.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == expected
 

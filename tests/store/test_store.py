@@ -67,6 +67,33 @@ async def test_publish_and_after_commit_happen_only_when_the_transaction_commits
     assert len(await opened.claim_outbox(10, time.time() + 31, lease=30)) == 2
 
 
+async def test_a_delayed_publish_is_relayed_at_once_carrying_its_time(opened: Store) -> None:
+    """The relay sends it right after the commit; the broker holds it back."""
+    before = time.time()
+    async with opened.transaction() as tx:
+        tx.publish("reminders", {"id": "z"}, delay=60)
+    [(_, row)] = await opened.claim_outbox(10, time.time(), lease=30)
+    assert row.deliver_at is not None
+    assert before + 60 <= row.deliver_at <= time.time() + 60
+
+
+async def test_an_outbox_from_before_delayed_publishes_gets_the_column(opened: Store) -> None:
+    """A store a previous millstream created (no ``deliver_at``) is upgraded when it opens."""
+    await opened.execute("ALTER TABLE millstream_outbox DROP COLUMN deliver_at")
+    if opened.dialect == "postgres":
+        await opened.execute("DELETE FROM millstream_schema")  # as an older schema's digest
+    await opened.close()
+    again = open_store(opened.url)
+    await again.open()
+    try:
+        async with again.transaction() as tx:
+            tx.publish("reminders", b"r", delay=5)
+        [(_, row)] = await again.claim_outbox(10, time.time(), lease=30)
+        assert row.deliver_at is not None and row.deliver_at > time.time()
+    finally:
+        await again.close()
+
+
 async def test_the_ledger_records_an_id_once_per_group(opened: Store) -> None:
     async with opened.transaction() as tx:
         assert await tx.claim_message("billing", "t", "m1", time.time())

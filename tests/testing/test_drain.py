@@ -161,3 +161,29 @@ async def test_a_test_store_and_broker_leave_the_apps_own_untouched(tmp_path: Pa
         assert ms.broker is broker and ms.store is store and not ms.started
         assert ms.settings.store_url == f"sqlite:///{own_store}"
     assert not own_store.exists()
+
+
+async def test_delayed_publishes_are_handled_when_the_harness_clock_reaches_them() -> None:
+    """A reminder published with ``delay=600`` and one a handler sends through the outbox
+    with ``delay=3600``: drain moves the clock to each in turn, in milliseconds."""
+    ms = Millstream("memory://")
+    handled: list[tuple[str, float]] = []
+
+    @ms.consumer("orders", group="reminders")
+    async def schedule(order: dict[str, str], tx: Transaction) -> None:
+        tx.publish("reminders", {"order_id": order["order_id"]}, delay=3600)
+
+    @ms.consumer("reminders", group="mail")
+    async def remind(reminder: dict[str, str]) -> None:
+        assert t.clock is not None
+        handled.append((reminder["order_id"], t.clock()))
+
+    async with TestApp(ms) as t:
+        await t.publish("reminders", {"order_id": "o-1"}, delay=600)
+        await t.publish("orders", {"order_id": "o-2"})
+        await t.drain(timeout=5)
+        assert [order for order, _ in handled] == ["o-1", "o-2"]
+        assert handled[0][1] == pytest.approx(600, abs=1)
+        assert handled[1][1] == pytest.approx(3600, abs=1)
+        [sent] = t.published("reminders")
+        assert sent.value == {"order_id": "o-2"}

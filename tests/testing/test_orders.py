@@ -54,6 +54,9 @@ async def test_a_payment_marks_the_order_paid(svc: OrderService, tmp_path: Path)
         assert created.value["order_id"] == order_id and created.key == order_id
         [changed] = t.published("orders.status-changed")
         assert (changed.value["old"], changed.value["new"]) == ("CREATED", "PAID")
+        assert changed.key == order_id  # the payment's key, carried by ``publishes=``
+        [declared] = svc.ms.publications["orders.status-changed"]
+        assert declared.declared_by == "consumer 'payments'"
         assert t.dead_letters("payments", group="orders") == []
         assert t.handled("notifications") == 1
         assert [call.new for call in t.calls("notifications")] == ["PAID"]

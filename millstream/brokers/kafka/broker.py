@@ -16,7 +16,9 @@ retries and how a crash's redelivery counts an attempt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -38,7 +40,7 @@ from millstream.brokers.kafka.members import (
 )
 from millstream.brokers.kafka.subscription import KafkaSubscription
 from millstream.brokers.kafka.topics import ensure_topics, send
-from millstream.brokers.kafka.wire import dlq_topic, retry_topic, topic_records
+from millstream.brokers.kafka.wire import delay_topic, dlq_topic, retry_topic, topic_records
 from millstream.errors import BrokerError
 from millstream.message import OutgoingMessage
 
@@ -98,8 +100,30 @@ class KafkaBroker:
         await ensure_topics(self.connection, topics, partitions)
 
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Send ``messages``, returning once every one is acknowledged by all in-sync replicas."""
+        """Send ``messages``, returning once every one is acknowledged by all in-sync replicas.
+
+        Those with a ``deliver_at`` still ahead go to the topic's delay topic.
+        """
+        now = time.time()
+        for out in messages:
+            if out.deliver_at is not None and out.deliver_at > now:
+                await self._publish_delayed(topic, messages, now)
+                return
         await send(self.connection, topic, topic_records(messages))
+
+    async def _publish_delayed(
+        self, topic: str, messages: Sequence[OutgoingMessage], now: float
+    ) -> None:
+        later = [m for m in messages if m.deliver_at is not None and m.deliver_at > now]
+        at_once = [m for m in messages if m.deliver_at is None or m.deliver_at <= now]
+        connection = self.connection
+        await ensure_topics(connection, [topic])
+        delayed = delay_topic(topic)
+        await ensure_topics(connection, [delayed], connection.topics.get(topic, 1))
+        sends = [send(connection, delayed, topic_records(later))]
+        if at_once:
+            sends.append(send(connection, topic, topic_records(at_once)))
+        await asyncio.gather(*sends)
 
     async def subscribe(
         self, topic: str, group: str, *, prefetch: int, member: str | None = None
@@ -109,7 +133,8 @@ class KafkaBroker:
         connection.producer()
         await ensure_topics(connection, [topic])
         count = connection.topics.get(topic, 1)
-        await ensure_topics(connection, [retry_topic(topic, group), dlq_topic(topic)], count)
+        others = [retry_topic(topic, group), delay_topic(topic), dlq_topic(topic)]
+        await ensure_topics(connection, others, count)
         options = self.options
         if member is not None:
             await self._remove_predecessors(group, member)

@@ -10,7 +10,7 @@ member's own client, one round trip for all partitions.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import Any
 
 from aiokafka import errors as kafka_errors
@@ -94,15 +94,20 @@ class GroupOffsets:
 
 
 async def group_lag(
-    consumer: Any, commits: GroupOffsets, topic: str, retry_topic: str, owned: Container[Any]
+    consumer: Any,
+    commits: GroupOffsets,
+    topic: str,
+    waiting: Sequence[str],
+    owned: Container[Any],
 ) -> Lag | None:
     """The lag of ``commits``' group: per partition of ``topic``, its end offset minus the
-    group's commit; the total adds the backlog of ``retry_topic``. ``owned`` partitions
-    (a member's) also count their last fetch's high watermark."""
+    group's commit; the total adds the backlog of the ``waiting`` topics (retries, delayed
+    publishes). ``owned`` partitions (a member's) also count their last fetch's high
+    watermark."""
     cluster = consumer._client.cluster
     partitions = [
         TopicPartition(name, p)
-        for name in (topic, retry_topic)
+        for name in (topic, *waiting)
         for p in sorted(cluster.partitions_for_topic(name) or ())
     ]
     if not partitions:

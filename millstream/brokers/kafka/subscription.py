@@ -7,11 +7,13 @@ batch's retries and dead letters first, waits for them, then commits the
 highest contiguous done offset of every partition that advanced, in one
 commit. Nothing past an unsettled offset is ever committed.
 
-- **Delayed retries.** A retry record carries its due time (``ms-due``). When
-  the head of a retry partition is not due, the member seeks back to it and
-  pauses that partition until it is: the handler never sleeps, and other
-  partitions flow meanwhile. Records behind a later-due head wait for it (one
-  retry topic per group, not one per delay tier).
+- **Delayed retries and publishes.** A retry record carries its due time
+  (``ms-due``), as does a delayed publish, which waits in ``<topic>.delayed``
+  (read by every group). When the head of such a partition is not due, the
+  member seeks back to it and pauses that partition until it is: the handler
+  never sleeps, and other partitions flow meanwhile. Records behind a
+  later-due head wait for it (one retry topic per group and one delay topic
+  per topic, not one per delay tier).
 - **Rebalancing.** A revoked partition waits up to ``drain`` seconds (and at
   most most of the rebalance timeout) for its messages in flight to settle,
   then commits and is given up. Outcomes of messages whose partition was
@@ -51,6 +53,7 @@ from millstream.brokers.kafka.tracker import OffsetTracker
 from millstream.brokers.kafka.wire import (
     Record,
     dead_letter_record,
+    delay_topic,
     dlq_topic,
     due,
     messages,
@@ -104,8 +107,13 @@ class KafkaSubscription:
         self.topic = topic
         self.group = group
         self.retry_topic = retry_topic(topic, group)
+        self.delay_topic = delay_topic(topic)
         self.dlq_topic = dlq_topic(topic)
-        self._trackers = {topic: OffsetTracker(), self.retry_topic: OffsetTracker()}
+        self._trackers = {
+            topic: OffsetTracker(),
+            self.retry_topic: OffsetTracker(),
+            self.delay_topic: OffsetTracker(),
+        }
         self._owned: dict[TopicPartition, _Claim] = {}
         self._paused: dict[TopicPartition, float] = {}  # retry partition -> head due (epoch s)
         self._settled = asyncio.Event()
@@ -124,7 +132,7 @@ class KafkaSubscription:
     async def start(self) -> None:
         """Join the group; returns once this member has its first assignment."""
         consumer = self._consumer
-        consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
+        consumer.subscribe(list(self._trackers), listener=_Listener(self))
         options = self._connection.options
         # A join may take two rounds (the member id, then the join) and a sync.
         within = options.session_timeout + 2 * options.join_timeout
@@ -150,7 +158,7 @@ class KafkaSubscription:
     async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         """Up to ``max_messages`` of owned partitions, waiting up to ``timeout`` for the first.
 
-        ``fetch(0, 0)`` only resumes retry partitions whose head came due.
+        ``fetch(0, 0)`` only resumes retry and delay partitions whose head came due.
         """
         self._check()
         now = time.time()
@@ -179,7 +187,7 @@ class KafkaSubscription:
             claim = self._owned.get(tp)
             if claim is None:
                 continue
-            if tp.topic == self.retry_topic:
+            if tp.topic != topic:  # a retry or delay partition: each record has its time
                 records = self._due(tp, records)
             if not records:
                 continue
@@ -298,7 +306,11 @@ class KafkaSubscription:
         self._check()
         with translated(self._url):
             return await group_lag(
-                self._consumer, self._commits, self.topic, self.retry_topic, self._owned
+                self._consumer,
+                self._commits,
+                self.topic,
+                (self.retry_topic, self.delay_topic),
+                self._owned,
             )
 
     async def close(self) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "Record",
     "dead_letter",
     "dead_letter_record",
+    "delay_topic",
     "dlq_topic",
     "message",
     "messages",
@@ -83,6 +84,11 @@ def retry_topic(topic: str, group: str) -> str:
     return f"{topic}.retry.{group}"
 
 
+def delay_topic(topic: str) -> str:
+    """Where delayed publishes to ``topic`` wait, each with its due time; every group reads it."""
+    return f"{topic}.delayed"
+
+
 def dlq_topic(topic: str) -> str:
     """The dead letters of every group of ``topic`` (each letter names its group)."""
     return f"{topic}.dlq"
@@ -106,6 +112,8 @@ def _topic_headers(out: OutgoingMessage) -> Headers:
     headers: Headers = [(HEADER_ID, out.id.encode())]
     if out.headers:
         headers += [(name, value.encode()) for name, value in out.headers.items()]
+    if out.deliver_at is not None:
+        headers.append((HEADER_DUE, repr(out.deliver_at).encode()))
     return headers
 
 

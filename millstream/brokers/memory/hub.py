@@ -2,9 +2,11 @@
 
 A topic is an in-memory log with a cursor per group, so each group sees
 every message (a new group starts at the oldest message still retained) and
-members of a group share them. Fetched messages are leased to their member;
-a lease that expires, or a connection that is cut, puts them back with the
-attempt counted. One :class:`MemoryHub` is the broker; every
+members of a group share them. A delayed publish waits in the topic's
+schedule and joins the log when it is due, for every group at once.
+Fetched messages are leased to their member; a lease that expires, or a
+connection that is cut, puts them back with the attempt counted. One
+:class:`MemoryHub` is the broker; every
 :class:`~millstream.brokers.memory.broker.MemoryBroker` connected to it is a
 client, so tests can give two "processes" one hub.
 """
@@ -71,9 +73,9 @@ class Backlog:
     leased: int = 0
     """Fetched by a member and not yet settled."""
     delayed: int = 0
-    """Retries not yet due."""
+    """Retries, and delayed publishes, not yet due."""
     next_due: float | None = None
-    """When the first of the delayed retries is due, on the hub's clock."""
+    """When the first of the delayed ones is due, on the hub's clock."""
 
     @property
     def active(self) -> int:
@@ -87,12 +89,33 @@ class _Topic:
     base: int = 0
     groups: dict[str, _Group] = field(default_factory=dict)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    scheduled: list[tuple[float, int, OutgoingMessage]] = field(default_factory=list)
+    """Delayed publishes by due time on the hub's clock; they join ``log`` when due."""
+
+    def append(self, messages: Sequence[OutgoingMessage]) -> None:
+        offset = self.base + len(self.log)
+        self.log.extend(_Record(offset + i, out) for i, out in enumerate(messages))
+
+    def publish_due(self, now: float) -> None:
+        """Move the delayed publishes that came due into the log, in due order."""
+        scheduled = self.scheduled
+        if scheduled and scheduled[0][0] <= now:
+            due = []
+            while scheduled and scheduled[0][0] <= now:
+                due.append(heapq.heappop(scheduled)[2])
+            self.append(due)
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _next_due(topic: _Topic, group: _Group) -> float | None:
+    """When the group's first delayed retry or the topic's first delayed publish is due."""
+    dues = [heap[0][0] for heap in (group.delayed, topic.scheduled) if heap]
+    return min(dues, default=None)
 
 
 class MemoryHub:
@@ -157,9 +180,24 @@ class MemoryHub:
 
     def publish(self, topic_name: str, messages: Sequence[OutgoingMessage]) -> None:
         topic = self.topic(topic_name)
-        offset = topic.base + len(topic.log)
-        topic.log.extend(_Record(offset + i, out) for i, out in enumerate(messages))
+        if any(out.deliver_at is not None for out in messages):
+            messages = self._schedule(topic, messages)
+        topic.append(messages)
         topic.wake()
+
+    def _schedule(
+        self, topic: _Topic, messages: Sequence[OutgoingMessage]
+    ) -> list[OutgoingMessage]:
+        """Park the messages not yet due in the topic's schedule; returns the others."""
+        now, wall = self.clock(), time.time()
+        at_once = []
+        for out in messages:
+            left = 0.0 if out.deliver_at is None else out.deliver_at - wall
+            if left > 0:
+                heapq.heappush(topic.scheduled, (now + left, next(self._sequence), out))
+            else:
+                at_once.append(out)
+        return at_once
 
     def take(
         self, topic_name: str, group_name: str, owner: int, limit: int
@@ -173,6 +211,7 @@ class MemoryHub:
         if now >= group.next_lease_check and group.leases:
             expired = self._expire(topic_name, group_name, group, owner, now)
         self._extend(group, owner, now)
+        topic.publish_due(now)
         while group.delayed and group.delayed[0][0] <= now:
             group.ready.append(heapq.heappop(group.delayed)[2])
         taken: list[_Delivery] = []
@@ -206,8 +245,7 @@ class MemoryHub:
                     receipt=receipt,
                 )
             )
-        next_due = group.delayed[0][0] if group.delayed else None
-        return messages, next_due, expired
+        return messages, _next_due(topic, group), expired
 
     def settle(
         self,
@@ -257,8 +295,10 @@ class MemoryHub:
     def lag(self, topic_name: str, group_name: str) -> int:
         topic = self.topic(topic_name)
         group = self.group(topic_name, group_name)
+        topic.publish_due(self.clock())
         unread = topic.base + len(topic.log) - group.cursor
-        return unread + len(group.ready) + len(group.delayed) + len(group.leases)
+        waiting = len(group.delayed) + len(topic.scheduled)
+        return unread + len(group.ready) + waiting + len(group.leases)
 
     def backlog(self, topic_name: str, group_name: str) -> Backlog:
         """What ``group_name`` of ``topic_name`` has yet to settle; nothing for an unknown one."""
@@ -267,14 +307,15 @@ class MemoryHub:
         if topic is None or group is None:
             return Backlog()
         now = self.clock()
+        topic.publish_due(now)
         due = sum(1 for when, _, _ in group.delayed if when <= now)
         later = [when for when, _, _ in group.delayed if when > now]
         return Backlog(
             unread=topic.base + len(topic.log) - group.cursor,
             ready=len(group.ready) + due,
             leased=len(group.leases),
-            delayed=len(later),
-            next_due=min(later, default=None),
+            delayed=len(later) + len(topic.scheduled),
+            next_due=min(later + [when for when, _, _ in topic.scheduled[:1]], default=None),
         )
 
     def wake(self) -> None:

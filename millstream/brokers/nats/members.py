@@ -143,11 +143,16 @@ class Members:
         subject, then the original is acked. Then the record is emptied: nothing is left
         for a successor to take back."""
         if held:
-            names = self._names
-            copies = ((m.payload, private_headers(m, m.attempt - 1)) for m in held)
-            await self._jetstream.send(names.private, copies, names.stream)
-            await acknowledge(self._connection, [(m.receipt, ACK) for m in held], *self._mine)
+            await self.copy_back([(m, m.attempt - 1) for m in held])
         await self.write(())
+
+    async def copy_back(self, messages: Sequence[tuple[Message, int]]) -> None:
+        """Put each message back to the group as a private copy with ``before`` deliveries
+        counted (stored by the stream first), then ack the original."""
+        names = self._names
+        copies = ((m.payload, private_headers(m, before)) for m, before in messages)
+        await self._jetstream.send(names.private, copies, names.stream)
+        await acknowledge(self._connection, [(m.receipt, ACK) for m, _ in messages], *self._mine)
 
     async def _account(self, handed: Sequence[tuple[Message, int]], lost: LostDeliveries) -> int:
         """Count what ``handed`` took over (a redelivery not explained by a retry) and log it once.

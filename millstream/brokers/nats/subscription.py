@@ -54,7 +54,7 @@ from millstream.brokers.nats.connection import REQUEST_TIMEOUT, Connection, api_
 from millstream.brokers.nats.lost import consumer_sequence
 from millstream.brokers.nats.members import Members
 from millstream.brokers.nats.names import PRIVATE_PREFIX, Names
-from millstream.brokers.nats.wire import decode, decode_carefully
+from millstream.brokers.nats.wire import decode, decode_carefully, held_back
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import Message
 from millstream.urls import redact
@@ -196,7 +196,22 @@ class NatsSubscription:
                 ready.extendleft(reversed(batch))  # never handed out, as close will say
                 raise
             self._redelivered -= len(again)
+        for message in batch:
+            if message.deliver_at:
+                return await self._due(batch)
         return batch
+
+    async def _due(self, batch: list[Message]) -> list[Message]:
+        """``batch`` less the delayed publishes not to be handed out yet (``wire.held_back``)."""
+        due, naks, copies = held_back(batch, time.time())
+        if naks:
+            await self.settle((), naks, ())
+        if copies:
+            await self._members.copy_back(copies)
+            for message, _ in copies:
+                self._held.pop(message.receipt, None)
+            await self._record()
+        return due
 
     async def _record(self) -> None:
         self._unrecorded = False

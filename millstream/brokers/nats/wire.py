@@ -7,6 +7,13 @@ does not store the message twice), ``ms-published-at`` and, when set,
 ``ms-key``; the user's headers go as they are. Messages another tool
 publishes need none of these: the id is then ``<stream>:<sequence>``.
 
+A delayed publish carries ``ms-deliver-at`` (Unix seconds). JetStream 2.9
+cannot hold a published message back, so its first delivery is expected
+early, and a member ``nak``-s it for the time left: the delivery count of a
+message with ``ms-deliver-at`` has that first delivery taken off. A copy keeps
+``ms-deliver-at`` only while it is still ahead (and then counts one
+delivery more in ``ms-attempt``, for its own early first delivery).
+
 A group-private copy (a released or replayed message) carries ``ms-id``
 instead of ``Nats-Msg-Id`` (the duplicate window would drop it) and
 ``ms-attempt``: the deliveries it had before, which the delivery count of
@@ -30,7 +37,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from millstream.brokers.base import DeadLetter
-from millstream.message import Message, OutgoingMessage
+from millstream.message import HEADER_DELIVER_AT, Message, OutgoingMessage
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -40,6 +47,7 @@ __all__ = [
     "decode",
     "decode_carefully",
     "delivery",
+    "held_back",
     "letter_headers",
     "parse_headers",
     "private_headers",
@@ -52,6 +60,7 @@ ID = "ms-id"
 KEY = "ms-key"
 PUBLISHED_AT = "ms-published-at"
 ATTEMPT = "ms-attempt"
+DELIVER_AT = HEADER_DELIVER_AT
 ERROR = "ms-error"
 FAILED_AT = "ms-failed-at"
 _OURS = ("ms-", "Nats-", "nats-")
@@ -90,16 +99,47 @@ def topic_headers(out: OutgoingMessage) -> dict[str, str]:
     headers = {**out.headers, MSG_ID: out.id, PUBLISHED_AT: repr(out.published_at)}
     if out.key is not None:
         headers[KEY] = out.key
+    if out.deliver_at is not None:
+        headers[DELIVER_AT] = repr(out.deliver_at)
     return headers
 
 
 def private_headers(message: Message, before: int) -> dict[str, str]:
-    """The headers of a copy of ``message`` for one group, ``before`` deliveries counted."""
+    """The headers of a copy of ``message`` for one group, ``before`` deliveries counted
+    (one more if it is a delayed publish still ahead: its early first delivery is none)."""
     headers = {**message.headers, ID: message.id, PUBLISHED_AT: repr(message.published_at)}
     if message.key is not None:
         headers[KEY] = message.key
+    if message.deliver_at > time.time():
+        headers[DELIVER_AT] = repr(message.deliver_at)
+        before += 1
     headers[ATTEMPT] = str(before)
     return headers
+
+
+def held_back(
+    batch: list[Message], now: float
+) -> tuple[list[Message], list[tuple[Message, float]], list[tuple[Message, int]]]:
+    """Sort a batch by what to do with its delayed publishes: (hand out, ``nak`` with the
+    seconds left, copy back with the deliveries to count).
+
+    The expected early delivery of one (attempt 0) is ``nak``-ed for the time
+    it has left. Any other that does not fit the count, an early one delivered
+    again (its member stopped) or a first delivery that came only after its
+    time, goes back as a private copy whose count starts right.
+    """
+    due: list[Message] = []
+    naks: list[tuple[Message, float]] = []
+    copies: list[tuple[Message, int]] = []
+    for message in batch:
+        ahead = message.deliver_at > now
+        if not ahead and message.attempt >= 1:
+            due.append(message)
+        elif ahead and message.attempt == 0:
+            naks.append((message, message.deliver_at - now))
+        else:  # private_headers counts the early first delivery of one still ahead
+            copies.append((message, -1 if ahead else 0))
+    return due, naks, copies
 
 
 def letter_headers(message: Message, reason: str) -> dict[str, str]:
@@ -141,6 +181,9 @@ def decode(topic: str, stream: str, msg: Msg) -> Message:
     before = headers.get(ATTEMPT)
     if before:  # only group-private copies carry it: the check costs the others nothing
         delivered += _deliveries_before(before)
+    deliver_at = headers.get(DELIVER_AT)
+    if deliver_at:
+        delivered -= 1  # its first delivery came early and was held back
     return Message(
         id=message_id,
         topic=topic,
@@ -150,7 +193,15 @@ def decode(topic: str, stream: str, msg: Msg) -> Message:
         attempt=delivered,
         published_at=float(published) if published else stored_ns / 1e9,
         receipt=reply,
+        deliver_at=_seconds(deliver_at) if deliver_at else 0.0,
     )
+
+
+def _seconds(text: str) -> float:
+    at = float(text)
+    if not math.isfinite(at):
+        raise ValueError(f"{text!r} is not a finite number")
+    return at
 
 
 def _deliveries_before(text: str) -> int:
@@ -195,6 +246,13 @@ def decode_carefully(topic: str, stream: str, msg: Msg) -> Message | None:
             published_at = float(published)
         except ValueError:
             _ignored(topic, message_id, PUBLISHED_AT, published, "a Unix time in seconds")
+    deliver_at = 0.0
+    if due := headers.get(DELIVER_AT):
+        delivered -= 1
+        try:
+            deliver_at = _seconds(due)
+        except ValueError:
+            _ignored(topic, message_id, DELIVER_AT, due, "a Unix time in seconds")
     return Message(
         id=message_id,
         topic=topic,
@@ -204,6 +262,7 @@ def decode_carefully(topic: str, stream: str, msg: Msg) -> Message | None:
         attempt=delivered,
         published_at=published_at,
         receipt=msg.reply,
+        deliver_at=deliver_at,
     )
 
 

@@ -43,6 +43,7 @@ from millstream.brokers.rabbitmq.wire import (
 )
 from millstream.message import (
     HEADER_ATTEMPT,
+    HEADER_DELIVER_AT,
     HEADER_ERROR,
     HEADER_KEY,
     HEADER_PUBLISHED_AT,
@@ -102,7 +103,7 @@ def _message(topic: str, delivered: DeliveredMessage, receipt: object) -> Messag
     props = delivered.header.properties
     raw = props.headers
     theirs: dict[str, str] | None = None
-    key, before, published_at = None, 0, None
+    key, before, published_at, deliver_at = None, 0, None, 0.0
     if raw:
         for name, value in raw.items():
             if type(value) is str and name not in _NOT_THEIRS:
@@ -115,6 +116,8 @@ def _message(topic: str, delivered: DeliveredMessage, receipt: object) -> Messag
                 key = value
             elif name == HEADER_ATTEMPT and type(value) is int and value >= 0:
                 before = value
+            elif name == HEADER_DELIVER_AT and type(value) is int and value >= 0:
+                deliver_at = value / 1000
             elif name not in _PASSIVE:
                 raise _Unusual
     return Message(
@@ -128,6 +131,7 @@ def _message(topic: str, delivered: DeliveredMessage, receipt: object) -> Messag
         None,
         None,
         receipt,
+        deliver_at,
     )
 
 
@@ -146,6 +150,7 @@ def _careful(
             _shown(said),
         )
     published = _number(where, HEADER_PUBLISHED_AT, raw.get(HEADER_PUBLISHED_AT), "epoch ms")
+    deliver_at = _number(where, HEADER_DELIVER_AT, raw.get(HEADER_DELIVER_AT), "epoch ms")
     theirs = {
         name: _header(where, name, value) for name, value in raw.items() if name not in _NOT_THEIRS
     }
@@ -160,6 +165,7 @@ def _careful(
         None,
         None,
         receipt,
+        0.0 if deliver_at is None else deliver_at / 1000,
     )
 
 

@@ -13,17 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from millstream.brokers.base import Lag
+from millstream.brokers.base import Lag, due_only
 from millstream.brokers.rabbitmq.connection import Publication, RabbitMqConnection, translated
 from millstream.brokers.rabbitmq.reading import counted, messages, returns_of
 from millstream.brokers.rabbitmq.topology import declare_retry
-from millstream.brokers.rabbitmq.wire import Names, copy, dead_copy, retry_step, tag_of
+from millstream.brokers.rabbitmq.wire import (
+    Names,
+    copy,
+    dead_copy,
+    hold_step,
+    retry_step,
+    tag_of,
+)
 from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import HEADER_ATTEMPT, Message, new_message_id
 from millstream.urls import redact
@@ -86,7 +94,8 @@ class RabbitMqSubscription:
         """Up to ``max_messages`` deliveries, waiting up to ``timeout`` for the first.
 
         The first fetch starts the consumer. ``fetch(0, 0)`` only checks the
-        channel (RabbitMQ holds unacked deliveries without a lease).
+        channel (RabbitMQ holds unacked deliveries without a lease). A delayed
+        publish delivered before its time goes to the retry queues until it is due.
         """
         self._check()
         if max_messages <= 0:
@@ -112,7 +121,8 @@ class RabbitMqSubscription:
         given_back = returns.correct(out, self._returns_of) if returns else 0
         if returned and (count := len(returned) - given_back) > 0:
             self._took_over(count)
-        return out
+        # A delayed publish that came before its time waits in a retry queue.
+        return await due_only(self, out)
 
     def _returns_of(self, handed: Message) -> int:
         return returns_of(self._held[handed.receipt[1]], self._quorum)
@@ -188,9 +198,11 @@ class RabbitMqSubscription:
         tags = [tag for m in acks if (tag := self._tag(m)) is not None and tag in held]
         if requeues or deads:
             copies: list[Publication] = []
+            now = time.time()
             for m, delay in requeues:
                 if (tag := self._tag(m)) is not None and (delivered := held.get(tag)):
-                    copies.append(await self._retry_copy(delivered, m.attempt, delay))
+                    step = hold_step(delay) if m.deliver_at > now else retry_step(delay)
+                    copies.append(await self._retry_copy(delivered, m.attempt, step))
                     tags.append(tag)
             dlq = self._names.dlq
             for m, reason in deads:
@@ -207,10 +219,9 @@ class RabbitMqSubscription:
                 self._returns.settled(m.id for m, _ in deads)
 
     async def _retry_copy(
-        self, delivered: DeliveredMessage, attempt: int, delay: float
+        self, delivered: DeliveredMessage, attempt: int, step: int
     ) -> Publication:
         names = self._names
-        step = retry_step(delay)
         props = copy(delivered, **{HEADER_ATTEMPT: attempt})
         if not step:
             return ("", names.queue, delivered.body, props)

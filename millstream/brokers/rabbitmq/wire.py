@@ -14,8 +14,11 @@ Names of topic ``T`` and group ``G`` (``Q`` = ``T.G``):
 
 A message is the body plus AMQP properties: ``message_id`` is the millstream
 id, the headers hold the user's headers and ``ms-key``,
-``ms-published-at`` (ms since the epoch) and, on a republished copy,
-``ms-attempt`` (deliveries before that copy). A delivery's attempt is
+``ms-published-at`` (ms since the epoch), on a delayed publish
+``ms-deliver-at`` (ms since the epoch: a member that gets it earlier parks
+it in the retry queue of the longest step not longer than the time left,
+again until it is due) and, on a republished copy, ``ms-attempt``
+(deliveries before that copy). A delivery's attempt is
 ``ms-attempt`` plus the queue's own count of returns (``x-delivery-count`` on
 quorum queues, the ``redelivered`` flag on classic ones) plus one. Reading
 a delivery is :mod:`millstream.brokers.rabbitmq.reading`.
@@ -34,6 +37,7 @@ from pamqp.commands import Basic
 from millstream.brokers.rabbitmq.frames import UNREADABLE
 from millstream.message import (
     HEADER_ATTEMPT,
+    HEADER_DELIVER_AT,
     HEADER_ERROR,
     HEADER_KEY,
     HEADER_PUBLISHED_AT,
@@ -51,6 +55,7 @@ __all__ = [
     "copy",
     "dead_copy",
     "encode",
+    "hold_step",
     "retry_step",
     "tag_of",
 ]
@@ -91,6 +96,7 @@ OWN_HEADERS = frozenset(
         HEADER_KEY,
         HEADER_PUBLISHED_AT,
         HEADER_ATTEMPT,
+        HEADER_DELIVER_AT,
         HEADER_ERROR,
         HEADER_LETTER_ID,
         HEADER_FAILED_AT,
@@ -142,12 +148,23 @@ def retry_step(delay: float) -> int:
     return RETRY_STEPS_MS[-1]
 
 
+def hold_step(left: float) -> int:
+    """The retry queue step that holds back a delayed publish with ``left`` seconds to go:
+    the longest not longer (it comes back early and is held again for the rest), or
+    the shortest."""
+    wanted = left * 1000
+    fitting = [step for step in RETRY_STEPS_MS if step <= wanted]
+    return fitting[-1] if fitting else RETRY_STEPS_MS[0]
+
+
 def encode(out: OutgoingMessage) -> tuple[bytes, Basic.Properties]:
     """Body and properties of a message as millstream publishes it."""
     headers: dict[str, Any] = dict(out.headers)
     if out.key is not None:
         headers[HEADER_KEY] = out.key
     headers[HEADER_PUBLISHED_AT] = int(out.published_at * 1000)
+    if out.deliver_at is not None:
+        headers[HEADER_DELIVER_AT] = int(out.deliver_at * 1000)
     return out.payload, Basic.Properties(
         message_id=out.id, delivery_mode=_PERSISTENT, headers=headers
     )

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from millstream.brokers.base import Lag
+from millstream.brokers.base import Lag, due_only
 from millstream.brokers.redis import scripts
 from millstream.brokers.redis.connection import (
     Arg,
@@ -121,8 +121,13 @@ class RedisSubscription:
         takes nothing and only keeps what this member holds alive. A fetch
         that fails or is cancelled loses nothing: what Redis delivered that
         never reached this member is taken over after the lease (or released
-        by ``close``).
+        by ``close``). A delayed publish read before its time joins the
+        group's delayed retries for the time it has left.
         """
+        taken = await self._fetch(max_messages, timeout)
+        return await due_only(self, taken) if taken else taken
+
+    async def _fetch(self, max_messages: int, timeout: float) -> list[Message]:
         self._check()
         if self._silence is not None:
             raise BrokerUnavailable(f"{self._silence}; subscribe again")

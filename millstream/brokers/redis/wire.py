@@ -8,7 +8,9 @@ Keys of topic ``T`` and group ``G``::
     T:dlq:G          G's dead letters: a stream
 
 A message is one entry with the fields ``id``, ``published_at``, ``payload``
-and, when set, ``key`` and ``headers`` (a JSON object). Entries of the retry
+and, when set, ``key``, ``headers`` (a JSON object) and ``deliver_at`` (a
+delayed publish: Unix time before which no member hands it out; a member
+that reads it earlier parks it among its group's delayed retries). Entries of the retry
 stream also carry ``attempts``: the deliveries the message had before this
 entry, so a delivery's attempt is ``attempts`` plus Redis's own delivery
 count. Entries written by other tools (no ``id``) are read too: the entry id
@@ -86,6 +88,8 @@ def encode(out: OutgoingMessage) -> list[bytes | str]:
         fields += (b"key", out.key)
     if out.headers:
         fields += (b"headers", orjson.dumps(out.headers))
+    if out.deliver_at is not None:
+        fields += (b"deliver_at", repr(out.deliver_at))
     return fields
 
 
@@ -107,7 +111,7 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
             size = len(flat)
             if (
                 size < 6
-                or size > 10
+                or size > 12
                 or flat[0] != b"id"
                 or flat[2] != b"published_at"
                 or flat[4] != b"payload"
@@ -115,6 +119,7 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
                 append(_by_name(topic, source, entry_id, flat))
                 continue
             key = headers = None
+            at_time = 0.0
             for at in range(6, size, 2):
                 name = flat[at]
                 if name == b"key":
@@ -124,6 +129,8 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
                     for value in headers.values():  # AttributeError: not an object
                         if type(value) is not str:
                             raise TypeError(value)
+                elif name == b"deliver_at":
+                    at_time = float(flat[at + 1])
                 else:
                     break
             else:
@@ -139,6 +146,7 @@ def messages(topic: str, source: int, entries: list[list[Any]]) -> list[Message]
                         None,
                         None,
                         (source, entry_id),
+                        at_time,
                     )
                 )
                 continue
@@ -168,6 +176,7 @@ def message(
     headers = fields.get(b"headers")
     published = fields.get(b"published_at")
     attempts = fields.get(b"attempts")
+    deliver_at = fields.get(b"deliver_at")
     try:
         return Message(
             id=msg_id.decode() if msg_id is not None else entry_id.decode(),
@@ -178,6 +187,7 @@ def message(
             attempt=(int(attempts) if attempts else 0) + deliveries,
             published_at=float(published) if published else _entry_time(entry_id),
             receipt=(source, entry_id),
+            deliver_at=float(deliver_at) if deliver_at else 0.0,
         )
     except Exception:
         return _careful(topic, source, entry_id, fields, deliveries)
@@ -210,6 +220,7 @@ def _careful(
         attempt=_number(b"attempts", attempts, int, 0, problems) + deliveries,
         published_at=_number(b"published_at", published, float, _entry_time(entry_id), problems),
         receipt=(source, entry_id),
+        deliver_at=_number(b"deliver_at", fields.get(b"deliver_at"), float, 0.0, problems),
     )
     if problems:
         log.warning(
@@ -243,6 +254,11 @@ def _number(
     except ValueError:
         if name == b"attempts":
             problems.append(f"attempts={_shown(raw)} is not a whole number; counted as 0")
+        elif name == b"deliver_at":
+            problems.append(
+                f"deliver_at={_shown(raw)} is not a number of seconds since the epoch; "
+                "delivered at once"
+            )
         else:
             problems.append(
                 f"{name.decode()}={_shown(raw)} is not a number of seconds since the epoch; "

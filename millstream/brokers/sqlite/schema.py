@@ -7,11 +7,12 @@ operation of the broker and at most one write transaction.
 Four tables::
 
     messages    seq (publish order) | topic | id | key | payload | headers (orjson) | published_at
+                | deliver_at (a delayed publish: its deliveries wait until then; 0 for none)
     groups      gid | topic | name | live (its deliveries that are not dead)
     members     owner | gid | name: the latest owner id of each named member of a group
     deliveries  one row per message per group, keyed (gid, seq):
                 state       'ready'    may be fetched now
-                            'waiting'  a retry, fetchable from visible_at
+                            'waiting'  a retry or a delayed publish, fetchable from visible_at
                             'leased'   held by a member until visible_at
                             'dead'     in the dead-letter queue
                 visible_at  see state; meaningless for 'ready' and 'dead'
@@ -61,7 +62,7 @@ __all__ = [
     "transaction",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = (
     # AUTOINCREMENT so a seq is never reused after its row is deleted: receipts
@@ -73,7 +74,8 @@ _SCHEMA = (
         key TEXT,
         payload BLOB NOT NULL,
         headers BLOB,
-        published_at REAL NOT NULL)""",
+        published_at REAL NOT NULL,
+        deliver_at REAL NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS groups (
         gid INTEGER PRIMARY KEY,
         topic TEXT NOT NULL,
@@ -139,11 +141,16 @@ _FORGET = """DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?))
 LIVE = "UPDATE groups SET live = live + ? WHERE gid = ?"
 _LIVE_TOPIC = "UPDATE groups SET live = live + ? WHERE topic = ?"
 
-_INSERT = """INSERT INTO messages (topic, id, key, payload, headers, published_at)
-    VALUES (?, ?, ?, ?, ?, ?)"""
-_FAN_OUT = """INSERT INTO deliveries (gid, seq, key)
-    SELECT g.gid, m.seq, m.key FROM messages AS m, groups AS g
-    WHERE m.seq > ? AND g.topic = ?"""
+_INSERT = """INSERT INTO messages (topic, id, key, payload, headers, published_at, deliver_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+# A delayed publish's deliveries wait as a retry does, until its deliver_at.
+_DELIVERY = """m.seq, m.key, CASE WHEN m.deliver_at > :now THEN 'waiting' ELSE 'ready' END,
+    m.deliver_at"""
+_FAN_OUT = f"""INSERT INTO deliveries (gid, seq, key, state, visible_at)
+    SELECT g.gid, {_DELIVERY} FROM messages AS m, groups AS g
+    WHERE m.seq > :after AND g.topic = :topic"""
+_INHERIT = f"""INSERT INTO deliveries (gid, seq, key, state, visible_at)
+    SELECT :gid, {_DELIVERY} FROM messages AS m WHERE m.topic = :topic"""
 
 
 def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -169,6 +176,8 @@ def open_database(path: str, synchronous: str, busy_timeout: float) -> sqlite3.C
                 _migrate_from_1(conn, time.time())
             if version in (1, 2):
                 conn.execute("ALTER TABLE deliveries ADD COLUMN taken_from TEXT")
+            if version in (1, 2, 3):
+                conn.execute("ALTER TABLE messages ADD COLUMN deliver_at REAL NOT NULL DEFAULT 0")
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -222,13 +231,14 @@ def publish(conn: sqlite3.Connection, topic: str, messages: Sequence[OutgoingMes
             m.payload,
             orjson.dumps(m.headers) if m.headers else None,
             m.published_at,
+            m.deliver_at or 0.0,
         )
         for m in messages
     ]
     with transaction(conn):
         before = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0]
         conn.executemany(_INSERT, rows)
-        conn.execute(_FAN_OUT, (before, topic))
+        conn.execute(_FAN_OUT, {"after": before, "topic": topic, "now": time.time()})
         conn.execute(_LIVE_TOPIC, (len(rows), topic))
 
 
@@ -252,10 +262,7 @@ def group_id(conn: sqlite3.Connection, topic: str, group: str) -> int:
         return gid
     cursor = conn.execute("INSERT INTO groups (topic, name) VALUES (?, ?)", (topic, group))
     gid = int(cursor.lastrowid or 0)
-    inherited = conn.execute(
-        "INSERT INTO deliveries (gid, seq, key) SELECT ?, seq, key FROM messages WHERE topic = ?",
-        (gid, topic),
-    ).rowcount
+    inherited = conn.execute(_INHERIT, {"gid": gid, "topic": topic, "now": time.time()}).rowcount
     conn.execute(LIVE, (inherited, gid))
     return gid
 
