@@ -53,6 +53,11 @@ def starts(log: Path) -> set[int]:
     return {n for n, _ in _lines(log, "start")}
 
 
+def running(log: Path) -> set[int]:
+    """The numbers whose handler started and has not finished."""
+    return starts(log) - {n for n, _ in ends(log)}
+
+
 def ready(logs: list[Path]) -> bool:
     return all(log.exists() and "ready" in log.read_text() for log in logs)
 
