@@ -84,6 +84,7 @@ def banner(console: Console, base: str, token: str) -> None:
         ("API docs", "/docs"),
         ("orders API (POST an order, GET /api/v1/orders/{id})", "/api/v1/orders"),
         ("readiness", "/health/ready"),
+        ("consumers health", "/health/consumers"),
         ("health details", "/actuator/health"),
         ("metrics", "/metrics"),
         ("consumers (admin)", "/admin/consumers"),

@@ -57,7 +57,12 @@ class Settings(BaseSettings):
     reconnect_backoff: float = Field(0.2, gt=0, description="first reconnect delay, seconds")
     reconnect_max_backoff: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
     health_max_lag: int | None = Field(
-        None, ge=0, description="readiness turns DOWN when a consumer's lag exceeds this"
+        None, ge=0, description="a consumer is DOWN in /health/consumers when its lag exceeds this"
+    )
+    health_ready_consumers: bool = Field(
+        False,
+        description="/health/ready also requires the broker and every consumer (by default "
+        "it means: send me HTTP traffic, which the outbox serves with the broker down)",
     )
     jwt_secret: SecretStr | None = Field(
         None, description="HS256 secret verifying bearer tokens (or set jwt_public_key)"

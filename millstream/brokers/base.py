@@ -163,6 +163,14 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """One round trip that says the broker answers now, connecting first if need be.
+
+        Raises ``BrokerUnavailable`` (or ``AuthenticationError``) when it does
+        not: health sees the broker through this even with no consumer.
+        """
+        ...
+
     async def publish(self, topic: str, messages: Sequence[OutgoingMessage]) -> None: ...
 
     async def subscribe(

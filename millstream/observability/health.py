@@ -1,8 +1,20 @@
-"""The health model: what ``/health/ready`` and ``/actuator/health`` answer.
+"""The health model: what ``/health/ready``, ``/health/consumers`` and ``/actuator/health`` answer.
 
 Pure functions of the service's state, so the rules are testable without
 HTTP. Statuses are the ones operators know from Spring Boot's actuator:
 ``UP``, ``DOWN`` and ``OUT_OF_SERVICE``.
+
+Three readings, for three questions:
+
+- **readiness** ("send me HTTP traffic"): started, not shutting down, the
+  store answers. A broker outage does not take every instance out of
+  traffic at once: writes through the outbox succeed with the broker down.
+  ``health_ready_consumers`` adds the consumers' reading, for deployments
+  that want it.
+- **consumers**: the broker answers a ping and every consumer is running
+  (paused counts as running: it is on purpose), its lag under
+  ``health_max_lag`` when set. For worker deployments and startup probes.
+- **status** (``/actuator/health``): everything together, with details.
 """
 
 from __future__ import annotations
@@ -12,11 +24,21 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from millstream.brokers.base import Lag
+from millstream.brokers.base import Broker, Lag
+from millstream.errors import text_of
 from millstream.runtime.consumer import ConsumerRuntime, ConsumerState
 from millstream.store.base import Store
 
-__all__ = ["ConsumerReport", "Health", "StoreReport", "check_store", "collect", "consumer_status"]
+__all__ = [
+    "BrokerReport",
+    "ConsumerReport",
+    "Health",
+    "StoreReport",
+    "check_broker",
+    "check_store",
+    "collect",
+    "consumer_status",
+]
 
 UP, DOWN, OUT_OF_SERVICE = "UP", "DOWN", "OUT_OF_SERVICE"
 
@@ -61,6 +83,26 @@ async def collect(consumers: list[ConsumerRuntime], timeout: float = 1.0) -> lis
 
 
 @dataclass(frozen=True)
+class BrokerReport:
+    """The broker at one moment: whether it answered a ping, and if not, why."""
+
+    status: str
+    error: str | None = None
+
+
+async def check_broker(broker: Broker, timeout: float = 1.0) -> BrokerReport:
+    """Whether ``broker`` answers a ping within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            await broker.ping()
+    except TimeoutError:
+        return BrokerReport(DOWN, f"no answer within {timeout}s")
+    except Exception as exc:
+        return BrokerReport(DOWN, text_of(exc))
+    return BrokerReport(UP)
+
+
+@dataclass(frozen=True)
 class StoreReport:
     """The state store at one moment: answering or not, and its outbox backlog."""
 
@@ -84,7 +126,7 @@ async def check_store(store: Store, url: str, timeout: float = 1.0) -> StoreRepo
 
 @dataclass(frozen=True)
 class Health:
-    """The whole service: broker, consumers, and whether it is shutting down."""
+    """The whole service: broker, consumers, store, and whether it is shutting down."""
 
     broker_url: str
     started: bool
@@ -92,36 +134,56 @@ class Health:
     reports: list[ConsumerReport]
     max_lag: int | None = None
     store: StoreReport | None = None
+    broker: BrokerReport | None = None
+    """The broker's ping; without one, the consumers' states say whether it is reachable."""
+    consumers_in_readiness: bool = False
 
     @property
-    def ready(self) -> bool:
-        return self.status == UP
+    def readiness(self) -> str:
+        """Whether to send this instance HTTP traffic (``/health/ready``)."""
+        if self.draining or not self.started:
+            return OUT_OF_SERVICE
+        statuses = {self.store.status} if self.store is not None else set()
+        if self.consumers_in_readiness:
+            statuses.add(self.consumers)
+        return UP if statuses <= {UP} else DOWN
+
+    @property
+    def consumers(self) -> str:
+        """The broker answers and every consumer runs (``/health/consumers``)."""
+        if self.draining or not self.started:
+            return OUT_OF_SERVICE
+        statuses = {self.broker_status(), *self.consumer_statuses().values()}
+        return UP if statuses <= {UP} else DOWN
 
     @property
     def status(self) -> str:
+        """Everything together (``/actuator/health``)."""
         if self.draining or not self.started:
             return OUT_OF_SERVICE
-        statuses = {self.broker_status(), *self._consumer_statuses().values()}
+        statuses = {self.consumers}
         if self.store is not None:
             statuses.add(self.store.status)
         return UP if statuses <= {UP} else DOWN
 
     def broker_status(self) -> str:
-        """DOWN when no consumer can reach the broker; UP otherwise."""
+        """The ping's answer; without a ping, DOWN when no consumer can reach the broker."""
         if not self.started:
             return OUT_OF_SERVICE
+        if self.broker is not None:
+            return self.broker.status
         states = [r.consumer.state for r in self.reports]
         lost = (ConsumerState.RECONNECTING, ConsumerState.FAILED, ConsumerState.STARTING)
         if states and all(state in lost for state in states):
             return DOWN
         return UP
 
-    def _consumer_statuses(self) -> dict[str, str]:
+    def consumer_statuses(self) -> dict[str, str]:
         return {r.consumer.name: consumer_status(r, self.max_lag) for r in self.reports}
 
     def document(self) -> dict[str, Any]:
         """The ``/actuator/health`` body."""
-        statuses = self._consumer_statuses()
+        statuses = self.consumer_statuses()
         consumers: dict[str, Any] = {}
         for report in self.reports:
             consumer = report.consumer
@@ -141,8 +203,11 @@ class Health:
                 details["error"] = consumer.stats.last_error
             consumers[consumer.name] = {"status": statuses[consumer.name], "details": details}
         aggregate = UP if set(statuses.values()) <= {UP} else DOWN
+        broker: dict[str, Any] = {"url": self.broker_url}
+        if self.broker is not None and self.broker.error is not None:
+            broker["error"] = self.broker.error
         components: dict[str, Any] = {
-            "broker": {"status": self.broker_status(), "details": {"url": self.broker_url}},
+            "broker": {"status": self.broker_status(), "details": broker},
             "consumers": {"status": aggregate, "components": consumers},
         }
         if self.store is not None:

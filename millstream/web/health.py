@@ -1,4 +1,7 @@
-"""``/health/live``, ``/health/ready``, ``/actuator/health`` and ``/metrics``."""
+"""``/health/live``, ``/health/ready``, ``/health/consumers``, ``/actuator/health``, ``/metrics``.
+
+The rules are in :mod:`millstream.observability.health`.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +25,26 @@ def health_router(service: Service) -> APIRouter:
 
     @router.get(
         "/health/ready",
-        summary="Broker reachable and every consumer running",
+        summary="Started, the store answers, not shutting down: send HTTP traffic",
         responses={503: {"description": "Not ready, or shutting down"}},
     )
     async def ready() -> JSONResponse:
         health = await service.health()
-        body = {"status": health.status}
-        return JSONResponse(body, status_code=200 if health.ready else 503)
+        return _answer({"status": health.readiness})
+
+    @router.get(
+        "/health/consumers",
+        summary="The broker answers and every consumer runs",
+        responses={503: {"description": "The broker or a consumer is down, or shutting down"}},
+    )
+    async def consumers() -> JSONResponse:
+        health = await service.health()
+        body = {
+            "status": health.consumers,
+            "broker": health.broker_status(),
+            "consumers": health.consumer_statuses(),
+        }
+        return _answer(body)
 
     @router.get(
         "/actuator/health",
@@ -37,7 +53,7 @@ def health_router(service: Service) -> APIRouter:
     )
     async def actuator() -> JSONResponse:
         health = await service.health()
-        return JSONResponse(health.document(), status_code=200 if health.ready else 503)
+        return _answer(health.document())
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
@@ -45,3 +61,8 @@ def health_router(service: Service) -> APIRouter:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def _answer(body: dict[str, Any]) -> JSONResponse:
+    """``body`` with 200 when its status is UP, else 503."""
+    return JSONResponse(body, status_code=200 if body["status"] == "UP" else 503)

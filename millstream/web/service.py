@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from millstream.app import App
-from millstream.observability.health import Health, check_store, collect
+from millstream.observability.health import Health, check_broker, check_store, collect
 from millstream.observability.metrics import Metrics
 from millstream.settings import Settings
 from millstream.urls import redact
@@ -66,19 +66,23 @@ class Service:
 
     async def health(self) -> Health:
         # Only while started: a stopped app's store is closed, and a query would reopen it.
-        store = self.ms.opened_store if self.ms.started else None
-        reports, store_report = await asyncio.gather(
+        started = self.ms.started
+        store = self.ms.opened_store if started else None
+        reports, store_report, broker_report = await asyncio.gather(
             collect(list(self.ms.consumers.values())),
             check_store(store, redact(store.url)) if store is not None else _none(),
+            check_broker(self.ms.broker) if started else _none(),
         )
         self.metrics.remember(reports, store_report)
         return Health(
             broker_url=redact(self.ms.broker.url),
-            started=self.ms.started,
+            started=started,
             draining=self.draining,
             reports=reports,
             max_lag=self.settings.health_max_lag,
             store=store_report,
+            broker=broker_report,
+            consumers_in_readiness=self.settings.health_ready_consumers,
         )
 
     def loop_lag_ms(self) -> float:

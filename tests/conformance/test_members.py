@@ -17,6 +17,7 @@ where nothing answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -144,6 +145,35 @@ async def test_an_unreachable_server_is_unavailable_not_a_crash(brokers: BrokerF
             broker = connect(nowhere.url)
             with pytest.raises(BrokerUnavailable) as caught:
                 await broker.connect()
+            # What health asks: the same answer, whether connected before or not.
+            with pytest.raises(BrokerUnavailable) as pinged:
+                await broker.ping()
             await broker.close()
-            said = str(caught.value)
-            assert nowhere.shown in said and ":pw@" not in said, said
+            for said in (str(caught.value), str(pinged.value)):
+                assert nowhere.shown in said and ":pw@" not in said, said
+
+
+async def test_a_ping_answers_on_a_connected_broker_and_fails_once_it_is_cut(
+    brokers: BrokerFactory,
+) -> None:
+    """``ping`` is one round trip: it answers while the broker does, not while the
+    connection is silently cut, and again once it is healed (reconnecting if need be)."""
+    broker = brokers.open()
+    await broker.ping()  # connects first
+    await broker.ping()
+    if brokers.blackhole is None or brokers.heal is None:
+        return
+    brokers.blackhole(broker)
+    with pytest.raises((BrokerUnavailable, TimeoutError)):  # health gives it one second
+        async with asyncio.timeout(2):
+            await broker.ping()
+    brokers.heal(broker)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with asyncio.timeout(2):
+                await broker.ping()
+            break
+        except (BrokerUnavailable, TimeoutError):
+            assert time.monotonic() < deadline, "ping never answered again after healing"
+            await asyncio.sleep(0.2)

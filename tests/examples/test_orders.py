@@ -24,7 +24,7 @@ from examples.orders import build
 from examples.orders.service import OrderService
 from millstream import Message, OutgoingMessage
 from millstream.demo import dev_token
-from tests.brokers.redis_server import free_port
+from tests.brokers.redis_server import RedisServer, free_port
 from tests.conftest import require_service
 from tests.support import until
 from tests.web import serving
@@ -294,3 +294,39 @@ async def _ready(http: httpx.AsyncClient) -> bool:
         return (await http.get("/health/ready")).status_code == 200
     except httpx.TransportError:
         return False
+
+
+async def test_a_broker_outage_keeps_the_api_ready_and_the_event_arrives_after_it(
+    tmp_path: Path,
+) -> None:
+    """The order service on a private Redis that is stopped under it: readiness stays 200
+    (the API keeps taking orders through the outbox), ``/health/consumers`` turns 503,
+    an order posted meanwhile answers 201, and its event is delivered once Redis is back."""
+    with RedisServer(tmp_path / "redis") as server:
+        svc = service(server.url, f"sqlite:///{tmp_path}/state.db", reconnect_max_backoff=0.5)
+        created: list[str | None] = []
+
+        @svc.ms.consumer("orders.created", group="test-observer")
+        async def observe(event: bytes, msg: Message) -> None:
+            created.append(msg.key)
+
+        async with serving(svc.app) as http:
+            await until(lambda: svc.ms.consumers["observe"].state.value == "RUNNING")
+            assert (await http.get("/health/consumers")).status_code == 200
+
+            server.stop(kill=True)
+
+            async def consumers_health() -> int:
+                return (await http.get("/health/consumers")).status_code
+
+            await eventually(consumers_health, 503)
+            assert (await http.get("/health/ready")).status_code == 200
+            reply = await http.post("/api/v1/orders", json=ORDER, headers=AUTH)
+            assert reply.status_code == 201, reply.text
+            order_id = reply.json()["id"]
+            assert (await http.get("/health/ready")).status_code == 200
+            assert created == []
+
+            server.start()
+            await eventually(consumers_health, 200, within=30)
+            await until(lambda: created == [order_id], within=30)

@@ -106,7 +106,7 @@ async def serving(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
 
 
 class GatedBroker(MemoryBroker):
-    """A memory broker that refuses subscriptions while ``reachable`` is false."""
+    """A memory broker that refuses subscriptions and pings while ``reachable`` is false."""
 
     def __init__(self, hub: MemoryHub | None = None, error: Exception | None = None) -> None:
         super().__init__(hub or MemoryHub())
@@ -119,3 +119,8 @@ class GatedBroker(MemoryBroker):
         if not self.reachable:
             raise self.error
         return await super().subscribe(topic, group, prefetch=prefetch, member=member)
+
+    async def ping(self) -> None:
+        if not self.reachable:
+            raise self.error
+        await super().ping()

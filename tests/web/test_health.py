@@ -1,9 +1,12 @@
-"""``/health/live``, ``/health/ready`` and ``/actuator/health``: what probes and operators see."""
+"""``/health/live``, ``/health/ready``, ``/health/consumers`` and ``/actuator/health``: what
+probes and operators see."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
 
 from millstream import Millstream
 from millstream.brokers.memory.broker import MemoryHub
@@ -29,9 +32,20 @@ async def test_live_answers_and_reports_event_loop_lag() -> None:
         assert blocked.json()["eventLoopLagMs"] >= 250
 
 
-async def test_ready_is_503_until_the_broker_answers_and_every_consumer_runs() -> None:
+@pytest.mark.parametrize("consumers_in_readiness", [False, True])
+async def test_a_broker_outage_shows_in_consumers_health_and_in_readiness_only_if_asked(
+    consumers_in_readiness: bool,
+) -> None:
+    """Readiness means "send me HTTP traffic": by default a broker outage leaves it UP
+    (the outbox takes writes meanwhile) and turns ``/health/consumers`` DOWN;
+    ``health_ready_consumers`` puts the consumers into readiness."""
     broker = GatedBroker()
-    ms = Millstream(broker=broker, poll_timeout=0.05, reconnect_backoff=0.02)
+    ms = Millstream(
+        broker=broker,
+        poll_timeout=0.05,
+        reconnect_backoff=0.02,
+        health_ready_consumers=consumers_in_readiness,
+    )
 
     @ms.consumer("payments")
     async def on_payment(event: dict[str, int]) -> None: ...
@@ -42,26 +56,54 @@ async def test_ready_is_503_until_the_broker_answers_and_every_consumer_runs() -
     app = ms.fastapi()
     lifespan = Lifespan(app)
     async with client(app) as http:
-        before = await http.get("/health/ready")
-        assert before.status_code == 503
-        assert before.json() == {"status": "OUT_OF_SERVICE"}
+        for path in ("/health/ready", "/health/consumers"):
+            before = await http.get(path)
+            assert (before.status_code, before.json()["status"]) == (503, "OUT_OF_SERVICE")
 
         await lifespan.startup()
-        unreachable = await http.get("/health/ready")
-        assert unreachable.status_code == 503
-        assert unreachable.json() == {"status": "DOWN"}
-        actuator = (await http.get("/actuator/health")).json()
-        assert actuator["components"]["broker"]["status"] == "DOWN"
-        refunds = actuator["components"]["consumers"]["components"]["on_refund"]
+        ready = await http.get("/health/ready")
+        if consumers_in_readiness:
+            assert (ready.status_code, ready.json()) == (503, {"status": "DOWN"})
+        else:
+            assert (ready.status_code, ready.json()) == (200, {"status": "UP"})
+        consumers = await http.get("/health/consumers")
+        assert consumers.status_code == 503
+        assert consumers.json() == {
+            "status": "DOWN",
+            "broker": "DOWN",
+            "consumers": {"on_payment": "DOWN", "on_refund": "DOWN"},
+        }
+        actuator = await http.get("/actuator/health")
+        assert actuator.status_code == 503
+        broker_part = actuator.json()["components"]["broker"]
+        assert broker_part["status"] == "DOWN"
+        assert "connection refused" in broker_part["details"]["error"]
+        refunds = actuator.json()["components"]["consumers"]["components"]["on_refund"]
         assert refunds["status"] == "DOWN"
         assert refunds["details"]["state"] == "RECONNECTING"
         assert "connection refused" in refunds["details"]["error"]
 
         broker.reachable = True
         await until(lambda: all(c.state is ConsumerState.RUNNING for c in ms.consumers.values()))
-        ready = await http.get("/health/ready")
-        assert (ready.status_code, ready.json()) == (200, {"status": "UP"})
+        for path in ("/health/ready", "/health/consumers", "/actuator/health"):
+            answer = await http.get(path)
+            assert (answer.status_code, answer.json()["status"]) == (200, "UP"), path
         await lifespan.shutdown()
+
+
+async def test_without_consumers_the_broker_is_seen_through_its_ping() -> None:
+    broker = GatedBroker()
+    app = Millstream(broker=broker).fastapi()
+    async with serving(app) as http:
+        assert (await http.get("/health/ready")).status_code == 200
+        down = await http.get("/health/consumers")
+        assert (down.status_code, down.json()["broker"]) == (503, "DOWN")
+        broker.reachable = True
+        up = await http.get("/health/consumers")
+        assert (up.status_code, up.json()) == (
+            200,
+            {"status": "UP", "broker": "UP", "consumers": {}},
+        )
 
 
 async def test_ready_turns_503_as_soon_as_shutdown_begins() -> None:
@@ -150,7 +192,7 @@ async def test_actuator_reports_each_consumer_with_its_details() -> None:
         assert (details["lag"], details["inflight"]) == (0, 0)
 
 
-async def test_a_failed_consumer_makes_the_service_down() -> None:
+async def test_a_failed_consumer_makes_consumers_and_the_service_down() -> None:
     broker = GatedBroker(error=AuthenticationError("bad password for user 'orders'"))
     ms = Millstream(broker=broker, poll_timeout=0.05)
 
@@ -160,8 +202,8 @@ async def test_a_failed_consumer_makes_the_service_down() -> None:
     app = ms.fastapi()
     async with serving(app) as http:
         await until(lambda: ms.consumers["on_payment"].state is ConsumerState.FAILED)
-        ready = await http.get("/health/ready")
-        assert (ready.status_code, ready.json()) == (503, {"status": "DOWN"})
+        ready = await http.get("/health/consumers")
+        assert (ready.status_code, ready.json()["status"]) == (503, "DOWN")
         actuator = await http.get("/actuator/health")
         assert actuator.status_code == 503
         document = actuator.json()
@@ -194,11 +236,12 @@ async def test_one_failed_consumer_among_running_ones_makes_the_service_down() -
         components = document["components"]["consumers"]["components"]
         assert components["on_payment"]["status"] == "UP"
         assert components["on_refund"]["status"] == "DOWN"
-        assert (await http.get("/health/ready")).status_code == 503
+        assert (await http.get("/health/consumers")).status_code == 503
+        assert (await http.get("/health/ready")).status_code == 200
         ms.consumers["on_refund"].state = ConsumerState.RUNNING
 
 
-async def test_a_lag_threshold_makes_readiness_down_until_the_backlog_drains() -> None:
+async def test_a_lag_threshold_makes_consumers_down_until_the_backlog_drains() -> None:
     ms = memory_app(health_max_lag=10)
     gate = asyncio.Event()
 
@@ -210,17 +253,17 @@ async def test_a_lag_threshold_makes_readiness_down_until_the_backlog_drains() -
     async with serving(app) as http:
         await ms.publish_batch("payments", [{"n": i} for i in range(10)])
         await asyncio.sleep(0.05)
-        assert (await http.get("/health/ready")).status_code == 200  # lag 10 is not over 10
+        assert (await http.get("/health/consumers")).status_code == 200  # 10 is not over 10
         await ms.publish("payments", {"n": 10})
-        lagging = await http.get("/health/ready")
-        assert (lagging.status_code, lagging.json()) == (503, {"status": "DOWN"})
+        lagging = await http.get("/health/consumers")
+        assert (lagging.status_code, lagging.json()["status"]) == (503, "DOWN")
         document = (await http.get("/actuator/health")).json()
         payments = document["components"]["consumers"]["components"]["on_payment"]
         assert (payments["status"], payments["details"]["lag"]) == ("DOWN", 11)
         gate.set()
         await until(lambda: ms.consumers["on_payment"].stats.acked == 11)
         await until(lambda: ms.consumers["on_payment"].inflight == 0)
-        assert (await http.get("/health/ready")).status_code == 200
+        assert (await http.get("/health/consumers")).status_code == 200
 
 
 async def test_a_paused_consumer_keeps_the_service_ready() -> None:

@@ -41,7 +41,7 @@ from millstream.brokers.kafka.members import (
 from millstream.brokers.kafka.subscription import KafkaSubscription
 from millstream.brokers.kafka.topics import ensure_topics, send
 from millstream.brokers.kafka.wire import delay_topic, dlq_topic, retry_topic, topic_records
-from millstream.errors import BrokerError
+from millstream.errors import BrokerError, BrokerUnavailable
 from millstream.message import OutgoingMessage
 
 __all__ = ["KafkaBroker", "KafkaDeadLetters", "KafkaSubscription"]
@@ -84,6 +84,18 @@ class KafkaBroker:
     async def connect(self) -> None:
         """Start the producer and admin client (checking the cluster answers); safe to repeat."""
         await self.connection.open()
+
+    async def ping(self) -> None:
+        """Connect if need be, then one metadata request to the cluster; a cluster that
+        cannot answer it (aiokafka says only "unable to get metadata") is unavailable."""
+        await self.connect()
+        try:
+            with translated(self.url):
+                await self.producer().client.fetch_all_metadata()
+        except BrokerUnavailable:
+            raise
+        except BrokerError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
         """Close every subscription (committing what is done), then the clients."""

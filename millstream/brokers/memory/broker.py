@@ -40,6 +40,10 @@ class MemoryBroker:
         """Connect to the hub; a no-op when connected."""
         self._connection.open()
 
+    async def ping(self) -> None:
+        """The hub is in this process: connected is answering."""
+        await self.connect()
+
     async def close(self) -> None:
         """Close every subscription (releasing what it holds, uncounted), then disconnect."""
         for subscription in list(self._subscriptions):

@@ -22,7 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from millstream.brokers.base import Capabilities
-from millstream.brokers.nats.connection import Connection, NatsOptions, parse_url
+from millstream.brokers.nats.connection import (
+    REQUEST_TIMEOUT,
+    Connection,
+    NatsOptions,
+    parse_url,
+    translated,
+)
 from millstream.brokers.nats.dead_letters import NatsDeadLetters
 from millstream.brokers.nats.names import Names, check_topic
 from millstream.brokers.nats.streams import JetStream, StreamMissing
@@ -63,6 +69,12 @@ class NatsBroker:
         Consumers reconnecting at once share one new connection.
         """
         await self.jetstream.connect()
+
+    async def ping(self) -> None:
+        """Connect if need be, then one ``PING``/``PONG`` round trip."""
+        await self.connect()
+        with translated(self.url):
+            await self.connection().client.flush(timeout=REQUEST_TIMEOUT)
 
     async def close(self) -> None:
         """Close every subscription (releasing what it holds), then the connection."""

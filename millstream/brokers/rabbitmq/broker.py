@@ -82,6 +82,13 @@ class RabbitMqBroker:
         """Open the connection unless it is open; safe to repeat, and how reconnecting happens."""
         await self._connection.open()
 
+    async def ping(self) -> None:
+        """Connect if need be, then one round trip: a passive declare of ``amq.fanout``."""
+        await self.connect()
+        channel = await self._connection.publisher()
+        with translated(self.url):
+            await channel.exchange_declare("amq.fanout", exchange_type="fanout", passive=True)
+
     async def close(self) -> None:
         """Close every subscription (releasing what it holds), then the connection."""
         for subscription in list(self._subscriptions):

@@ -88,6 +88,10 @@ class RedisBroker:
             )
         self._version_checked = True
 
+    async def ping(self) -> None:
+        """``connect``, which sends ``PING`` once connected."""
+        await self.connect()
+
     async def close(self) -> None:
         """Close every subscription (releasing what it holds), then the connections."""
         for subscription in list(self._subscriptions):

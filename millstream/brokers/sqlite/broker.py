@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -97,6 +98,11 @@ class SqliteBroker:
                 self._lost.clear()
             self._live.begin(self._connection)
 
+    async def ping(self) -> None:
+        """Open the file if need be, then read from it on the broker's thread."""
+        await self.connect()
+        await self.current().run(_read_one)
+
     async def close(self) -> None:
         """Close every subscription (releasing what it holds), then the connection."""
         for subscription in list(self._subscriptions):
@@ -164,3 +170,7 @@ class SqliteBroker:
     def _forget(self, subscription: SqliteSubscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
+
+
+def _read_one(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1").fetchone()
