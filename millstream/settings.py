@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         30.0, gt=0, description="seconds a stop waits for in-flight handlers to finish"
     )
+    shutdown_linger: float = Field(
+        1.0,
+        ge=0,
+        description="seconds `millstream run` keeps answering after SIGTERM (readiness 503, "
+        "every response `Connection: close`) before it stops accepting connections",
+    )
     prefetch: int = Field(256, ge=1, le=65536, description="messages fetched per round trip")
     max_inflight: int | None = Field(
         None,

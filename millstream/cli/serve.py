@@ -1,16 +1,25 @@
 """``millstream run module:app``: serve an app under uvicorn with a graceful stop.
 
-On SIGTERM or SIGINT readiness turns 503 at once, uvicorn stops accepting
-connections and lets in-flight requests finish, then the lifespan drains
-the consumers and flushes their acks; the process exits 0.
+On SIGTERM or SIGINT readiness turns 503 at once and the server stops
+accepting connections. For ``shutdown_linger`` seconds it keeps the open
+ones and answers what comes on them with ``Connection: close``, so a
+keep-alive client finishes its request and reconnects (elsewhere) rather
+than racing the close of its idle connection and seeing "server
+disconnected" for a request it had sent. Then uvicorn lets in-flight
+requests finish, the lifespan drains the consumers and flushes their acks,
+and the process exits 0. A second signal stops at once. With ``--workers N``
+every worker does the same (``workers.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import signal
+import socket
 import sys
+from contextlib import suppress
 from types import FrameType
 from typing import Annotated, Any
 
@@ -19,10 +28,11 @@ import uvicorn
 from uvicorn.importer import ImportFromStringError, import_from_string
 
 from millstream.cli.common import app, fail
+from millstream.cli.workers import Logging, run_workers
 from millstream.observability.logs import configure_logging
 from millstream.settings import load_settings
 
-__all__ = ["LogFormat", "run_command", "serve_app"]
+__all__ = ["DrainingServer", "LogFormat", "run_command", "serve_app"]
 
 
 class LogFormat(enum.StrEnum):
@@ -30,18 +40,44 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
-class _DrainingServer(uvicorn.Server):
-    """A uvicorn server that tells the app it is shutting down before it stops listening."""
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that tells the app it is shutting down, and lingers, before it
+    stops listening. ``target`` is the ASGI app, or its module:attribute (in a worker)."""
 
     def __init__(self, config: uvicorn.Config, target: Any) -> None:
         super().__init__(config)
         self._target = target
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        service = getattr(getattr(self._target, "state", None), "millstream", None)
+        service = self._service()
         if service is not None:
             service.begin_shutdown()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        service = self._service()
+        linger = service.settings.shutdown_linger if service is not None else 0.0
+        if linger > 0 and self.server_state.connections and not self.force_exit:
+            for server in self.servers:  # no new connections; uvicorn closes them again
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            deadline = asyncio.get_running_loop().time() + linger
+            # uvicorn's set of connections has no event to wait on: look every 50 ms.
+            while (  # noqa: ASYNC110
+                self.server_state.connections
+                and not self.force_exit
+                and asyncio.get_running_loop().time() < deadline
+            ):
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+    def _service(self) -> Any:
+        target = self._target
+        if isinstance(target, str):
+            with suppress(ImportFromStringError):
+                target = import_from_string(target)  # imported already: the same object
+        return getattr(getattr(target, "state", None), "millstream", None)
 
     def run_to_a_clean_exit(self) -> None:
         """Serve until SIGTERM or SIGINT, drain, and return, so the process exits 0.
@@ -89,9 +125,12 @@ def run_command(
         fail(str(exc), code=2)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as uvicorn does: module:app names a local module
-    if workers > 1 or reload:
-        # uvicorn's supervisor owns the processes; each drains in its lifespan.
-        uvicorn.run(target, workers=workers, reload=reload, **_options(host, port, drain))
+    if reload:
+        uvicorn.run(target, reload=True, **_options(host, port, drain))
+        return
+    if workers > 1:
+        config = uvicorn.Config(target, workers=workers, **_options(host, port, drain))
+        run_workers(config, target, Logging((level or "INFO").upper(), log_format.value))
         return
     try:
         loaded = import_from_string(target)
@@ -103,7 +142,7 @@ def run_command(
 def serve_app(loaded: Any, host: str, port: int, drain: float) -> None:
     """Serve the ASGI app ``loaded`` until SIGTERM or SIGINT, then drain; exit 1 if it never
     started."""
-    server = _DrainingServer(uvicorn.Config(loaded, **_options(host, port, drain)), loaded)
+    server = DrainingServer(uvicorn.Config(loaded, **_options(host, port, drain)), loaded)
     server.run_to_a_clean_exit()
     if server.started is False and not server.should_exit:
         raise typer.Exit(1)

@@ -19,6 +19,7 @@ from millstream.web.errors import install_error_handlers, middleware_responses
 from millstream.web.health import health_router
 from millstream.web.middleware import (
     BodyLimitMiddleware,
+    CloseWhenDrainingMiddleware,
     RateLimitMiddleware,
     RequestLogMiddleware,
 )
@@ -82,6 +83,7 @@ def install(app: FastAPI, service: Service) -> None:
             prefixes=LIMITED_PREFIXES,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CloseWhenDrainingMiddleware, draining=lambda: service.draining)
     app.add_middleware(RequestLogMiddleware)
     # Outermost: the server span is current for everything below, so a
     # request that publishes and the consumer of that message share a trace.
