@@ -41,6 +41,19 @@ def dev_token(secret: str, hours: float = 24.0) -> str:
     )
 
 
+def _development_secret() -> str:
+    """The demo's JWT secret, made once and kept in ``.millstream/demo/jwt-secret`` (readable
+    by its owner only), so a token printed before a restart still works after it."""
+    path = DEMO_DIR / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    return secret
+
+
 def prepare_demo(*, rate: float, poison_every: int) -> tuple[Any, str]:
     """The order service app with the simulator attached, and a development token.
 
@@ -50,7 +63,7 @@ def prepare_demo(*, rate: float, poison_every: int) -> tuple[Any, str]:
     """
     os.environ.setdefault("MILLSTREAM_BROKER_URL", f"sqlite:///./{DEMO_DIR}/broker.db")
     os.environ.setdefault("MILLSTREAM_STORE_URL", f"sqlite:///./{DEMO_DIR}/state.db")
-    secret = os.environ.setdefault("MILLSTREAM_JWT_SECRET", secrets.token_urlsafe(32))
+    secret = os.environ.setdefault("MILLSTREAM_JWT_SECRET", _development_secret())
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -48,6 +48,12 @@ class Millstream(App):
 
         return create_app(self, app, **kwargs)
 
+    def worker(self) -> FastAPI:
+        """The ASGI app of a worker: these consumers in its lifespan, health and metrics only."""
+        from millstream.web import worker_app
+
+        return worker_app(self)
+
     @property
     def lifespan(self) -> Callable[[Any], AbstractAsyncContextManager[None]]:
         """For ``FastAPI(lifespan=ms.lifespan)``: start with the server, drain on shutdown."""

@@ -1,26 +1,73 @@
-"""One frozen settings object: arguments, then ``MILLSTREAM_*`` variables, then defaults."""
+"""One frozen settings object: arguments, then ``MILLSTREAM_*`` variables, then a ``.env``
+file, then a secrets directory, then defaults."""
 
 from __future__ import annotations
 
+import difflib
+import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from millstream.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["SECRETS_DIR", "Settings", "load_settings"]
+
+SECRETS_DIR = "MILLSTREAM_SECRETS_DIR"
+"""The variable naming a directory with one file per setting (as Kubernetes mounts a Secret)."""
+
+# MILLSTREAM_* variables that are not settings: read by the command line before settings are.
+_NOT_SETTINGS = frozenset({"millstream_log_format", SECRETS_DIR.lower()})
+
+
+class _OwnDotEnv(DotEnvSettingsSource):
+    """The ``.env`` file's ``MILLSTREAM_*`` lines only: it may configure other programs too."""
+
+    def _load_env_vars(self) -> dict[str, str | None]:
+        found = super()._load_env_vars()
+        prefix = (self.env_prefix or "").lower()
+        return {
+            name: value
+            for name, value in found.items()
+            if name.lower().startswith(prefix) and name.lower() not in _NOT_SETTINGS
+        }
 
 
 class Settings(BaseSettings):
     """Everything a millstream service is configured by.
 
-    Each field can be set as an argument (``Settings(prefetch=64)``) or as an
+    Each field can be set as an argument (``Settings(prefetch=64)``), as an
     environment variable named ``MILLSTREAM_`` plus the field name in upper
-    case (``MILLSTREAM_PREFETCH=64``).
+    case (``MILLSTREAM_PREFETCH=64``), as such a line in a ``.env`` file in the
+    working directory, or as a file of that name (``MILLSTREAM_JWT_SECRET``)
+    in the directory ``MILLSTREAM_SECRETS_DIR`` names, in that order.
     """
 
-    model_config = SettingsConfigDict(env_prefix="MILLSTREAM_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="MILLSTREAM_",
+        frozen=True,
+        extra="forbid",
+        env_file=".env",
+        env_file_encoding="utf-8",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _OwnDotEnv(settings_cls), file_secret_settings
 
     broker_url: str = Field(
         "sqlite:///./.millstream/broker.db",
@@ -32,6 +79,8 @@ class Settings(BaseSettings):
         "(e.g. the pod name); it takes back at once what it held before a crash. Default: the "
         "host name plus a slot number no other live process on this host holds",
     )
+    host: str = Field("127.0.0.1", description="interface `millstream run` listens on")
+    port: int = Field(8080, ge=0, le=65535, description="port `millstream run` listens on")
     drain_timeout: float = Field(
         30.0, gt=0, description="seconds a stop waits for in-flight handlers to finish"
     )
@@ -123,12 +172,21 @@ def load_settings(**overrides: Any) -> Settings:
             f"unknown setting(s) {', '.join(unknown)}; "
             f"known settings are {', '.join(sorted(Settings.model_fields))}"
         )
+    secrets = os.environ.get(SECRETS_DIR)
+    if secrets and not Path(secrets).is_dir():
+        raise ConfigError(
+            f"{SECRETS_DIR}={secrets!r} is not a directory; point it at the directory where "
+            "one file per setting is mounted (e.g. /run/secrets/millstream), or unset it"
+        )
     try:
-        return Settings(**given)
+        return Settings(**given, _secrets_dir=secrets or None)  # type: ignore[call-arg]
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
             field = str(error["loc"][0]) if error["loc"] else "?"
+            if error["type"] == "extra_forbidden":  # only a .env line can be one
+                lines.append(_not_a_setting(field))
+                continue
             env = f"MILLSTREAM_{field.upper()}"
             hint = (
                 Settings.model_fields[field].description if field in Settings.model_fields else ""
@@ -138,3 +196,11 @@ def load_settings(**overrides: Any) -> Settings:
                 f"{error['msg']}" + (f"; expected {hint}" if hint else "")
             )
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _not_a_setting(name: str) -> str:
+    """What to say of a ``MILLSTREAM_*`` line in ``.env`` that names no setting."""
+    field = name.lower().removeprefix("millstream_")
+    close = difflib.get_close_matches(field, list(Settings.model_fields), n=1)
+    fix = f"did you mean MILLSTREAM_{close[0].upper()}?" if close else "remove the line"
+    return f"{name.upper()} in .env is not a setting; {fix}"

@@ -30,9 +30,9 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 from millstream.cli.common import app, fail
 from millstream.cli.workers import Logging, run_workers
 from millstream.observability.logs import configure_logging
-from millstream.settings import load_settings
+from millstream.settings import Settings, load_settings
 
-__all__ = ["DrainingServer", "LogFormat", "run_command", "serve_app"]
+__all__ = ["DrainingServer", "LogFormat", "run_command", "serve_app", "worker_command"]
 
 
 class LogFormat(enum.StrEnum):
@@ -96,33 +96,61 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+Host = Annotated[
+    str | None, typer.Option(help="Interface to listen on [default: MILLSTREAM_HOST or 127.0.0.1]")
+]
+Port = Annotated[
+    int | None,
+    typer.Option(min=0, max=65535, help="Port to listen on [default: MILLSTREAM_PORT or 8080]"),
+]
+Format = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="MILLSTREAM_LOG_FORMAT",
+        case_sensitive=False,
+        help="text, or json: one object per line with trace_id and span_id",
+    ),
+]
+
+
+def _start(ctx: typer.Context, log_format: LogFormat) -> tuple[Settings, Logging]:
+    """Logging as asked, then the settings (a bad one: one red line, exit 2)."""
+    # Typer runs on its own copy of click, so the context comes as a parameter:
+    # click.get_current_context() would find none.
+    logging = Logging((ctx.find_root().obj or "INFO").upper(), log_format.value)
+    configure_logging(logging.level, logging.fmt, root=True)
+    try:
+        return load_settings(), logging
+    except Exception as exc:  # a ConfigError
+        fail(str(exc), code=2)
+
+
+def _imported(target: str, example: str) -> Any:
+    """``target`` (module:attribute) imported from the working directory, as uvicorn does."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return import_from_string(target)
+    except ImportFromStringError as exc:
+        fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. {example}", 2)
+
+
 @app.command("run")
 def run_command(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="The ASGI app, as module:attribute.")],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    host: Host = None,
+    port: Port = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     reload: Annotated[bool, typer.Option(help="Restart when code changes (development).")] = False,
-    log_format: Annotated[
-        LogFormat,
-        typer.Option(
-            "--log-format",
-            envvar="MILLSTREAM_LOG_FORMAT",
-            case_sensitive=False,
-            help="text, or json: one object per line with trace_id and span_id",
-        ),
-    ] = LogFormat.TEXT,
+    log_format: Format = LogFormat.TEXT,
 ) -> None:
     """Serve TARGET (e.g. examples.orders:app) with uvicorn; SIGTERM drains gracefully."""
-    # Typer runs on its own copy of click, so the context comes as a parameter:
-    # click.get_current_context() would find none.
-    level = ctx.find_root().obj
-    configure_logging((level or "INFO").upper(), log_format.value, root=True)
-    try:
-        drain = load_settings().drain_timeout
-    except Exception as exc:  # a ConfigError: one line, exit 2
-        fail(str(exc), code=2)
+    settings, logging = _start(ctx, log_format)
+    drain = settings.drain_timeout
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as uvicorn does: module:app names a local module
     if reload:
@@ -130,13 +158,34 @@ def run_command(
         return
     if workers > 1:
         config = uvicorn.Config(target, workers=workers, **_options(host, port, drain))
-        run_workers(config, target, Logging((level or "INFO").upper(), log_format.value))
+        run_workers(config, target, logging)
         return
-    try:
-        loaded = import_from_string(target)
-    except ImportFromStringError as exc:
-        fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. app.main:app", 2)
-    serve_app(loaded, host, port, drain)
+    serve_app(_imported(target, "app.main:app"), host, port, drain)
+
+
+@app.command("worker")
+def worker_command(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="The Millstream object, as module:attribute.")],
+    host: Host = None,
+    port: Port = None,
+    log_format: Format = LogFormat.TEXT,
+) -> None:
+    """Run TARGET's consumers without its API: health and metrics only, on their own port.
+
+    For deployments that scale consumers apart from HTTP; SIGTERM drains and exits 0.
+    """
+    settings, _ = _start(ctx, log_format)
+    loaded = _imported(target, "app.main:ms")
+    if not callable(getattr(loaded, "worker", None)):
+        fail(
+            f"{target!r} is a {type(loaded).__name__}, not a Millstream; point `millstream "
+            "worker` at the Millstream object (e.g. app.main:ms), not its FastAPI app",
+            2,
+        )
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    serve_app(loaded.worker(), host, port, settings.drain_timeout)
 
 
 def serve_app(loaded: Any, host: str, port: int, drain: float) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "create_app",
     "install",
     "service_router",
+    "worker_app",
 ]
 
 
@@ -106,6 +107,20 @@ def create_app(ms: Served, app: FastAPI | None = None, **fastapi: Any) -> FastAP
         app.router.lifespan_context = _AroundLifespan(app.router.lifespan_context, service)
     app.include_router(service.router)
     install(app, service)
+    return app
+
+
+def worker_app(ms: Served) -> FastAPI:
+    """The face of a worker: the consumers run in its lifespan and only health and metrics
+    are served (``millstream worker``), for deployments that scale consumers apart from HTTP.
+    """
+    service = ms.web
+    app = FastAPI(
+        title="millstream worker", lifespan=service.lifespan, docs_url=None, redoc_url=None
+    )
+    app.include_router(health_router(service))
+    app.state.millstream = service
+    install_error_handlers(app)
     return app
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from millstream import connect
+from millstream import OutgoingMessage, connect
 from tests.support import until
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,9 @@ def serve(url: str, log: Path, port: int, output: Path, workers: int) -> subproc
         "MILLSTREAM_BROKER_URL": url,
         "MILLSTREAM_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
         "WEB_APP_LOG": str(log),
+        # Where to listen, as a container is told: by variables, not flags.
+        "MILLSTREAM_HOST": "127.0.0.1",
+        "MILLSTREAM_PORT": str(port),
     }
     return subprocess.Popen(
         [
@@ -55,10 +58,6 @@ def serve(url: str, log: Path, port: int, output: Path, workers: int) -> subproc
             "millstream.cli",
             "run",
             "tests.procs.web_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
             "--workers",
             str(workers),
             "--log-format",
@@ -266,3 +265,66 @@ async def test_sigterm_under_load_drains_requests_and_messages_and_exits_0(
     assert not set(handled) & set(left), "handled but not acked: the acks were not flushed"
     assert set(handled) | set(left) <= load.accepted | load.unsure, "an order nobody published"
     assert max(handled.values()) == 1, "a message was handled twice in a graceful run"
+
+
+def run_worker(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "millstream.cli", "worker", target]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def start_worker(target: str, env: dict[str, str], output: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "millstream.cli", "worker", target]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=output.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+async def test_a_worker_runs_the_consumers_with_health_and_metrics_only(tmp_path: Path) -> None:
+    """``millstream worker module:ms``: the consumers handle messages, the listener on
+    MILLSTREAM_PORT answers health and metrics but has no API, SIGTERM exits 0; pointed
+    at the FastAPI app instead, it says what to point it at."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    log = tmp_path / "journal.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "MILLSTREAM_BROKER_URL": url,
+        "WEB_APP_LOG": str(log),
+        "MILLSTREAM_PORT": str(port),
+    }
+    wrong = await asyncio.to_thread(run_worker, "tests.procs.web_app:app", env)
+    assert wrong.returncode == 2 and "not a Millstream" in wrong.stderr, wrong.stderr
+    output = tmp_path / "worker.out"
+    proc = start_worker("tests.procs.web_app:ms", env, output)
+    try:
+        publisher = connect(url)
+        await publisher.connect()
+        await publisher.publish(
+            "orders", [OutgoingMessage(f'{{"n": {n}}}'.encode()) for n in range(20)]
+        )
+        await publisher.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+
+            async def consumers_up() -> bool:
+                try:
+                    return (await http.get("/health/consumers")).status_code == 200
+                except httpx.TransportError:
+                    assert proc.poll() is None, output.read_text()
+                    return False
+
+            deadline = time.monotonic() + 30
+            while not await consumers_up():
+                assert time.monotonic() < deadline, "the worker never became healthy"
+                await asyncio.sleep(0.05)
+            await until(lambda: len([e for e in journal(log) if e[0] == "handled"]) == 20)
+            assert (await http.get("/health/ready")).status_code == 200
+            assert "millstream_messages_consumed_total" in (await http.get("/metrics")).text
+            assert (await http.get("/api/v1/orders/1")).status_code == 404
+            assert (await http.get("/admin/consumers")).status_code == 404
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, DRAIN_TIMEOUT + 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, output.read_text()[-3000:]
