@@ -88,6 +88,8 @@ class Dispatcher:
         self._settled.set()
         self._draining = False
         self.running = 0
+        self.concurrency = concurrency
+        """Workers that take messages (retired ones only finish theirs)."""
         self._turn = 0  # renewals of the shared hold; a worker that yields renews it
         self._turn_started = 0.0
         self.set_concurrency(concurrency)
@@ -116,6 +118,7 @@ class Dispatcher:
         """Grow or shrink the worker pool; a retired worker finishes its message first."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
         active = [w for w in self._workers if not w.retired]
         for worker in active[concurrency:]:
             worker.retired = True

@@ -23,6 +23,7 @@ from millstream.retry import Dead, Requeue, RetryPolicy, describe
 from millstream.runtime.attempts import ACKED, UncountedDeliveries
 from millstream.runtime.dispatcher import Dispatcher, KeyOf
 from millstream.runtime.handler import Invoke
+from millstream.runtime.pace import HORIZON, Pace
 from millstream.runtime.settler import Settled, Settler
 from millstream.runtime.stats import ConsumerStats
 from millstream.runtime.tasks import cancel_and_wait
@@ -201,11 +202,13 @@ class Session:
         prefetch = self._limits.prefetch
         poll_timeout = self._limits.poll_timeout
         stats = self._stats
+        pace = Pace(stats.handler_times)
         while True:
             if not resumed.is_set():
                 await self._idle(resumed.wait())
                 continue
-            limit = self._max_inflight
+            # No more than the workers can start soon (pace.py), so a burst spreads.
+            limit = min(self._max_inflight, pace.startable(self._dispatcher.concurrency))
             room = limit - self.inflight
             if room < max(1, min(prefetch, limit) // 2):
                 # Not for a sliver: a small fetch costs a round trip like a
@@ -213,7 +216,10 @@ class Session:
                 if room <= 0:
                     self._settler.flush_now()
                 self._room.clear()
-                await self._idle(self._room.wait())
+                room_made: Coroutine[Any, Any, Any] = self._room.wait()
+                if limit < self._max_inflight:  # held to the pace, which moves as handlers run
+                    room_made = _within(room_made, HORIZON)
+                await self._idle(room_made)
                 continue
             messages = await fetch(min(room, prefetch), poll_timeout)
             stats.last_poll = time.time()
@@ -332,3 +338,9 @@ class Session:
             for message, reason in batch.deads:
                 uncounted.remember((message,), reason)
         self._room.set()
+
+
+async def _within(waiting: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """``waiting``, or ``seconds``, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(waiting, seconds)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from millstream import Millstream
+from millstream import Millstream, connect
 from millstream.runtime import ConsumerState
 from tests.conformance.factory import BrokerFactory, group_of, needs
 from tests.conftest import report
@@ -112,3 +114,40 @@ async def test_a_wrong_password_fails_the_consumer_without_a_retry_storm(
             assert consumer.state is ConsumerState.FAILED
             error = consumer.stats.last_error or ""
             assert "refused the credentials" in error and server.redacted in error
+
+
+async def test_a_burst_spreads_over_the_members_of_a_group(
+    brokers: BrokerFactory, topic: str
+) -> None:
+    """300 keyed messages published at once to a group of three members whose handler takes
+    a few milliseconds: no member takes the burst for itself; each handles within 1.5x of an
+    even share (a member fetches only what its workers can start soon)."""
+    group = group_of(topic)
+    handled: dict[int, int] = {0: 0, 1: 0, 2: 0}
+    apps = []
+    for index in range(3):
+        # Partitions are what a group shares on Kafka: as many as the members need.
+        url = brokers.group_url if brokers.capabilities.partitions else None
+        broker = connect(url) if url is not None else brokers.open()
+        ms = Millstream(broker=broker, poll_timeout=0.2, member=f"m{index}")
+
+        def count(index: int = index) -> None:
+            handled[index] += 1
+
+        @ms.consumer(topic, group=group)
+        async def slow(event: dict[str, int], count: Callable[[], None] = count) -> None:
+            await asyncio.sleep(0.003)
+            count()
+
+        apps.append(ms)
+    async with contextlib.AsyncExitStack() as stack:
+        for ms in apps:
+            await stack.enter_async_context(ms)
+        await asyncio.sleep(brokers.members_join)
+        await apps[0].publish_batch(topic, [{"n": n} for n in range(300)], key_by="n")
+        await until(lambda: sum(handled.values()) == 300, within=30)
+    report(
+        f"burst of 300 over three members [{brokers.name}]",
+        **{f"m{i}": n for i, n in handled.items()},
+    )
+    assert max(handled.values()) <= 150 and min(handled.values()) >= 100 / 1.5, handled

@@ -240,6 +240,7 @@ async def test_stop_cancels_handlers_past_drain_timeout_and_releases_the_unstart
     subscription.offer(message("done"), message("stuck", "k"), message("behind", "k"))
     running = start(handler, concurrency=1, settle_batch=100, drain_timeout=0.05)
     await until(lambda: handler.started == ["done", "stuck"])
+    await until(lambda: not subscription.waiting)  # "behind" fetched too, waiting on its key
     await running.stop()
     assert handler.cancelled == ["stuck"]
     assert subscription.acked_ids() == ["done"]

@@ -100,7 +100,8 @@ async def test_inflight_and_lag_while_handlers_are_busy() -> None:
         await until(lambda: started == 3)
         scrape = samples((await http.get("/metrics")).text)
         labels = {"consumer": "on_refund", "topic": "refunds", "group": "on_refund"}
-        assert value(scrape, "millstream_messages_inflight", **labels) == 7
+        # Held: the three running and one ahead per worker (their pace is unknown yet).
+        assert value(scrape, "millstream_messages_inflight", **labels) == 6
         assert value(scrape, "millstream_consumer_lag", **labels, partition="-1") == 7
         assert value(scrape, "millstream_consumer_concurrency", **labels) == 3
         ms.consumers["on_refund"].pause()
