@@ -38,8 +38,7 @@ def _missing() -> str | None:
     for what, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)):
         if shutil.which(path) is None:
             return (
-                f"{what} is not installed at {path} "
-                "(apt-get install -y chromium chromium-driver)"
+                f"{what} is not installed at {path} (apt-get install -y chromium chromium-driver)"
             )
     return None
 
