@@ -86,7 +86,7 @@ def test_an_operator_pauses_replays_and_purges_from_the_console(tmp_path: Path) 
     from selenium.webdriver.support.ui import Select
 
     app, broker_url = order_service(tmp_path)
-    with served(app) as base, api(base) as http, chrome() as driver:
+    with chrome() as driver, served(app) as base, api(base) as http:
 
         def find(css: str) -> Any:
             return wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, css), what=css)[0]
@@ -191,15 +191,24 @@ def test_an_operator_pauses_replays_and_purges_from_the_console(tmp_path: Path) 
         assert "0.1.0" in driver.find_element(By.ID, "service-fields").text
         screenshot(driver, tmp_path / "service.png")
 
-        # A phone: the consumers view fits its width.
+        # A phone: each view fits its width.
         driver.set_window_size(390, 844)
-        click('#nav a[data-view="consumers"]')
-        find('#consumers-body tr[data-consumer="payments"]')
-        overflow = driver.execute_script(
-            "return document.documentElement.scrollWidth - window.innerWidth"
-        )
-        assert overflow <= 0, f"the page is {overflow}px wider than a phone"
-        screenshot(driver, tmp_path / "consumers-phone.png")
+        for view, shown in (
+            ("dead-letters", '#reasons-body tr[data-reason="IllegalTransition"]'),
+            ("service", '#components-body tr[data-component="store"]'),
+            ("consumers", '#consumers-body tr[data-consumer="payments"]'),
+        ):
+            click(f'#nav a[data-view="{view}"]')
+            find(shown)
+            if view == "dead-letters":
+                click('#reasons-body tr[data-reason="IllegalTransition"] [data-action="show"]')
+                click("#letters-body tr[data-letter]")
+                find("#letter-detail:not([hidden]) #detail-payload")
+            overflow = driver.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, f"the {view} view is {overflow}px wider than a phone"
+            screenshot(driver, tmp_path / f"{view}-phone.png")
 
 
 def reasons(http: httpx.Client) -> list[dict[str, Any]]:
@@ -220,7 +229,7 @@ def test_page_weight_and_fifty_consumers_load_time(tmp_path: Path) -> None:
 
         ms.consumer(f"topic-{n}", name=f"consumer-{n:02d}")(handle)
 
-    with served(ms.fastapi()) as base, chrome() as driver:
+    with chrome() as driver, served(ms.fastapi()) as base:
         driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": True})
         driver.get(f"{base}/console")
