@@ -25,7 +25,7 @@ from rich.console import Console
 
 from millstream.errors import ConfigError
 
-__all__ = ["banner", "dev_token", "prepare_demo"]
+__all__ = ["banner", "dev_token", "prepare_demo", "with_simulator"]
 
 DEMO_DIR = Path(".millstream") / "demo"
 EXAMPLE_ORDER = (
@@ -78,7 +78,11 @@ def prepare_demo(*, rate: float, poison_every: int) -> tuple[Any, str]:
             "root, e.g. `make demo`"
         ) from exc
     simulator = simulator_module.PaymentSimulator(service.ms, rate=rate, poison_every=poison_every)
-    app = service.app
+    return with_simulator(service.app, simulator), dev_token(secret)
+
+
+def with_simulator(app: Any, simulator: Any) -> Any:
+    """``app`` (a FastAPI app) with ``simulator.running()`` inside its lifespan."""
     outer = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
@@ -87,13 +91,14 @@ def prepare_demo(*, rate: float, poison_every: int) -> tuple[Any, str]:
             yield state
 
     app.router.lifespan_context = lifespan
-    return app, dev_token(secret)
+    return app
 
 
 def banner(console: Console, base: str, token: str) -> None:
     """Where everything is, and a request to paste."""
     console.print(f"\n[bold]millstream demo[/]: the order service at [link={base}]{base}[/]\n")
     for label, path in (
+        ("console", "/console"),
         ("API docs", "/docs"),
         ("orders API (POST an order, GET /api/v1/orders/{id})", "/api/v1/orders"),
         ("readiness", "/health/ready"),
@@ -104,7 +109,7 @@ def banner(console: Console, base: str, token: str) -> None:
         ("dead letters", "/admin/consumers/payments/dead-letters"),
     ):
         console.print(f"  {label:<18} {base}{path}")
-    console.print("\n[bold]development token[/] (valid 24 h, for /api and /admin):")
+    console.print("\n[bold]development token[/] (valid 24 h, for /api, /admin and the console):")
     console.print(token, soft_wrap=True)
     console.print("\n[bold]try[/]:")
     console.print(f"  export TOKEN={token}", soft_wrap=True, highlight=False)

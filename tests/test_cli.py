@@ -226,7 +226,7 @@ def test_demo_serves_the_order_service_with_payments_and_poison(tmp_path: Path) 
                 break
         text = "".join(printed)
         base = f"http://127.0.0.1:{port}"
-        for path in ("/docs", "/health/ready", "/metrics", "/admin/consumers"):
+        for path in ("/console", "/docs", "/health/ready", "/metrics", "/admin/consumers"):
             assert f"{base}{path}" in text, text
         token = re.search(r"export TOKEN=(\S+)", text)
         assert token is not None, text
@@ -248,6 +248,7 @@ def test_demo_serves_the_order_service_with_payments_and_poison(tmp_path: Path) 
             assert created.status_code == 201, created.text
             order_id = created.json()["id"]
             assert http.get(f"/api/v1/orders/{order_id}", headers=auth).status_code == 200
+            assert "console/console.js" in http.get("/console").text
             # The simulated provider pays orders (moving them on) and some events are poison.
             while True:
                 listed = http.get("/admin/consumers", headers=auth).json()

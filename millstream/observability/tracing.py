@@ -30,7 +30,7 @@ from millstream.runtime.handler import HandlerLink, Invoke
 from millstream.runtime.spec import ConsumerSpec
 from millstream.version import __version__
 
-__all__ = ["TracingLinks", "messaging_system", "tracing_links"]
+__all__ = ["TracingLinks", "messaging_system", "trace_id_of", "tracing_links"]
 
 Attributes = dict[str, AttributeValue]
 
@@ -83,6 +83,14 @@ def tracing_links(
     tracer = trace.get_tracer("millstream", __version__, tracer_provider)
     url = broker_url if callable(broker_url) else _constant(broker_url)
     return TracingLinks(_handler_link(tracer, url, tracer_provider), _publish_link(tracer, url))
+
+
+def trace_id_of(headers: Mapping[str, object]) -> str | None:
+    """The id of the trace a message's headers carry (``traceparent``, as the propagator
+    reads it), as 32 hex digits; ``None`` when they carry none that is valid."""
+    carrier = {name: value for name, value in headers.items() if isinstance(value, str)}
+    span = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return trace.format_trace_id(span.trace_id) if span.is_valid else None
 
 
 def _constant(value: str) -> Callable[[], str]:

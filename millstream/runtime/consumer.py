@@ -25,7 +25,7 @@ from millstream.runtime.dispatcher import KeyOf
 from millstream.runtime.handler import Invoke, bind_handler, with_timeout
 from millstream.runtime.session import Limits, Session
 from millstream.runtime.spec import ConsumerSpec, key_function
-from millstream.runtime.stats import ConsumerStats
+from millstream.runtime.stats import ConsumerStats, Failure
 from millstream.settings import Settings
 
 __all__ = ["ConsumerRuntime", "ConsumerState", "ConsumerStats"]
@@ -229,6 +229,7 @@ class ConsumerRuntime:
             except (AuthenticationError, ConfigError) as exc:
                 # Refused credentials or a wrong address: retrying cannot help.
                 self.stats.last_error = str(exc)
+                self.stats.last_failure = Failure.of(exc, "session")
                 log.error("consumer %s: not retrying: %s", self.name, exc)
                 self._set_state(ConsumerState.FAILED)
                 return
@@ -241,6 +242,7 @@ class ConsumerRuntime:
                 failures = 1 if progressed else failures + 1
                 self.stats.reconnects += 1
                 self.stats.last_error = str(exc)
+                self.stats.last_failure = Failure.of(exc, "session")
                 delay = backoff.delay(failures)
                 if isinstance(exc, BrokerError):
                     log.warning(

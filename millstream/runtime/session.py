@@ -25,7 +25,7 @@ from millstream.runtime.dispatcher import Dispatcher, KeyOf
 from millstream.runtime.handler import Invoke
 from millstream.runtime.pace import HORIZON, Pace
 from millstream.runtime.settler import Settled, Settler
-from millstream.runtime.stats import ConsumerStats
+from millstream.runtime.stats import ConsumerStats, Failure
 from millstream.runtime.tasks import cancel_and_wait
 
 __all__ = ["Limits", "Session"]
@@ -290,6 +290,7 @@ class Session:
 
     def failed(self, message: Message, exc: BaseException) -> None:
         """The handler raised ``exc``: requeue or dead-letter ``message``, as the policy says."""
+        self._stats.last_failure = Failure.of(exc, "handler")
         try:
             outcome = self._retry.classify(exc, message.attempt)
         except Exception as error:  # a broken retry_on/dead_on must not strand the message
@@ -321,6 +322,7 @@ class Session:
 
     def unkeyable(self, message: Message, exc: Exception) -> None:
         """The consumer's ``key=`` failed on this message: it can never be ordered."""
+        self._stats.last_failure = Failure.of(exc, "handler")
         self._bury(message, f"key function failed: {describe(exc)}")
 
     def _settled(self, batch: Settled, ok: bool) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["DURATION_BOUNDS", "ConsumerStats", "Durations", "HandlerTimes"]
+from millstream.errors import text_of
+
+__all__ = ["DURATION_BOUNDS", "ConsumerStats", "Durations", "Failure", "HandlerTimes"]
 
 DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Upper bounds (seconds) of the handler-duration buckets; one more bucket holds the rest."""
@@ -44,6 +48,25 @@ class HandlerTimes:
         self.error = Durations()
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One error a consumer met: a handler's failure or what ended a session."""
+
+    error_type: str
+    """The exception's class name."""
+    message: str
+    """What the exception says (its class name when it says nothing)."""
+    at: float
+    """When (``time.time()``)."""
+    source: Literal["handler", "session"]
+    """``handler``: a message's handler raised; ``session``: the connection was lost or
+    refused, or the session ended on an unexpected error."""
+
+    @classmethod
+    def of(cls, exc: BaseException, source: Literal["handler", "session"]) -> Failure:
+        return cls(type(exc).__name__, text_of(exc), time.time(), source)
+
+
 @dataclass
 class ConsumerStats:
     """Plain counters, cheap to bump on the hot path and read by metrics and health."""
@@ -64,5 +87,8 @@ class ConsumerStats:
     """When the last fetch returned (``time.time()``)."""
     last_error: str | None = None
     """What ended the last session that failed."""
+    last_failure: Failure | None = None
+    """The latest error of either kind, handler failures included: one write per failure,
+    none on success."""
     handler_times: HandlerTimes = field(default_factory=HandlerTimes)
     """Handler durations by outcome, timed by the dispatcher's workers."""

@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.types import Lifespan, Receive, Scope, Send
 
 from millstream.web.admin import admin_router
+from millstream.web.console import console_router
 from millstream.web.errors import install_error_handlers, middleware_responses
 from millstream.web.health import health_router
 from millstream.web.middleware import (
@@ -68,6 +69,7 @@ def service_router(service: Service) -> APIRouter:
     router = ServiceRouter()
     router.include_router(health_router(service))
     router.include_router(admin_router(service))
+    router.include_router(console_router())
     return router
 
 

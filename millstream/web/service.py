@@ -16,9 +16,11 @@ from typing import Any, Protocol
 from millstream.app import App
 from millstream.observability.health import Health, check_broker, check_store, collect
 from millstream.observability.metrics import Metrics
+from millstream.runtime.tasks import cancel_and_wait
 from millstream.settings import Settings
 from millstream.urls import redact
 from millstream.web.auth import BearerAuth
+from millstream.web.history import ThroughputHistory
 
 __all__ = ["Served", "Service"]
 
@@ -33,6 +35,8 @@ class Service:
         self.settings = ms.settings
         self.auth = BearerAuth(ms.settings)
         self.draining = False
+        self.history = ThroughputHistory()
+        """Each consumer's throughput per bucket, sampled while served (the console's chart)."""
         from millstream.web import service_router
 
         self.router = service_router(self)
@@ -48,14 +52,17 @@ class Service:
         self.draining = False
         await self.ms.start()
         # Loop lag is the liveness probe's reading, so it is measured while served.
-        watcher = asyncio.create_task(self.metrics.watch_loop(), name="millstream:loop-lag")
+        watchers = [
+            asyncio.create_task(self.metrics.watch_loop(), name="millstream:loop-lag"),
+            asyncio.create_task(
+                self.history.run(lambda: self.ms.consumers), name="millstream:history"
+            ),
+        ]
         try:
             yield
         finally:
             self.begin_shutdown()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(*watchers)
             await self.ms.stop()
 
     def begin_shutdown(self) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
+import pytest
 
-from millstream import Millstream
+from millstream import FatalError, Millstream
 from millstream.runtime import ConsumerState
 from tests.support import until
 from tests.web import SECRET, bearer, memory_app, serving
@@ -24,8 +26,12 @@ async def test_every_admin_route_needs_a_token() -> None:
         ("POST", "/admin/consumers/payments/resume", None),
         ("PUT", "/admin/consumers/payments/concurrency", {"concurrency": 3}),
         ("GET", "/admin/consumers/payments/dead-letters", None),
+        ("GET", "/admin/consumers/payments/dead-letters/reasons", None),
+        ("GET", "/admin/consumers/payments/dead-letters/some-letter", None),
         ("POST", "/admin/consumers/payments/dead-letters/replay", {}),
         ("POST", "/admin/consumers/payments/dead-letters/purge", {}),
+        ("GET", "/admin/consumers/history", None),
+        ("GET", "/admin/service", None),
     ]
     async with serving(ms.fastapi()) as http:
         for method, path, body in calls:
@@ -55,6 +61,9 @@ async def test_list_consumers_with_state_and_counters(
             "acked": 3,
             "retried": 0,
             "dead": 0,
+            "reconnects": 0,
+            "lag": 0,
+            "dead_letters": 0,
             "last_error": None,
         }
     ]
@@ -119,6 +128,8 @@ async def test_unknown_consumer_is_404_naming_the_known_ones(
         ("POST", "/admin/consumers/refunds/resume", None),
         ("PUT", "/admin/consumers/refunds/concurrency", {"concurrency": 2}),
         ("GET", "/admin/consumers/refunds/dead-letters", None),
+        ("GET", "/admin/consumers/refunds/dead-letters/reasons", None),
+        ("GET", "/admin/consumers/refunds/dead-letters/some-letter", None),
         ("POST", "/admin/consumers/refunds/dead-letters/replay", {}),
         ("POST", "/admin/consumers/refunds/dead-letters/purge", {}),
     ]
@@ -197,3 +208,39 @@ async def test_concurrency_bad_input_is_422_with_the_field_errors(
     assert (error["type"], error["loc"]) == ("json_invalid", ["body"])
     assert "not UTF-8" in error["ctx"]["error"]
     assert ms.consumers["payments"].concurrency == 2
+
+
+async def test_operator_actions_are_logged_with_the_subject_of_the_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ms = memory_app(jwt_secret=SECRET)
+
+    @ms.consumer("payments", name="payments")
+    async def on_payment(event: dict[str, int]) -> None:
+        raise FatalError("no such order")
+
+    async with serving(ms.fastapi()) as http:
+        http.headers.update(bearer(sub="alice@ops"))
+        await ms.publish_batch("payments", [{"n": n} for n in range(3)])
+        await until(lambda: ms.consumers["payments"].stats.dead == 3)
+        caplog.clear()
+        base = "/admin/consumers/payments"
+        assert (await http.post(f"{base}/pause")).status_code == 200
+        assert (await http.post(f"{base}/resume")).status_code == 200
+        assert (await http.put(f"{base}/concurrency", json={"concurrency": 3})).status_code == 200
+        reason = {"reason": "FatalError"}
+        assert (await http.post(f"{base}/dead-letters/replay", json=reason)).status_code == 200
+        await until(lambda: ms.consumers["payments"].stats.dead == 6)
+        assert (await http.post(f"{base}/dead-letters/purge", json={})).status_code == 200
+
+    logged = [r.getMessage() for r in caplog.records if r.name == "millstream.web.admin"]
+    assert all(
+        r.levelno == logging.INFO for r in caplog.records if r.name == "millstream.web.admin"
+    )
+    assert logged == [
+        "operator 'alice@ops' paused consumer 'payments'",
+        "operator 'alice@ops' resumed consumer 'payments'",
+        "operator 'alice@ops' set consumer 'payments' concurrency 1 -> 3",
+        "operator 'alice@ops' replayed 3 dead letter(s) of 'payments': reason 'FatalError'",
+        "operator 'alice@ops' purged 3 dead letter(s) of 'payments': all",
+    ]
