@@ -24,7 +24,7 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/millstream demo
 
-## make test: lint, type-check and the whole test suite
+## make test: lint (code and Dockerfile), type-check and the whole test suite
 test: install-test lint
 	$(BIN)/pytest
 
@@ -32,6 +32,7 @@ lint: install-test
 	$(BIN)/ruff check millstream tests bench examples
 	$(BIN)/mypy millstream examples
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 ## make bench: throughput and memory, printed as a table
 bench: install-test
