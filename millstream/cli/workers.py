@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from socket import socket
@@ -24,6 +25,7 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 from millstream.observability.logs import configure_logging
+from millstream.runtime.member import MemberName, claim_slot
 
 __all__ = ["Logging", "run_workers"]
 
@@ -55,6 +57,7 @@ class _Worker(multiprocess.Process):
 
     def target(self, sockets: list[socket] | None = None) -> None:  # pragma: no cover - child
         configure_logging(self._logging.level, self._logging.fmt, root=True)
+        _own_member_name()
         super().target(sockets)
 
 
@@ -63,6 +66,20 @@ class _Supervisor(multiprocess.Multiprocess):
         super().terminate_all()
         for sock in self.sockets:  # the workers keep their own copies while they drain
             sock.close()
+
+
+_CLAIMED: list[MemberName] = []  # a worker's slot, held for as long as the worker lives
+
+
+def _own_member_name() -> None:
+    """A configured ``MILLSTREAM_MEMBER`` is one name for the whole pod: each worker takes it
+    plus the lowest slot no live worker holds, so no two live workers share a name, and a
+    worker started in place of one that died gets that one's name back."""
+    configured = os.environ.get("MILLSTREAM_MEMBER")
+    if configured:
+        claimed = claim_slot(configured)
+        _CLAIMED.append(claimed)
+        os.environ["MILLSTREAM_MEMBER"] = claimed.name
 
 
 def run_workers(config: uvicorn.Config, target: str, logging: Logging) -> None:

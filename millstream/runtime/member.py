@@ -6,6 +6,7 @@ restarted process does not wait a whole lease for them. The name must be the
 same after a restart and never held by two live processes at once:
 
 - ``MILLSTREAM_MEMBER`` (the ``member`` setting) when given, say a pod name;
+  the workers of ``millstream run --workers N`` each add a slot to it;
 - otherwise the host name plus the lowest *slot* number that no other live
   process on this host holds. A slot is an exclusive ``flock`` on a file
   under the temporary directory; the kernel lets go of it when the process
@@ -23,7 +24,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["MemberName", "claim_member", "member_name"]
+__all__ = ["MemberName", "claim_member", "claim_slot", "member_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _MOST_SLOTS = 4096
@@ -51,7 +52,12 @@ def claim_member(configured: str | None, directory: Path | None = None) -> Membe
     """The configured name, or the host name with the lowest slot free on this host."""
     if configured:
         return MemberName(member_name(configured))
-    host = member_name(socket.gethostname())
+    return claim_slot(socket.gethostname(), directory)
+
+
+def claim_slot(base: str, directory: Path | None = None) -> MemberName:
+    """``base`` plus the lowest slot no other live process on this host holds, until released."""
+    host = member_name(base)
     folder = directory or Path(tempfile.gettempdir()) / f"millstream-members-{os.getuid()}"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for slot in range(_MOST_SLOTS):

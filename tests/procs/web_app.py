@@ -4,7 +4,7 @@ The broker comes from ``MILLSTREAM_BROKER_URL`` (the SQLite broker in the
 test). What happened is appended to ``WEB_APP_LOG`` with unbuffered writes,
 so it survives however the process ends:
 
-- ``handled <n> <attempt>`` when the consumer finished message ``n``;
+- ``handled <n> <attempt> <member>`` when the consumer finished message ``n``;
 - ``request <id> start`` and ``request <id> end <status>`` around each
   request carrying an ``x-request-id`` header, so the test can tell a
   request the server never began from one it began and cut short.
@@ -45,7 +45,7 @@ async def on_order(order: Order, msg: Delivery) -> None:
     global handled
     await asyncio.sleep(_SLEEP)
     handled += 1
-    note(f"handled {order.n} {msg.attempt}")
+    note(f"handled {order.n} {msg.attempt} {ms.member}")
 
 
 app = ms.fastapi(title="web_app")

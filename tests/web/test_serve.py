@@ -50,6 +50,7 @@ def serve(url: str, log: Path, port: int, output: Path, workers: int) -> subproc
         # Where to listen, as a container is told: by variables, not flags.
         "MILLSTREAM_HOST": "127.0.0.1",
         "MILLSTREAM_PORT": str(port),
+        "MILLSTREAM_MEMBER": "pod-a",  # one name for the pod; each worker adds a slot
     }
     return subprocess.Popen(
         [
@@ -253,6 +254,11 @@ async def test_sigterm_under_load_drains_requests_and_messages_and_exits_0(
     # went out on a connection the server then closed: only new connections were refused.
     lost = {rid: error for rid, error in load.refused.items() if "ConnectError" not in error}
     assert not lost, f"sent, then the connection closed unanswered: {lost}"
+
+    # Each worker is a member of its own name, the pod's plus a slot.
+    members = {line[3] for line in entries if line[0] == "handled"}
+    expected_members = {"pod-a"} if processes == 1 else {f"pod-a-{n}" for n in range(processes)}
+    assert members == expected_members, members
 
     # Every worker logged its own shutdown, as JSON lines.
     said = [line for line in output.read_text().splitlines() if "readiness is DOWN" in line]
