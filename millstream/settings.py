@@ -4,6 +4,7 @@ file, then a secrets directory, then defaults."""
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from pydantic_settings import (
 from millstream.errors import ConfigError
 
 __all__ = ["SECRETS_DIR", "Settings", "load_settings"]
+
+log = logging.getLogger("millstream")
 
 SECRETS_DIR = "MILLSTREAM_SECRETS_DIR"
 """The variable naming a directory with one file per setting (as Kubernetes mounts a Secret)."""
@@ -172,6 +175,7 @@ def load_settings(**overrides: Any) -> Settings:
             f"unknown setting(s) {', '.join(unknown)}; "
             f"known settings are {', '.join(sorted(Settings.model_fields))}"
         )
+    _warn_of_near_misses()
     secrets = os.environ.get(SECRETS_DIR)
     if secrets and not Path(secrets).is_dir():
         raise ConfigError(
@@ -204,3 +208,24 @@ def _not_a_setting(name: str) -> str:
     close = difflib.get_close_matches(field, list(Settings.model_fields), n=1)
     fix = f"did you mean MILLSTREAM_{close[0].upper()}?" if close else "remove the line"
     return f"{name.upper()} in .env is not a setting; {fix}"
+
+
+_warned: set[str] = set()
+
+
+def _warn_of_near_misses() -> None:
+    """Log, once, each ``MILLSTREAM_*`` variable that is no setting but nearly names one
+    (``MILLSTREAM_DRAIN_TIMEOUTS``): the environment is shared with other tools, so others
+    are left alone, but a typo in a deployment would otherwise go unnoticed."""
+    for name in os.environ:
+        field = name.lower().removeprefix("millstream_")
+        if not name.startswith("MILLSTREAM_") or field in Settings.model_fields:
+            continue
+        close = difflib.get_close_matches(field, list(Settings.model_fields), n=1, cutoff=0.85)
+        if close and name not in _warned:
+            _warned.add(name)
+            log.warning(
+                "%s is set but is not a setting, so it does nothing; did you mean MILLSTREAM_%s?",
+                name,
+                close[0].upper(),
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -71,3 +72,18 @@ def test_the_demo_keeps_its_development_secret_across_restarts(elsewhere: Path) 
     kept = elsewhere / ".millstream" / "demo" / "jwt-secret"
     assert kept.read_text() == first
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+def test_a_variable_that_nearly_names_a_setting_is_warned_of_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MILLSTREAM_DRAIN_TIMEOUTS", "60")
+    monkeypatch.setenv("MILLSTREAM_REQUIRE_BROKERS", "1")  # another tool's: left alone
+    with caplog.at_level(logging.WARNING, logger="millstream"):
+        assert load_settings().drain_timeout == 30.0
+        load_settings()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "MILLSTREAM_DRAIN_TIMEOUTS is set but is not a setting, so it does nothing; "
+        "did you mean MILLSTREAM_DRAIN_TIMEOUT?"
+    ]
