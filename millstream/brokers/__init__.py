@@ -11,6 +11,8 @@ from millstream.brokers.base import (
     DeadLetter,
     DeadLetterQueue,
     Lag,
+    Layout,
+    Place,
     Subscription,
 )
 from millstream.errors import ConfigError
@@ -22,6 +24,8 @@ __all__ = [
     "DeadLetter",
     "DeadLetterQueue",
     "Lag",
+    "Layout",
+    "Place",
     "Subscription",
     "connect",
     "redact",

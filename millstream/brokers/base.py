@@ -20,6 +20,8 @@ __all__ = [
     "DeadLetter",
     "DeadLetterQueue",
     "Lag",
+    "Layout",
+    "Place",
     "Subscription",
     "due_only",
     "early",
@@ -71,6 +73,61 @@ class DeadLetter:
     attempts: int
     error: str
     failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """One place a broker keeps messages in, by the name its own tools show.
+
+    ``name`` may hold ``{parameter}`` placeholders, each taking the values
+    ``parameters`` lists (RabbitMQ's retry queues, one per delay step).
+    ``holds`` says what is there in words true for every group that shares
+    the place.
+    """
+
+    name: str
+    kind: str
+    """What the broker calls it: "Kafka topic", "RabbitMQ queue", "Redis stream", ..."""
+    holds: str
+    parameters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def names(self) -> list[str]:
+        """Every name the place stands for, its placeholders filled in."""
+        names = [self.name]
+        for parameter, values in self.parameters:
+            names = [name.replace(f"{{{parameter}}}", value) for name in names for value in values]
+        return names
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a broker keeps one group's messages of one topic besides the topic itself.
+
+    Named by the broker package from its own naming, so a document or a tool
+    pointing at these places never guesses them. Empty where the broker
+    keeps them in place or in process (the memory broker).
+    """
+
+    queue: Place | None = None
+    """The group's own queue, where its members take the topic's messages from a place
+    other than the topic (RabbitMQ)."""
+    retry: tuple[Place, ...] = ()
+    """Where the group's retries wait out their delay or come back through; empty where
+    the broker retries in place (NATS: a delayed ``-NAK``; SQLite: the delivery row waits)."""
+    delay: Place | None = None
+    """Where delayed publishes to the topic wait before any group gets them, when that is a
+    place of its own."""
+    dead_letters: Place | None = None
+    """Where the group's dead letters are kept."""
+    dead_letter_headers: tuple[tuple[str, str], ...] = ()
+    """What a dead letter carries besides the message's own headers, ``(name, meaning)``:
+    headers, or the fields or columns where the broker has no headers."""
+
+    @property
+    def places(self) -> tuple[Place, ...]:
+        """Every place named: the queue, retries, delayed publishes, dead letters."""
+        places = (self.queue, *self.retry, self.delay, self.dead_letters)
+        return tuple(place for place in places if place is not None)
 
 
 class DeadLetterQueue(Protocol):
@@ -188,6 +245,13 @@ class Broker(Protocol):
         ...
 
     async def dead_letters(self, topic: str, group: str) -> DeadLetterQueue: ...
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Where this broker keeps ``group``'s retries and dead letters of ``topic``, by name.
+
+        Pure naming: needs no connection and creates nothing.
+        """
+        ...
 
 
 def early(messages: list[Message], now: float) -> tuple[list[Message], list[tuple[Message, float]]]:

@@ -18,7 +18,8 @@ storage that a test may kill -9 and restart), ``refusing`` (a server that
 refuses a wrong password), ``leased`` (connections with a lease of the test's
 choosing) and ``unreachable`` (a URL where nothing answers). Some flags say how
 the broker tells of a takeover (``back_logged_once``, ``expired_logged_once``,
-``says_back``, ``says_expired``) or what it holds for a crashed member (``crash_holds``).
+``says_back``, ``says_expired``) or what it holds for a crashed member (``crash_holds``);
+``held_at`` looks at the places its layout names, with its own client.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ class BrokerFactory:
     broker knows it, else why the messages came back."""
     unreachable: Callable[[int], Unreachable] | None = None
     """The broker's URL, with a password, at a loopback port where nothing listens."""
+    held_at: Callable[[str, str, str], Awaitable[int]] | None = None
+    """How many messages the broker's own client finds at a place ``Broker.layout`` names,
+    given (the name, the topic, the group): a stream's length, a queue's messages, a topic's
+    records, the group's rows of a table; 0 where nothing is. ``None``: the broker keeps
+    nothing a client outside the process can look at."""
     lacks: dict[str, str] = field(default_factory=dict)
     """Why the broker lacks a capability flag, by the flag's name: the skip says so."""
 

@@ -73,6 +73,19 @@ def factory(tmp_path: Path) -> BrokerFactory:
             await reader.stop()
         return sum(last[p] - committed.get(p, 0) for p in partitions)
 
+    async def held_at(name: str, topic: str, group: str) -> int:
+        reader = AIOKafkaConsumer(bootstrap_servers=tansu.address)
+        await reader.start()
+        try:
+            if name not in await reader.topics():
+                return 0
+            partitions = [TopicPartition(name, p) for p in reader.partitions_for_topic(name) or ()]
+            first = await reader.beginning_offsets(partitions)
+            last = await reader.end_offsets(partitions)
+        finally:
+            await reader.stop()
+        return sum(last[p] - first[p] for p in partitions)
+
     @contextmanager
     def refusing(directory: Path) -> Iterator[Refusing]:
         # Tansu refuses SCRAM credentials it does not know inside the exchange.
@@ -111,6 +124,7 @@ def factory(tmp_path: Path) -> BrokerFactory:
         f"({topic}[0] offsets "  # the partition and offsets it took
     )
     built.unreachable = unreachable
+    built.held_at = held_at
     built.lacks = {
         "durable_server": "Tansu, the Kafka the tests run, keeps data in memory only in this "
         "build: a kill -9 loses it by design"

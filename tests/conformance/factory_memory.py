@@ -24,6 +24,8 @@ LACKS = {
     "durable_server": "it has no server to kill, and keeps nothing past its process",
     "refusing": "it has no credentials to refuse",
     "unreachable": "it has no server to be out of reach",
+    "held_at": "it keeps retries and dead letters in the hub, in this process, where no "
+    "other client can look",
 }
 
 

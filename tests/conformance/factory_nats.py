@@ -54,6 +54,21 @@ def factory(tmp_path: Path) -> BrokerFactory:
         await nats_server.ensure_topic_stream(URL, topic)
         await nats_server.publish_raw(URL, topic, payload)
 
+    async def held_at(subject: str, topic: str, group: str) -> int:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        client = await nats.connect(URL, allow_reconnect=False)
+        try:
+            js = client.jsm()
+            stream = await js.find_stream_name_by_subject(subject)
+            info = await js.stream_info(stream, subjects_filter=subject)
+            return sum((info.state.subjects or {}).values())
+        except NotFoundError:
+            return 0
+        finally:
+            await client.close()
+
     def durable_server(directory: Path) -> tuple[ServerProcess, str]:
         server = nats_server.NatsServer(directory / "nats")
         return server, f"{server.url()}?lease={LEASE:g}"
@@ -86,4 +101,5 @@ def factory(tmp_path: Path) -> BrokerFactory:
     # The server redelivers each message as its ack_wait runs out.
     built.expired_logged_once = False
     built.unreachable = unreachable
+    built.held_at = held_at
     return built

@@ -13,6 +13,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+import aiormq
+
 from millstream.brokers.base import Broker
 from tests.conformance.factory import (
     GROUP,
@@ -51,6 +53,17 @@ def factory(tmp_path: Path) -> BrokerFactory:
     async def publish_raw(topic: str, payload: bytes) -> None:
         await rabbitmq_raw.publish_raw(SHARED, topic, payload)
 
+    async def held_at(queue: str, topic: str, group: str) -> int:
+        connection = await aiormq.connect(SHARED)
+        try:
+            channel = await connection.channel()
+            declared = await channel.queue_declare(queue, passive=True)
+            return int(declared.message_count or 0)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+        finally:
+            await connection.close()
+
     refused = Refusing(
         5672, lambda port: f"amqp://guest:wrong@127.0.0.1:{port}/", "amqp://guest:***@"
     )
@@ -73,6 +86,7 @@ def factory(tmp_path: Path) -> BrokerFactory:
     built.says_back = built.says_expired = lambda name, topic: (
         "that RabbitMQ returned from a member that went without acking them"
     )
+    built.held_at = held_at
     built.unreachable = lambda port: Unreachable(
         f"amqp://guest:pw@127.0.0.1:{port}/", f"amqp://guest:***@127.0.0.1:{port}/"
     )

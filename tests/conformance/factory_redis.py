@@ -81,6 +81,19 @@ def factory(tmp_path: Path) -> BrokerFactory:
         finally:
             await client.aclose()
 
+    async def held_at(key: str, topic: str, group: str) -> int:
+        client = redis.asyncio.Redis.from_url(URL)
+        try:
+            kind = await client.type(key)
+            if kind == b"stream":
+                return int(await client.xlen(key))
+            if kind == b"zset":
+                return int(await client.zcard(key))
+            assert kind == b"none", f"{key!r} is a {kind!r}"
+            return 0
+        finally:
+            await client.aclose()
+
     def durable_server(directory: Path) -> tuple[ServerProcess, str]:
         server = RedisServer(directory / "redis")  # an append-only file, fsynced always
         return server, f"{server.url}?lease={LEASE:g}"
@@ -108,4 +121,5 @@ def factory(tmp_path: Path) -> BrokerFactory:
         f"held by {name}, which stopped calling "
     )
     built.unreachable = unreachable
+    built.held_at = held_at
     return built

@@ -9,6 +9,8 @@ rows are written with the sqlite3 module (tests/brokers/sqlite_raw.py).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from millstream.brokers.base import Broker
@@ -23,6 +25,10 @@ LACKS = {
     "unreachable": "it has no server to be out of reach (connect creates the file if need be)",
 }
 
+# A dead letter is a delivery row in state 'dead'; its group is the groups row it points at.
+_DEAD_ROWS = """SELECT count(*) FROM "{table}" AS d JOIN groups AS g ON g.gid = d.gid
+    WHERE g.topic = ? AND g.name = ? AND d.state = 'dead'"""
+
 
 def factory(tmp_path: Path) -> BrokerFactory:
     path = tmp_path / "broker.db"
@@ -34,6 +40,14 @@ def factory(tmp_path: Path) -> BrokerFactory:
 
     async def publish_raw(topic: str, payload: bytes) -> None:
         await asyncio.to_thread(sqlite_raw.foreign, path, topic, payload)
+
+    def dead_rows(table: str, topic: str, group: str) -> int:
+        with closing(sqlite3.connect(path)) as db:
+            found = db.execute(_DEAD_ROWS.format(table=table), (topic, group)).fetchone()
+        return int(found[0])
+
+    async def held_at(table: str, topic: str, group: str) -> int:
+        return await asyncio.to_thread(dead_rows, table, topic, group)
 
     def leased(seconds: float) -> Broker:
         return SqliteBroker.from_url(f"sqlite:///{path}?lease={seconds:g}")
@@ -57,5 +71,6 @@ def factory(tmp_path: Path) -> BrokerFactory:
         says_expired=lambda name, topic: (
             f"held by {name}, which stopped without releasing them (its lease of {LEASE:g}s"
         ),
+        held_at=held_at,
         lacks=LACKS,
     )

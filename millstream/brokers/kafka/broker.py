@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from millstream.brokers.base import Capabilities
+from millstream.brokers.base import Capabilities, Layout
 from millstream.brokers.kafka.connection import (
     KafkaConnection,
     KafkaOptions,
@@ -32,6 +32,7 @@ from millstream.brokers.kafka.connection import (
     translated,
 )
 from millstream.brokers.kafka.dead_letters import KafkaDeadLetters
+from millstream.brokers.kafka.layout import layout
 from millstream.brokers.kafka.members import (
     client_id,
     remove_predecessors,
@@ -205,6 +206,10 @@ class KafkaBroker:
         """The dead letters of ``topic`` for ``group`` (looking creates nothing)."""
         self.connection.producer()
         return KafkaDeadLetters(self.connection, topic, group)
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Where ``group``'s retries and dead letters of ``topic`` are kept, by name."""
+        return layout(topic, group)
 
     def _forget(self, subscription: KafkaSubscription) -> None:
         if subscription in self._subscriptions:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from millstream.brokers.base import Capabilities
+from millstream.brokers.base import Capabilities, Layout
 from millstream.brokers.memory.connection import MemoryConnection, parse_url
 from millstream.brokers.memory.dead_letters import MemoryDeadLetters
 from millstream.brokers.memory.hub import MemoryHub
@@ -90,6 +90,10 @@ class MemoryBroker:
         """The dead-letter queue of ``topic`` and ``group``."""
         self._connection.check()
         return MemoryDeadLetters(self._connection, topic, group)
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Nothing to name: retries and dead letters stay in the hub, in process."""
+        return Layout()
 
     def _forget(self, subscription: MemorySubscription) -> None:
         if subscription in self._subscriptions:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from millstream.brokers.base import Capabilities
+from millstream.brokers.base import Capabilities, Layout
 from millstream.brokers.nats.connection import (
     REQUEST_TIMEOUT,
     Connection,
@@ -30,6 +30,7 @@ from millstream.brokers.nats.connection import (
     translated,
 )
 from millstream.brokers.nats.dead_letters import NatsDeadLetters
+from millstream.brokers.nats.layout import layout
 from millstream.brokers.nats.names import Names, check_topic
 from millstream.brokers.nats.streams import JetStream, StreamMissing
 from millstream.brokers.nats.subscription import NatsSubscription
@@ -135,6 +136,10 @@ class NatsBroker:
         check_topic(topic)
         self.jetstream.connection()
         return NatsDeadLetters(self.jetstream, Names(topic, group))
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Where ``group``'s retries and dead letters of ``topic`` are kept, by name."""
+        return layout(topic, group)
 
     async def ensure_stream(self, names: Names) -> None:
         """Create the topic's stream unless it exists; add our subjects to it if it lacks them."""

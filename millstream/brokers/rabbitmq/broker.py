@@ -32,7 +32,7 @@ from contextlib import suppress
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
-from millstream.brokers.base import Capabilities
+from millstream.brokers.base import Capabilities, Layout
 from millstream.brokers.rabbitmq.connection import (
     Publication,
     RabbitMqConnection,
@@ -41,6 +41,7 @@ from millstream.brokers.rabbitmq.connection import (
     translated,
 )
 from millstream.brokers.rabbitmq.dead_letters import RabbitMqDeadLetters
+from millstream.brokers.rabbitmq.layout import layout
 from millstream.brokers.rabbitmq.subscription import RabbitMqSubscription
 from millstream.brokers.rabbitmq.topology import declare_group, declare_topic
 from millstream.brokers.rabbitmq.wire import Names, encode, tag_of
@@ -159,6 +160,10 @@ class RabbitMqBroker:
         """The dead-letter queue of ``topic`` and ``group`` (looking creates nothing)."""
         await self.connect()
         return RabbitMqDeadLetters(self._connection, Names(topic, group))
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Where ``group``'s retries and dead letters of ``topic`` are kept, by name."""
+        return layout(topic, group)
 
     async def channel(self, *, confirms: bool = True) -> AbstractChannel:
         """A new channel on the connection, connecting first if needed."""

@@ -128,8 +128,13 @@ class Names:
     def dlq(self) -> str:
         return f"{self.queue}.dlq"
 
+    @property
+    def retry_queues(self) -> str:
+        """The name of every retry queue, ``{step}`` standing for its step in milliseconds."""
+        return f"{self.queue}.retry.{{step}}ms"
+
     def retry(self, step_ms: int) -> str:
-        return f"{self.queue}.retry.{step_ms}ms"
+        return self.retry_queues.replace("{step}", str(step_ms), 1)
 
 
 def tag_of(delivered: DeliveredMessage) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from millstream.brokers.base import Capabilities
+from millstream.brokers.base import Capabilities, Layout
 from millstream.brokers.redis.connection import (
     RedisConnection,
     RedisOptions,
@@ -30,6 +30,7 @@ from millstream.brokers.redis.connection import (
     server_version,
 )
 from millstream.brokers.redis.dead_letters import RedisDeadLetters
+from millstream.brokers.redis.layout import layout
 from millstream.brokers.redis.scripts import ensure_group
 from millstream.brokers.redis.subscription import HOUSEKEEPING_MAX, RedisSubscription
 from millstream.brokers.redis.wire import Keys, encode
@@ -140,6 +141,10 @@ class RedisBroker:
         """The dead-letter queue of ``topic`` and ``group`` (looking creates nothing)."""
         self._connection.client()
         return RedisDeadLetters(self._connection, Keys(topic, group))
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Where ``group``'s retries and dead letters of ``topic`` are kept, by name."""
+        return layout(topic, group)
 
     def _forget(self, subscription: RedisSubscription) -> None:
         if subscription in self._subscriptions:

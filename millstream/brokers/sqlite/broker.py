@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from millstream.brokers.base import Capabilities
+from millstream.brokers.base import Capabilities, Layout
 from millstream.brokers.sqlite import leases, schema
 from millstream.brokers.sqlite.connection import (
     DEFAULT_LEASE,
@@ -30,6 +30,7 @@ from millstream.brokers.sqlite.connection import (
     parse_url,
 )
 from millstream.brokers.sqlite.dead_letters import SqliteDeadLetters
+from millstream.brokers.sqlite.layout import layout
 from millstream.brokers.sqlite.subscription import SqliteSubscription
 from millstream.message import OutgoingMessage
 
@@ -162,6 +163,10 @@ class SqliteBroker:
         """The dead-letter queue of ``topic`` and ``group``."""
         self._live.current()
         return SqliteDeadLetters(self._live, topic, group)
+
+    def layout(self, topic: str, group: str) -> Layout:
+        """Where ``group``'s retries and dead letters of ``topic`` are kept, by name."""
+        return layout(topic, group)
 
     def current(self, epoch: int | None = None) -> SqliteConnection:
         """The live connection (of ``epoch``, if given), else ``BrokerUnavailable``."""
