@@ -26,6 +26,7 @@ __all__ = [
     "redact",
     "refuse_unknown_hosts",
     "unknown_hosts",
+    "url_addresses",
     "url_hosts",
 ]
 
@@ -43,16 +44,20 @@ async def unknown_hosts(hosts: Iterable[str]) -> list[str]:
     return missing
 
 
+def url_addresses(url: str) -> list[str]:
+    """The ``host[:port]`` entries of ``url``, without its credentials; it may list several
+    (``kafka://user:pass@a:9092,b:9092`` has ``a:9092`` and ``b:9092``)."""
+    netloc = url.partition("://")[2].partition("/")[0].partition("?")[0]
+    return [entry.strip() for entry in netloc.rpartition("@")[2].split(",") if entry.strip()]
+
+
 def url_hosts(url: str) -> list[str]:
     """The host names of ``url``, which may list several (``kafka://a:9092,b:9092``)."""
-    netloc = url.partition("://")[2].partition("/")[0].partition("?")[0]
-    hosts = netloc.rpartition("@")[2]
     names = []
-    for entry in hosts.split(","):
-        entry = entry.strip()
+    for entry in url_addresses(url):
         if entry.startswith("["):  # [::1]:9092
             names.append(entry[1:].partition("]")[0])
-        elif entry:
+        else:
             names.append(entry.rpartition(":")[0] if ":" in entry else entry)
     return names
 

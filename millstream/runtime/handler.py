@@ -36,6 +36,7 @@ __all__ = [
     "bind_handler",
     "injected_types",
     "payload_decoder",
+    "payload_type",
     "with_timeout",
 ]
 
@@ -69,6 +70,8 @@ class _Signature:
     """(parameter name, what it takes) for the rest."""
     dependencies: Dependencies | None = None
     """The ``Depends`` parameters, passed by keyword, if there are any."""
+    payload: Any = None
+    """The payload parameter's type hint: what ``decoder`` decodes into."""
 
     @property
     def injected(self) -> frozenset[type[Injected]]:
@@ -130,7 +133,9 @@ def _inspect(handler: Handler) -> _Signature:
             keywords.append((parameter.name, role))
         else:
             positional.append(role)
-    return _Signature(decoder, tuple(positional), tuple(keywords), dependencies)
+    return _Signature(
+        decoder, tuple(positional), tuple(keywords), dependencies, hints[payload.name]
+    )
 
 
 def _dependencies(
@@ -222,6 +227,12 @@ def injected_types(handler: Handler) -> frozenset[type[Injected]]:
 def payload_decoder(handler: Handler) -> Decoder:
     """How the runtime decodes a message's payload for ``handler``: by its type hint."""
     return _inspect(handler).decoder
+
+
+def payload_type(handler: Handler) -> Any:
+    """The type hint the runtime decodes ``handler``'s payload into: ``bytes``, ``str``,
+    ``Message`` (the whole envelope), or a type pydantic validates JSON into."""
+    return _inspect(handler).payload
 
 
 def bind_handler(
