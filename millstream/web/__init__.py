@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.types import Lifespan, Receive, Scope, Send
 
 from millstream.web.admin import admin_router
+from millstream.web.asyncapi import asyncapi_router
 from millstream.web.console import console_router
 from millstream.web.errors import install_error_handlers, middleware_responses
 from millstream.web.health import health_router
@@ -70,6 +71,7 @@ def service_router(service: Service) -> APIRouter:
     router.include_router(health_router(service))
     router.include_router(admin_router(service))
     router.include_router(console_router())
+    router.include_router(asyncapi_router(service))
     return router
 
 
