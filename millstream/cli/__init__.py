@@ -1,4 +1,4 @@
-"""The ``millstream`` command line: produce, consume, dead letters and the demo.
+"""The ``millstream`` command line: produce, consume, dead letters, docs and the demo.
 
 Every command takes ``--broker URL`` (default: ``MILLSTREAM_BROKER_URL``,
 then the embedded SQLite broker). A configuration error prints one red line
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from millstream.cli import consume, dlq, produce, serve
+from millstream.cli import consume, dlq, docs, produce, serve
 from millstream.cli.common import app, fail, stdout
 from millstream.cli.serve import LogFormat, serve_app
 from millstream.demo import banner, prepare_demo
@@ -19,7 +19,7 @@ from millstream.errors import ConfigError
 from millstream.observability.logs import configure_logging
 from millstream.settings import load_settings
 
-__all__ = ["app", "consume", "dlq", "main", "produce", "serve"]
+__all__ = ["app", "consume", "dlq", "docs", "main", "produce", "serve"]
 
 
 @app.command()

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -14,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from uvicorn.importer import ImportFromStringError, import_from_string
 
 from millstream.brokers import connect
 from millstream.brokers.base import Broker
@@ -80,6 +83,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     one_line = " ".join(lines[:1]) + ("" if len(lines) < 2 else " " + "; ".join(lines[1:]))
     stderr().print(f"[bold red]error:[/] [red]{escape(one_line)}[/]")
     raise typer.Exit(code)
+
+
+def imported(target: str, example: str) -> Any:
+    """``target`` (module:attribute) imported from the working directory, as uvicorn does;
+    exit 2 saying why (and showing ``example``) if it cannot be."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return import_from_string(target)
+    except ImportFromStringError as exc:
+        fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. {example}", 2)
 
 
 def run(work: Coroutine[Any, Any, T]) -> T:

@@ -27,7 +27,7 @@ import typer
 import uvicorn
 from uvicorn.importer import ImportFromStringError, import_from_string
 
-from millstream.cli.common import app, fail
+from millstream.cli.common import app, fail, imported
 from millstream.cli.workers import Logging, run_workers
 from millstream.observability.logs import configure_logging
 from millstream.settings import Settings, load_settings
@@ -126,16 +126,6 @@ def _start(ctx: typer.Context, log_format: LogFormat) -> tuple[Settings, Logging
         fail(str(exc), code=2)
 
 
-def _imported(target: str, example: str) -> Any:
-    """``target`` (module:attribute) imported from the working directory, as uvicorn does."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return import_from_string(target)
-    except ImportFromStringError as exc:
-        fail(f"cannot load {target!r}: {exc}; expected module:attribute, e.g. {example}", 2)
-
-
 @app.command("run")
 def run_command(
     ctx: typer.Context,
@@ -160,7 +150,7 @@ def run_command(
         config = uvicorn.Config(target, workers=workers, **_options(host, port, drain))
         run_workers(config, target, logging)
         return
-    serve_app(_imported(target, "app.main:app"), host, port, drain)
+    serve_app(imported(target, "app.main:app"), host, port, drain)
 
 
 @app.command("worker")
@@ -176,7 +166,7 @@ def worker_command(
     For deployments that scale consumers apart from HTTP; SIGTERM drains and exits 0.
     """
     settings, _ = _start(ctx, log_format)
-    loaded = _imported(target, "app.main:ms")
+    loaded = imported(target, "app.main:ms")
     if not callable(getattr(loaded, "worker", None)):
         fail(
             f"{target!r} is a {type(loaded).__name__}, not a Millstream; point `millstream "
