@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 
 from examples.orders import notifications
 from examples.orders import store as orders
-from examples.orders.models import NewOrder, Notification, Order, OrderList
+from examples.orders.models import NewOrder, Notification, Order, OrderCreated, OrderList
 from examples.orders.payments import payments_router
 from millstream import Millstream
 from millstream.cache import Cache
@@ -39,6 +39,9 @@ def build(**settings: Any) -> OrderService:
     ms.store.schema(orders.SCHEMA)
     cache: Cache[Order] = ms.cache("orders", ttl=30.0, max_entries=50_000)
 
+    # Written through the outbox by store.create_order; declared so the AsyncAPI
+    # document lists what the service sends, with its payload.
+    ms.publisher("orders.created", model=OrderCreated)
     ms.include_router(payments_router(cache))
     ms.include_router(notifications.router)
 

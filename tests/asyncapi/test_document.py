@@ -101,8 +101,15 @@ def test_each_consumer_receives_and_each_publication_sends(orders: OrderService)
         assert list(headers) == [name for name, _ in layout.dead_letter_headers]
     assert receives["payments"]["x-millstream"]["retry"]["attempts"] == 4
     assert [op["x-millstream"]["topic"] for op in sends] == list(ms.publications)
-    [changed] = sends
-    assert changed["x-millstream"]["declared_by"] == ["consumer 'payments'"]
+    by_topic = {op["x-millstream"]["topic"]: op for op in sends}
+    assert by_topic.keys() == {"orders.created", "orders.status-changed"}
+    changed = by_topic["orders.status-changed"]["x-millstream"]
+    assert changed["declared_by"] == ["consumer 'payments'"]
+    created = by_topic["orders.created"]
+    assert created["x-millstream"]["declared_by"] == ["publisher"]
+    [listed] = created["messages"]
+    message = resolve(document, resolve(document, listed["$ref"])["$ref"])
+    assert resolve(document, message["payload"]["$ref"])["title"] == "OrderCreated"
 
 
 BROKERS = {
