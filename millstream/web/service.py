@@ -37,6 +37,11 @@ class Service:
         self.draining = False
         self.history = ThroughputHistory()
         """Each consumer's throughput per bucket, sampled while served (the console's chart)."""
+        self.letter_counts: dict[str, tuple[float, int, int]] = {}
+        """Each consumer's dead letters as last counted: when (``time.monotonic``), its
+        ``stats.dead`` then, and the count. The consumers list asks the broker again only
+        when this process buried more, after ``LETTER_COUNT_TTL`` seconds (letters other
+        instances buried), or after a replay or purge: counting reads a whole topic on Kafka."""
         from millstream.web import service_router
 
         self.router = service_router(self)

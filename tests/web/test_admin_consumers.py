@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-from millstream import FatalError, Millstream
+from millstream import FatalError, Millstream, Retry
 from millstream.runtime import ConsumerState
 from tests.support import until
 from tests.web import SECRET, bearer, memory_app, serving
@@ -244,3 +244,40 @@ async def test_operator_actions_are_logged_with_the_subject_of_the_token(
         "operator 'alice@ops' replayed 3 dead letter(s) of 'payments': reason 'FatalError'",
         "operator 'alice@ops' purged 3 dead letter(s) of 'payments': all",
     ]
+
+
+async def test_the_consumers_list_counts_dead_letters_again_only_when_they_may_have_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counting reads a whole topic on Kafka: the list, polled by the console, reuses a
+    count until this process buries another letter, a replay or purge, or 15 seconds."""
+    ms = memory_app(jwt_secret=SECRET)
+
+    @ms.consumer("payments", retry=Retry(attempts=1))
+    async def on_payment(event: dict[str, int]) -> None:
+        raise FatalError("refused")
+
+    counts = 0
+    from millstream.brokers.memory.dead_letters import MemoryDeadLetters
+
+    original = MemoryDeadLetters.count
+
+    async def count(self: MemoryDeadLetters) -> int:
+        nonlocal counts
+        counts += 1
+        return await original(self)
+
+    monkeypatch.setattr(MemoryDeadLetters, "count", count)
+
+    async def listed() -> int:
+        reply = await http.get("/admin/consumers", headers=bearer())
+        return int(reply.json()[0]["dead_letters"])
+
+    async with serving(ms.fastapi()) as http:
+        assert (await listed(), await listed(), counts) == (0, 0, 1)
+        await ms.publish("payments", {"n": 1})
+        await until(lambda: ms.consumers["on_payment"].stats.dead == 1)
+        assert (await listed(), await listed(), counts) == (1, 1, 2)
+        purge = "/admin/consumers/on_payment/dead-letters/purge"
+        assert (await http.post(purge, json={}, headers=bearer())).status_code == 200
+        assert (await listed(), counts) == (0, 3)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
@@ -100,12 +102,24 @@ async def _view(service: Service, consumer: ConsumerRuntime) -> ConsumerView:
     return view
 
 
+LETTER_COUNT_TTL = 15.0
+"""Seconds a consumer's dead-letter count in the consumers list is reused."""
+
+
 async def _views(service: Service, consumers: list[ConsumerRuntime]) -> list[ConsumerView]:
+    counted = service.letter_counts
+
     async def letters(consumer: ConsumerRuntime) -> int | None:
+        now, buried = time.monotonic(), consumer.stats.dead
+        at, seen, count = counted.get(consumer.name, (-math.inf, buried, 0))
+        if now - at < LETTER_COUNT_TTL and seen == buried:  # none buried here since
+            return count
         with contextlib.suppress(TimeoutError, BrokerError):
             async with asyncio.timeout(_ANSWER_WITHIN):
                 queue = await service.ms.dead_letters(consumer.spec.topic, consumer.spec.group)
-                return await queue.count()
+                count = await queue.count()
+                counted[consumer.name] = (now, buried, count)
+                return count
         return None
 
     reports, counts = await asyncio.gather(

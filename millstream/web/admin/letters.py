@@ -134,6 +134,7 @@ def letter_routes(router: APIRouter, service: Service, by_name: Any) -> None:
         queue = await queue_of(found)
         ids = await _chosen(queue, selection)
         replayed = await replay_paced(queue, ids, service.settings.dlq_replay_rate)
+        service.letter_counts.pop(found.name, None)
         acted(
             claims, "replayed %d dead letter(s) of %r: %s", replayed, found.name, _what(selection)
         )
@@ -148,6 +149,7 @@ def letter_routes(router: APIRouter, service: Service, by_name: Any) -> None:
         """``ids``, the letters of a ``reason``, or (neither) all."""
         queue = await queue_of(found)
         purged = await queue.purge(await _chosen(queue, selection))
+        service.letter_counts.pop(found.name, None)
         acted(claims, "purged %d dead letter(s) of %r: %s", purged, found.name, _what(selection))
         return {"purged": purged}
 
