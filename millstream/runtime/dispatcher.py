@@ -88,6 +88,8 @@ class Dispatcher:
         self._settled.set()
         self._draining = False
         self.running = 0
+        self.unstarted = 0
+        """Messages submitted and not yet taken by a worker (ready, or behind their key)."""
         self.concurrency = concurrency
         """Workers that take messages (retired ones only finish theirs)."""
         self._turn = 0  # renewals of the shared hold; a worker that yields renews it
@@ -112,6 +114,7 @@ class Dispatcher:
             else:
                 waiting[key] = deque()
                 ready.append((message, key))
+            self.unstarted += 1
         self._wake(len(ready))
 
     def set_concurrency(self, concurrency: int) -> None:
@@ -162,6 +165,7 @@ class Dispatcher:
             unstarted.extend(queue)
         self._ready.clear()
         self._waiting.clear()
+        self.unstarted = 0
         return unstarted
 
     def _wake(self, count: int) -> None:
@@ -197,6 +201,7 @@ class Dispatcher:
                     self._turn_started = clock()
                 continue
             message, key = ready.popleft()
+            self.unstarted -= 1
             self.running += 1
             try:
                 try:

@@ -207,17 +207,23 @@ class Session:
             if not resumed.is_set():
                 await self._idle(resumed.wait())
                 continue
-            # No more than the workers can start soon (pace.py), so a burst spreads.
-            limit = min(self._max_inflight, pace.startable(self._dispatcher.concurrency))
-            room = limit - self.inflight
-            if room < max(1, min(prefetch, limit) // 2):
+            # Held messages stay under max_inflight; those not yet started stay under what
+            # the workers can start soon (pace.py), so a burst spreads over the group.
+            # Handled messages waiting to settle do not count there: a member keeps
+            # asking (and finds a broker gone silent) while its settles hang.
+            dispatcher = self._dispatcher
+            startable = pace.startable(dispatcher.concurrency)
+            inflight_room = self._max_inflight - self.inflight
+            paced_room = startable - dispatcher.unstarted - dispatcher.running
+            room = min(inflight_room, paced_room)
+            if room < max(1, min(prefetch, self._max_inflight, startable) // 2):
                 # Not for a sliver: a small fetch costs a round trip like a
                 # whole one. Held messages settle and make room meanwhile.
-                if room <= 0:
+                if inflight_room <= 0:
                     self._settler.flush_now()
                 self._room.clear()
                 room_made: Coroutine[Any, Any, Any] = self._room.wait()
-                if limit < self._max_inflight:  # held to the pace, which moves as handlers run
+                if paced_room < inflight_room:  # room comes as workers start messages
                     room_made = _within(room_made, HORIZON)
                 await self._idle(room_made)
                 continue
