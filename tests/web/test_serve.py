@@ -204,9 +204,9 @@ async def test_sigterm_under_load_drains_requests_and_messages_and_exits_0(
             proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             # The signal takes a moment to arrive (with workers, the parent passes it on
-            # within half a second): readiness on the open connection turns within that.
+            # within half a second, slower on a busy machine): readiness turns within that.
             on_open_connection: int | str = 200
-            while on_open_connection == 200 and time.monotonic() - signalled < 1.0:
+            while on_open_connection == 200 and time.monotonic() - signalled < 3.0:
                 try:
                     request_id = await load.call(probe, "GET", "/health/ready", probe=True)
                     on_open_connection = load.answers[request_id]
