@@ -124,4 +124,10 @@ def banner(console: Console, base: str, token: str) -> None:
         soft_wrap=True,
         highlight=False,
     )
+    broker = os.environ.get("MILLSTREAM_BROKER_URL", "")
+    console.print(
+        f"  millstream dlq list payments --group orders --broker {broker}",
+        soft_wrap=True,
+        highlight=False,
+    )
     console.print("\nCtrl-C stops it gracefully.\n")

@@ -12,9 +12,19 @@
   invalidated on every instance.
 """
 
+import os
+
 from examples.orders.service import OrderService, build
 
-service = build()
+# Files of its own unless the environment names others, so that it never shares a
+# store (and an ``orders`` table of another shape) with the README's examples.
+_OWN_FILES = {
+    "broker_url": "sqlite:///./.millstream/orders/broker.db",
+    "store_url": "sqlite:///./.millstream/orders/state.db",
+}
+service = build(
+    **{k: v for k, v in _OWN_FILES.items() if f"MILLSTREAM_{k.upper()}" not in os.environ}
+)
 app = service.app
 ms = service.ms
 

@@ -155,7 +155,7 @@ def configure(
 ) -> None:
     """Run, feed and inspect millstream consumers."""
     ctx.obj = log_level
-    if ctx.invoked_subcommand in ("run", "demo"):
+    if ctx.invoked_subcommand in ("run", "worker", "demo"):
         return  # a service (the demo is one) logs through configure_logging, in text or JSON
     ctx.call_on_close(_log_to_stderr((log_level or LogLevel.WARNING).value))
 
