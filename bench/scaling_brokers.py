@@ -44,6 +44,16 @@ class Scaled:
     drop: Callable[[str], Coroutine[None, None, None]] = _nothing
     """Run after the run: delete what it left on the broker."""
 
+    @property
+    def port(self) -> int | None:
+        """The port of the broker's server on this machine, if it has one (SQLite has not)."""
+        parts = urlsplit(self.url("probe"))
+        try:
+            port = parts.port
+        except ValueError:  # several hosts
+            return None
+        return port if parts.hostname in ("127.0.0.1", "localhost", "::1") else None
+
 
 def scaled(name: str, workdir: Path) -> Scaled | str:
     """The broker ``name`` ready for the rows, or why it is skipped."""

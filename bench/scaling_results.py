@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
+from bench.scaling_cpu import Spent
 from bench.scaling_logs import Handled, KeyOrder, key_order
 
 TARGET = 1.7
@@ -42,8 +43,9 @@ class Run:
     shares: list[int]
     cpu: float | None
     """CPU seconds of every member together, from their start to their stop."""
-    machine_busy: float
-    """Share of the machine's CPU time busy while they consumed (anything's, 0..1)."""
+    spent: Spent
+    """The CPU the broker's server and the rest of the machine spent while the members
+    consumed."""
     key_order_promised: bool
 
     @property
@@ -68,6 +70,11 @@ class Run:
     def order(self) -> KeyOrder:
         return key_order(self.records)
 
+    @property
+    def server_per_message(self) -> float:
+        """CPU seconds of the broker's server per message handled."""
+        return self.spent.server * self.seconds / self.distinct if self.records else 0.0
+
     def figures(self) -> dict[str, Any]:
         """The run as plain numbers (``--json``)."""
         order = self.order
@@ -78,7 +85,8 @@ class Run:
             "msgs_s": round(self.throughput, 1),
             "shares": self.shares,
             "cpu_ms_per_msg": cpu,
-            "machine_busy": round(self.machine_busy, 3),
+            "server_ms_per_msg": round(self.server_per_message * 1e3, 3),
+            "other_cores": round(self.spent.others, 2),
             "key_order_promised": self.key_order_promised,
             "key_pairs": order.pairs,
             "key_pairs_broken": order.broken,
@@ -115,7 +123,7 @@ def cells(runs: list[Run]) -> list[Cell]:
     return [Cell(broker, processes, mine) for (broker, processes), mine in found.items()]
 
 
-COLUMNS = ("broker", "processes", "msgs/s", "range", "x one", "shares", "CPU ms/msg", "busy")
+COLUMNS = ("broker", "processes", "msgs/s", "range", "x one", "shares", "CPU", "server", "others")
 
 
 def table(found: list[Cell], workload: Workload, repeat: int) -> Table:
@@ -128,9 +136,10 @@ def table(found: list[Cell], workload: Workload, repeat: int) -> Table:
         caption=f"x one: best against the best of one process of the same broker; target for 2 "
         f"processes >= {TARGET}x. With {cores} cores, 4 processes share them and cannot beat 2: "
         f"the ceiling is {cores / workload.burn:,.0f} msgs/s. Shares: messages per process "
-        "(best run). CPU: the members' own, per message. Busy: the whole machine (brokers and "
-        "anything else running included). Key order: consecutive messages of one key across "
-        "processes, all runs; * not promised by the broker (Capabilities.key_order).",
+        "(best run). CPU: the members' own, ms per message; server: the broker's server's, ms "
+        "per message; others: cores anything else kept busy meanwhile. Key order: "
+        "consecutive messages of one key across processes, all runs; * not promised by the "
+        "broker (Capabilities.key_order).",
     )
     for column in (*COLUMNS, "key order"):
         result.add_column(column, justify="left" if column in ("broker", "key order") else "right")
@@ -149,7 +158,8 @@ def table(found: list[Cell], workload: Workload, repeat: int) -> Table:
             shown,
             "/".join(str(s) for s in best.shares),
             f"{best.cpu / best.distinct * 1000:.2f}" if best.cpu is not None else "?",
-            f"{best.machine_busy:.0%}",
+            f"{best.server_per_message * 1000:.3f}" if best.spent.server else "-",
+            f"{best.spent.others:.2f}",
             _order_cell(cell),
         )
     return result
