@@ -31,12 +31,13 @@ def draw(found: Sequence[Cell], path: Path, workload: Workload, *, cores: int) -
         color="grey",
         label=f"CPU ceiling ({cores} cores)",
     )
-    for broker in brokers:
+    for n, broker in enumerate(brokers):
         mine = sorted((c for c in found if c.broker == broker), key=lambda c: c.processes)
+        shift = (n - (len(brokers) - 1) / 2) * 0.04  # side by side, so every bar shows
         best = [c.best.throughput for c in mine]
         below = [b - c.low for b, c in zip(best, mine, strict=True)]
         axes.errorbar(
-            [c.processes for c in mine],
+            [c.processes + shift for c in mine],
             best,
             yerr=[below, [0.0] * len(mine)],
             marker="o",
