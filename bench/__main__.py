@@ -6,7 +6,9 @@ durably, and flat memory while consuming a backlog of 1,000,000. On each
 real broker (``bench/<broker>_rows.py``: Redis, RabbitMQ, NATS, Kafka)
 millstream is timed against the raw client loop a careful engineer would
 write; the two run alternately in the same invocation, the best of each is
-compared, and the ratio must reach that broker's target.
+compared, and the ratio must reach that broker's target. The scale-out rows
+(``bench/scaling.py``) consume one group's backlog with 1, 2 and 4 member
+processes on every broker that spans processes: 2 processes >= 1.7x one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import tempfile
 from rich.console import Console
 from rich.table import Table
 
+from bench import scaling
+from bench.scaling_brokers import BROKERS
+from bench.scaling_results import Workload
 from bench.scenarios import BROKER_ROWS
 
 TARGETS = {"memory": 100_000, "sqlite": 20_000}
@@ -66,6 +71,15 @@ def main() -> None:
     parser.add_argument(
         "--http-requests", type=int, default=1000, help="timed HTTP reads per phase (0 skips)"
     )
+    parser.add_argument(
+        "--scale-backlog",
+        type=int,
+        default=Workload().backlog,
+        help="messages per scale-out run: 1, 2 and 4 member processes per broker (0 skips)",
+    )
+    parser.add_argument(
+        "--scale-repeat", type=int, default=2, help="runs of each scale-out row; the best counts"
+    )
     args = parser.parse_args()
     console = Console()
 
@@ -75,6 +89,11 @@ def main() -> None:
     for broker in args.brokers.split(","):
         if args.broker_n and broker:
             broker_rows(console, broker, args.broker_n, args.broker_repeat)
+
+    if args.scale_backlog:
+        scaling.report(
+            console, Workload(backlog=args.scale_backlog), list(BROKERS), repeat=args.scale_repeat
+        )
 
     if args.backlog:
         console.print(f"running sqlite-backlog with {args.backlog:,} waiting ...", style="dim")

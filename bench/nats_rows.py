@@ -94,9 +94,7 @@ async def millstream(n: int) -> Row:
         _, acked = await timed_consume(ms, topic, n)
         consume_rate = n / acked
     finally:
-        client = await nats.connect(URL)
-        await _delete(client, _stream_of(published), _stream_of(topic))
-        await client.close()
+        await delete(published, topic)
     return {"publish_msgs_s": publish_rate, "consume_msgs_s": consume_rate}
 
 
@@ -123,6 +121,21 @@ async def _delete(client: Client, *streams: str) -> None:
     for stream in streams:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(stream)
+
+
+async def delete(*topics: str) -> None:
+    """Delete the topics' streams, and their members' records in ``MSHELD``."""
+    from millstream.brokers.nats.names import HELD_STREAM
+
+    client = await nats.connect(URL)
+    try:
+        streams = [_stream_of(topic) for topic in topics]
+        await _delete(client, *streams)
+        for stream in streams:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await client.jsm().purge_stream(HELD_STREAM, subject=f"_ms.*.{stream}.>")
+    finally:
+        await client.close()
 
 
 def _topic() -> str:
@@ -154,4 +167,4 @@ CAPTION = (
     "millstream: pydantic handler, at-least-once, default settings; publish_batch."
 )
 
-__all__ = ["CAPTION", "CLIENT", "RATIOS", "SCENARIOS", "TITLE", "URL", "reachable"]
+__all__ = ["CAPTION", "CLIENT", "RATIOS", "SCENARIOS", "TITLE", "URL", "delete", "reachable"]

@@ -39,13 +39,14 @@ CHUNK = 5000  # events per publish call, as in the other rows
 WINDOW = 2000  # raw publishes awaiting confirms at once
 PREFETCH = 256
 ACK_EVERY = 64
+GROUP = "bench"
 
 
 async def raw(n: int) -> Row:
     """aio-pika: windowed confirmed publishes; then prefetch 256, ack(multiple=True) per batch."""
     published, topic = _topic(), _topic()
     try:
-        await _declare(published)
+        await declare(published)
         connection = await aio_pika.connect(URL)
         try:
             channel = await connection.channel(publisher_confirms=True)
@@ -73,7 +74,7 @@ async def raw(n: int) -> Row:
         finally:
             await connection.close()
     finally:
-        await _delete(published, topic)
+        await delete(published, topic)
     return {"publish_msgs_s": publish_rate, "consume_msgs_s": consume_rate}
 
 
@@ -106,7 +107,7 @@ async def millstream(n: int) -> Row:
     """Millstream: ``publish_batch``, then a pydantic handler at-least-once, acks timed."""
     published, topic = _topic(), _topic()
     try:
-        await _declare(published)
+        await declare(published)
         ms = Millstream(URL)
         await ms.broker.connect()
         started = time.perf_counter()
@@ -120,16 +121,16 @@ async def millstream(n: int) -> Row:
         _, acked = await timed_consume(ms, topic, n)
         consume_rate = n / acked
     finally:
-        await _delete(published, topic)
+        await delete(published, topic)
     return {"publish_msgs_s": publish_rate, "consume_msgs_s": consume_rate}
 
 
-async def _declare(topic: str) -> None:
-    """The topic's exchange and the ``bench`` group's queue, as millstream declares them."""
+async def declare(topic: str, group: str = GROUP) -> None:
+    """The topic's exchange and the group's queue, as millstream declares them."""
     broker = RabbitMqBroker.from_url(URL)
     await broker.connect()
     try:
-        subscription = await broker.subscribe(topic, "bench", prefetch=PREFETCH)
+        subscription = await broker.subscribe(topic, group, prefetch=PREFETCH)
         await subscription.close()
     finally:
         await broker.close()
@@ -137,7 +138,7 @@ async def _declare(topic: str) -> None:
 
 async def _fill(topic: str, n: int) -> None:
     """The queue both consume rows read: ``n`` events as ``publish_batch`` writes them."""
-    await _declare(topic)
+    await declare(topic)
     ms = Millstream(URL)
     await ms.broker.connect()
     try:
@@ -147,13 +148,13 @@ async def _fill(topic: str, n: int) -> None:
         await ms.broker.close()
 
 
-async def _delete(*topics: str) -> None:
-    """Drop what a row declared (the bench group never retries: no retry queues)."""
+async def delete(*topics: str, group: str = GROUP) -> None:
+    """Drop what a row declared (its group never retries: no retry queues)."""
     connection = await aio_pika.connect(URL)
     try:
         channel = await connection.channel()
         for topic in topics:
-            for queue in (f"{topic}.bench", f"{topic}.bench.dlq", f"{topic}.unrouted"):
+            for queue in (f"{topic}.{group}", f"{topic}.{group}.dlq", f"{topic}.unrouted"):
                 await channel.queue_delete(queue)
             for exchange in (topic, f"{topic}.unrouted"):
                 await channel.exchange_delete(exchange)
@@ -188,4 +189,14 @@ CAPTION = (
     "default settings; publish_batch."
 )
 
-__all__ = ["CAPTION", "CLIENT", "RATIOS", "SCENARIOS", "TITLE", "URL", "reachable"]
+__all__ = [
+    "CAPTION",
+    "CLIENT",
+    "RATIOS",
+    "SCENARIOS",
+    "TITLE",
+    "URL",
+    "declare",
+    "delete",
+    "reachable",
+]

@@ -81,7 +81,7 @@ async def millstream(n: int) -> Row:
         await _fill(stream, n)
         consume_rate = await _consume(ms, stream, n)
     finally:
-        await _delete(published, stream)
+        await delete(published, stream)
     return {"publish_msgs_s": publish_rate, "consume_msgs_s": consume_rate}
 
 
@@ -101,7 +101,8 @@ async def _fill(stream: str, n: int) -> None:
         await ms.broker.close()
 
 
-async def _delete(*streams: str) -> None:
+async def delete(*streams: str) -> None:
+    """Delete the streams and every key millstream made for them (groups' retries, dead letters)."""
     client = redis.asyncio.Redis.from_url(URL)
     try:
         keys = [key for s in streams async for key in client.scan_iter(match=f"{s}*")]
@@ -140,4 +141,4 @@ CAPTION = (
     "millstream: pydantic handler, at-least-once, default settings; publish_batch."
 )
 
-__all__ = ["CAPTION", "CLIENT", "RATIOS", "SCENARIOS", "TITLE", "URL", "reachable"]
+__all__ = ["CAPTION", "CLIENT", "RATIOS", "SCENARIOS", "TITLE", "URL", "delete", "reachable"]

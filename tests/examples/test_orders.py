@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
@@ -23,16 +21,11 @@ import pytest
 from examples.orders import build
 from examples.orders.service import OrderService
 from millstream import Message, OutgoingMessage
-from millstream.demo import dev_token
 from tests.brokers.redis_server import RedisServer, free_port
 from tests.conftest import require_service
+from tests.examples.served import AUTH, ORDER, SECRET, eventually, ready, serve, status_of
 from tests.support import until
 from tests.web import serving
-
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "test-secret-0123456789-0123456789"
-AUTH = {"Authorization": f"Bearer {dev_token(SECRET)}"}
-ORDER = {"customer_id": "c-7", "items": [{"sku": "mug", "quantity": 2, "unit_price": "9.50"}]}
 
 
 def service(broker_url: str, store_url: str, **settings: Any) -> OrderService:
@@ -44,20 +37,6 @@ def service(broker_url: str, store_url: str, **settings: Any) -> OrderService:
         outbox_poll_interval=0.05,
         **settings,
     )
-
-
-async def status_of(http: httpx.AsyncClient, order_id: str) -> str:
-    reply = await http.get(f"/api/v1/orders/{order_id}", headers=AUTH)
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["status"])
-
-
-async def eventually(read: Any, expected: object, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while (value := await read()) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {expected!r}, still {value!r}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -245,12 +224,12 @@ async def test_two_served_processes_share_postgres_and_a_redis_broker(
     }
     ports = [free_port(), free_port()]
     logs = [(tmp_path / f"instance-{n}.log").open("w") for n in range(2)]
-    processes = [_serve(port, env, log) for port, log in zip(ports, logs, strict=True)]
+    processes = [serve(port, env, log) for port, log in zip(ports, logs, strict=True)]
     try:
         clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") for port in ports]
         a, b = clients
         for http in clients:
-            await eventually(lambda http=http: _ready(http), True, within=30)
+            await eventually(lambda http=http: ready(http), True, within=30)
         order_id = (await a.post("/api/v1/orders", json=ORDER, headers=AUTH)).json()["id"]
         assert await status_of(b, order_id) == "CREATED"
         publisher = build(broker_url=env["MILLSTREAM_BROKER_URL"], store_url=postgres_url)
@@ -278,22 +257,8 @@ async def test_two_served_processes_share_postgres_and_a_redis_broker(
     assert codes == [0, 0], [(tmp_path / f"instance-{n}.log").read_text()[-2000:] for n in range(2)]
 
 
-def _serve(port: int, env: dict[str, str], log: IO[str]) -> subprocess.Popen[bytes]:
-    command = ["millstream.cli", "run", "examples.orders:app", "--port", str(port)]
-    return subprocess.Popen(
-        [sys.executable, "-m", *command], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-
-
 async def _handled(*services: OrderService) -> int:
     return sum(s.ms.consumers["payments"].stats.acked for s in services)
-
-
-async def _ready(http: httpx.AsyncClient) -> bool:
-    try:
-        return (await http.get("/health/ready")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def test_a_broker_outage_keeps_the_api_ready_and_the_event_arrives_after_it(
