@@ -51,6 +51,9 @@ def serve(url: str, log: Path, port: int, output: Path, workers: int) -> subproc
         "MILLSTREAM_HOST": "127.0.0.1",
         "MILLSTREAM_PORT": str(port),
         "MILLSTREAM_MEMBER": "pod-a",  # one name for the pod; each worker adds a slot
+        # A client is told to reconnect by the first answer it gets while the server
+        # lingers; on a loaded CI machine a client may wait over a second between two.
+        "MILLSTREAM_SHUTDOWN_LINGER": "3",
     }
     return subprocess.Popen(
         [
